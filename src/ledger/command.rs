@@ -1,0 +1,209 @@
+//! What callers ask of an account: one `Request` per operation.
+//!
+//! A request names its account, carries an idempotency key when it moves
+//! money, and holds one `Command`. Its fields are already typed (ids, amounts
+//! and texts were checked when built); `validate` then checks what depends on
+//! configuration and on the operation, before any state is read.
+
+use serde::{Deserialize, Serialize};
+
+use super::amount::Amount;
+use super::id::{AccountId, Currency, IdemKey, Text};
+
+/// How an account pays: prepaid credits, or postpaid under a contract.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Prepaid,
+    Contract,
+}
+
+/// What a debit or hold pays for; usage is summed by service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    #[default]
+    ApiRequest,
+    DedicatedEndpoint,
+    FineTuning,
+    Evaluation,
+    Other,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] = [
+        Service::ApiRequest,
+        Service::DedicatedEndpoint,
+        Service::FineTuning,
+        Service::Evaluation,
+        Service::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::ApiRequest => "api_request",
+            Service::DedicatedEndpoint => "dedicated_endpoint",
+            Service::FineTuning => "fine_tuning",
+            Service::Evaluation => "evaluation",
+            Service::Other => "other",
+        }
+    }
+}
+
+/// `Strict`: declined unless the available balance covers it. `Metered`: the
+/// usage already happened, so it is applied even past zero (the shortfall
+/// becomes debt and the account is suspended).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DebitMode {
+    #[default]
+    Strict,
+    Metered,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub account: AccountId,
+    /// Required on every command that moves money (`Command::needs_key`).
+    pub key: Option<IdemKey>,
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Create the account. Opening again with the same settings is a no-op
+    /// that returns the account; with other settings, `account_exists`.
+    Open {
+        mode: Mode,
+        currency: Currency,
+        /// Whether a past-due invoice suspends access; `None` takes the
+        /// configured default.
+        past_due_suspends: Option<bool>,
+        /// Contract accounts only: the most the open period plus unpaid
+        /// invoices plus holds may reach for strict debits and holds.
+        credit_limit: Option<Amount>,
+    },
+    /// May the account make API calls now? Refused with the reason if not.
+    CheckAccess,
+    Debit {
+        amount: Amount,
+        mode: DebitMode,
+        service: Service,
+        reference: Option<Text>,
+    },
+    /// Reserve credits for a job; expires by itself after the timeout.
+    Hold {
+        amount: Amount,
+        service: Service,
+        reference: Option<Text>,
+        timeout_ms: Option<u64>,
+    },
+    /// Settle a hold at the final cost. Up to the held amount, the rest is
+    /// released; beyond it, the excess is charged like a metered debit (the
+    /// job already ran).
+    Capture { hold_id: u64, amount: Amount },
+    Release { hold_id: u64 },
+    /// A credit pack paid for: at least the minimum purchase; activates.
+    Purchase { amount: Amount, reference: Option<Text> },
+    /// Free credits (promotional, trial, goodwill): never activate.
+    Grant {
+        amount: Amount,
+        expires_at_ms: Option<u64>,
+        /// Lower burns first among grants with the same expiry; default 0.
+        priority: Option<u8>,
+        reference: Option<Text>,
+    },
+    SetAutoRecharge {
+        enabled: bool,
+        /// Purchase size; `None` takes the configured default (25.00).
+        amount: Option<Amount>,
+        threshold: Amount,
+    },
+    /// The payment gateway charged the attempt: credit it.
+    RechargeSucceeded { attempt_id: u64 },
+    /// The payment gateway declined the attempt for good.
+    RechargeFailed { attempt_id: u64, error: Text },
+    /// Policy expiry of one grant (`Some(id)`) or of all (`None`), with at
+    /// least `expiry_notice_ms` of notice.
+    SetGrantExpiry { grant_id: Option<u64>, expires_at_ms: u64 },
+    /// Invoice the open period (contract usage, or a prepaid account's debt).
+    ClosePeriod { due_at_ms: Option<u64> },
+    PayInvoice { invoice_id: u64, amount: Amount },
+    Freeze { reason: Text },
+    Unfreeze { reason: Text },
+    /// Close the account: open holds are released; credits stay on the ledger.
+    Close { reason: Text },
+    /// Operator correction: positive credits an `adjustment` grant, negative
+    /// debits like metered usage.
+    Adjust { amount: Amount, reason: Text },
+    Balance,
+    /// Settle whatever is due (expiries, notices, past-due invoices, recharge
+    /// retries). Every command does this first; timers send `Tick` when
+    /// nothing else would.
+    Tick,
+}
+
+impl Command {
+    /// Commands that move money must carry an idempotency key.
+    pub fn needs_key(&self) -> bool {
+        matches!(
+            self,
+            Command::Debit { .. }
+                | Command::Hold { .. }
+                | Command::Capture { .. }
+                | Command::Release { .. }
+                | Command::Purchase { .. }
+                | Command::Grant { .. }
+                | Command::SetGrantExpiry { .. }
+                | Command::ClosePeriod { .. }
+                | Command::PayInvoice { .. }
+                | Command::Adjust { .. }
+        )
+    }
+
+    /// Reads nothing but state: never recorded under a key, never journaled
+    /// beyond what settling due deadlines writes.
+    pub fn is_query(&self) -> bool {
+        matches!(self, Command::CheckAccess | Command::Balance | Command::Tick)
+    }
+
+    /// Money in is always made durable before it is acknowledged, whatever
+    /// the node's durability mode (SPEC: Guarantees).
+    pub fn is_money_in(&self) -> bool {
+        matches!(
+            self,
+            Command::Purchase { .. }
+                | Command::Grant { .. }
+                | Command::PayInvoice { .. }
+                | Command::RechargeSucceeded { .. }
+        ) || matches!(self, Command::Adjust { amount, .. } if amount.is_positive())
+    }
+
+    /// The operation's name as the SPEC spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Open { .. } => "open_account",
+            Command::CheckAccess => "check_access",
+            Command::Debit { .. } => "debit",
+            Command::Hold { .. } => "hold",
+            Command::Capture { .. } => "capture",
+            Command::Release { .. } => "release",
+            Command::Purchase { .. } => "purchase",
+            Command::Grant { .. } => "grant",
+            Command::SetAutoRecharge { .. } => "set_auto_recharge",
+            Command::RechargeSucceeded { .. } => "recharge_succeeded",
+            Command::RechargeFailed { .. } => "recharge_failed",
+            Command::SetGrantExpiry { .. } => "set_grant_expiry",
+            Command::ClosePeriod { .. } => "close_period",
+            Command::PayInvoice { .. } => "pay_invoice",
+            Command::Freeze { .. } => "freeze",
+            Command::Unfreeze { .. } => "unfreeze",
+            Command::Close { .. } => "close",
+            Command::Adjust { .. } => "adjust",
+            Command::Balance => "balance",
+            Command::Tick => "tick",
+        }
+    }
+}

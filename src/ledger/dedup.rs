@@ -1,0 +1,79 @@
+//! Idempotency: the first result of each key, kept for a window.
+//!
+//! A request that moves money carries a client-chosen key. The first accepted
+//! request under a key is recorded with its fingerprint and reply; the same
+//! key with the same request gets that reply again, whatever happened since;
+//! the same key with a different request is `idempotency_conflict`. Records
+//! older than the window are pruned by the time argument.
+//!
+//! Refusals are not recorded: a refused request changed nothing, so running
+//! it again is safe, and not writing them keeps a flood of refused requests
+//! (an account out of credit) off the journal. A key whose request was refused
+//! may therefore succeed later, for example after a purchase.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::id::IdemKey;
+use super::reason::Reason;
+use super::reply::Reply;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRecord {
+    pub fingerprint: u64,
+    pub at_ms: u64,
+    pub reply: Reply,
+}
+
+/// One account's idempotency records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dedup {
+    records: HashMap<IdemKey, DedupRecord>,
+    /// Keys in the order they were recorded, for pruning.
+    order: VecDeque<(u64, IdemKey)>,
+}
+
+impl Dedup {
+    /// What a request with this key and fingerprint gets without running:
+    /// the recorded reply, a conflict, or `None` (run it).
+    pub fn check(&self, key: &IdemKey, fingerprint: u64) -> Option<Result<Reply, Reason>> {
+        let record = self.records.get(key)?;
+        Some(if record.fingerprint == fingerprint {
+            Ok(record.reply.clone())
+        } else {
+            Err(Reason::IdempotencyConflict)
+        })
+    }
+
+    pub fn insert(&mut self, key: IdemKey, record: DedupRecord) {
+        self.order.push_back((record.at_ms, key.clone()));
+        self.records.insert(key, record);
+    }
+
+    /// Forgets records at or past the window. Keys arrive in time order per
+    /// account, so this looks at the front only.
+    pub fn prune(&mut self, now_ms: u64, window_ms: u64) {
+        while let Some((at_ms, _)) = self.order.front() {
+            if at_ms.saturating_add(window_ms) > now_ms {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.records.remove(&key);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records, oldest first: what a store persists and reloads.
+    pub fn iter(&self) -> impl Iterator<Item = (&IdemKey, &DedupRecord)> {
+        self.order.iter().filter_map(|(_, k)| self.records.get_key_value(k))
+    }
+}
