@@ -77,7 +77,7 @@ impl Text {
 /// An ISO 4217-style currency code: three ASCII capital letters. USD by
 /// default. An account's currency never changes; amounts carry none of their
 /// own, so every amount on an account is in its currency.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Currency([u8; 3]);
 
 impl Currency {
@@ -116,6 +116,12 @@ text_like!(AccountId, IdemKey, Text, Currency);
 impl fmt::Debug for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

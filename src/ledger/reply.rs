@@ -20,7 +20,7 @@ pub struct Reply {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case")]
 pub enum Detail {
     /// Nothing particular: the figures say it all.
     None,
