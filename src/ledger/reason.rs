@@ -6,7 +6,7 @@
 //! (validation, then idempotency, then the account's state, then funds), which
 //! is also the precedence when several apply: the first failing check decides.
 
-use super::amount::Amount;
+use super::amount::{Amount, AmountError};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Reason {
@@ -175,4 +175,17 @@ impl Reason {
         "insufficient_funds",
         "credit_limit_exceeded",
     ];
+}
+
+/// Text that is not an amount is `invalid_amount`, with the parser's reason.
+impl From<AmountError> for Reason {
+    fn from(e: AmountError) -> Reason {
+        Reason::InvalidAmount(match e {
+            AmountError::Empty => "it is empty",
+            AmountError::TooLong => "it is longer than 64 characters",
+            AmountError::NotANumber => "it is not a decimal number",
+            AmountError::TooManyDecimals => "it has more than 12 decimal places",
+            AmountError::Overflow => "it is too large",
+        })
+    }
 }
