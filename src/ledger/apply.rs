@@ -25,6 +25,9 @@ use super::state::AccountState;
 pub struct Account {
     pub state: Option<AccountState>,
     pub dedup: Dedup,
+    /// Reused between requests so deciding allocates nothing; always empty
+    /// between calls.
+    scratch: Vec<Event>,
 }
 
 /// What one request did.
@@ -54,7 +57,9 @@ impl Account {
         // 2. Idempotency: a key seen before answers without running.
         self.dedup.prune(now_ms, cfg.idempotency_window_ms);
         let key = req.key.as_ref().filter(|_| !req.command.is_query());
-        let fp = key.map(|_| fingerprint(req));
+        // The table is the account's own, so the command alone identifies
+        // the request.
+        let fp = key.map(|_| fingerprint(&req.command));
         if let (Some(key), Some(fp)) = (key, fp)
             && let Some(first) = self.dedup.check(key, fp)
         {
@@ -62,10 +67,10 @@ impl Account {
             return Outcome { result: first, records: Vec::new(), recorded: None, replayed };
         }
         // 3. The account's state.
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(2);
         let result = match &mut self.state {
             None => open(&mut self.state, req, now_ms, cfg, &mut records),
-            Some(state) => run(state, &req.command, now_ms, cfg, &mut records),
+            Some(state) => run(state, &req.command, now_ms, cfg, &mut self.scratch, &mut records),
         };
         let recorded = match (&result, key, fp) {
             (Ok(reply), Some(key), Some(fingerprint)) => {
@@ -100,19 +105,19 @@ fn run(
     cmd: &Command,
     now_ms: u64,
     cfg: &LedgerConfig,
+    events: &mut Vec<Event>,
     records: &mut Vec<EventRecord>,
 ) -> Result<Reply, Reason> {
     let before = Before::of(state);
-    let mut events = Vec::new();
-    decide::settle(state, now_ms, cfg, &mut events);
-    fold(state, &mut events, now_ms, records);
-    let result = decide::decide(state, cmd, now_ms, cfg, &mut events);
+    decide::settle(state, now_ms, cfg, events);
+    fold(state, events, now_ms, records);
+    let result = decide::decide(state, cmd, now_ms, cfg, events);
     if result.is_ok() {
-        fold(state, &mut events, now_ms, records);
+        fold(state, events, now_ms, records);
     }
     events.clear();
-    decide::follow_up(before, state, now_ms, cfg, &mut events);
-    fold(state, &mut events, now_ms, records);
+    decide::follow_up(before, state, now_ms, cfg, events);
+    fold(state, events, now_ms, records);
     debug_assert_eq!(state.check_invariants(), Ok(()), "after {cmd:?}");
     result.map(|detail| reply(state, detail))
 }

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::hash::SeededState;
 use super::id::IdemKey;
 use super::reason::Reason;
 use super::reply::Reply;
@@ -29,12 +30,20 @@ pub struct DedupRecord {
 /// One account's idempotency records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dedup {
-    records: HashMap<IdemKey, DedupRecord>,
+    /// Keyed with the stable hash (fast on short keys), seeded so that keys
+    /// crafted to collide on one process do not collide on another.
+    records: HashMap<IdemKey, DedupRecord, SeededState>,
     /// Keys in the order they were recorded, for pruning.
     order: VecDeque<(u64, IdemKey)>,
 }
 
 impl Dedup {
+    /// An empty table whose hash is seeded with `seed` (the shell passes a
+    /// per-process random number; `Default` uses 0).
+    pub fn with_seed(seed: u64) -> Dedup {
+        Dedup { records: HashMap::with_hasher(SeededState(seed)), order: VecDeque::new() }
+    }
+
     /// What a request with this key and fingerprint gets without running:
     /// the recorded reply, a conflict, or `None` (run it).
     pub fn check(&self, key: &IdemKey, fingerprint: u64) -> Option<Result<Reply, Reason>> {
