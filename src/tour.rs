@@ -191,17 +191,18 @@ pub fn run<W: Write>(out: &mut W, accounts: u64, debits: u64) -> io::Result<()> 
 fn load<W: Write>(t: &mut Tour<'_, W>, accounts: u64, debits: u64) -> io::Result<()> {
     writeln!(t.out, "\nLoad: {debits} strict debits over {accounts} accounts, in-process on the ledger core")?;
     let cfg = LedgerConfig::default();
-    let mut book: Vec<(Account, Vec<EventRecord>)> = Vec::with_capacity(accounts as usize);
+    // Per account: its state and the running sum of its journal's deltas.
+    let mut book: Vec<(Account, Amount)> = Vec::with_capacity(accounts as usize);
     let ids: Vec<AccountId> = (0..accounts).map(|i| t.id(&format!("org_load_{i:07}"))).collect();
     for (i, id) in ids.iter().enumerate() {
         let mut account = Account::default();
-        let mut records = Vec::new();
+        let mut posted = Amount::ZERO;
         for (n, command) in [open(Mode::Prepaid), Command::Purchase { amount: amt("1000"), reference: None }].into_iter().enumerate() {
             let key = IdemKey::new(&format!("setup-{i}-{n}")).expect("valid");
             let outcome = account.execute(&Request { account: id.clone(), key: Some(key), command }, T0, &cfg);
-            records.extend(outcome.records);
+            posted += outcome.records.iter().map(|r| r.event.balance_delta()).sum();
         }
-        book.push((account, records));
+        book.push((account, posted));
     }
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let started = Instant::now();
@@ -218,10 +219,10 @@ fn load<W: Write>(t: &mut Tour<'_, W>, accounts: u64, debits: u64) -> io::Result
         let command = Command::Debit { amount, mode: DebitMode::Strict, service: Service::ApiRequest, reference: None };
         let req = Request { account: ids[slot].clone(), key: Some(key), command };
         now += 1;
-        let (account, records) = &mut book[slot];
+        let (account, posted) = &mut book[slot];
         let outcome = account.execute(&req, now, &cfg);
         accepted += outcome.result.is_ok() as u64;
-        records.extend(outcome.records);
+        *posted += outcome.records.iter().map(|r| r.event.balance_delta()).sum();
         if (n + 1) % step == 0 {
             write!(t.out, "\r  {:>3}% {:>12} debits", (n + 1) * 100 / debits, n + 1)?;
             t.out.flush()?;
@@ -231,15 +232,14 @@ fn load<W: Write>(t: &mut Tour<'_, W>, accounts: u64, debits: u64) -> io::Result
     writeln!(t.out)?;
     let mut mismatches = 0;
     let mut total = Amount::ZERO;
-    for (account, records) in &book {
+    for (account, posted) in &book {
         let state = account.state.as_ref().expect("opened");
-        let sum: Amount = records.iter().map(|r| r.event.balance_delta()).sum();
-        mismatches += (sum != state.balance() || state.check_invariants().is_err()) as u32;
+        mismatches += (*posted != state.balance() || state.check_invariants().is_err()) as u32;
         total += state.balance();
     }
     writeln!(
         t.out,
-        "  {accepted} accepted in {:.2} s: {:.0} debits/s on one core ({:.2} µs each, keys and journal records included)",
+        "  {accepted} accepted in {:.2} s: {:.0} debits/s on one core ({:.2} µs each: idempotency records kept, no disk yet)",
         elapsed.as_secs_f64(),
         debits as f64 / elapsed.as_secs_f64().max(1e-9),
         elapsed.as_secs_f64() * 1e6 / debits.max(1) as f64

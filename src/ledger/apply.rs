@@ -11,7 +11,7 @@
 use super::command::{Command, Request};
 use super::config::LedgerConfig;
 use super::decide::{self, Before};
-use super::dedup::{Dedup, DedupRecord};
+use super::dedup::{Dedup, DedupRecord, Lookup};
 use super::event::{Event, EventRecord};
 use super::hash::fingerprint;
 use super::id::IdemKey;
@@ -59,12 +59,16 @@ impl Account {
         let key = req.key.as_ref().filter(|_| !req.command.is_query());
         // The table is the account's own, so the command alone identifies
         // the request.
-        let fp = key.map(|_| fingerprint(&req.command));
-        if let (Some(key), Some(fp)) = (key, fp)
-            && let Some(first) = self.dedup.check(key, fp)
-        {
-            let replayed = first.is_ok();
-            return Outcome { result: first, records: Vec::new(), recorded: None, replayed };
+        let mut new_key = None;
+        if let Some(key) = key {
+            let fingerprint = fingerprint(&req.command);
+            match self.dedup.lookup(key, fingerprint) {
+                Lookup::Seen(first) => {
+                    let replayed = first.is_ok();
+                    return Outcome { result: first, records: Vec::new(), recorded: None, replayed };
+                }
+                Lookup::New(slot) => new_key = Some((key, fingerprint, slot)),
+            }
         }
         // 3. The account's state.
         let mut records = Vec::with_capacity(2);
@@ -72,10 +76,10 @@ impl Account {
             None => open(&mut self.state, req, now_ms, cfg, &mut records),
             Some(state) => run(state, &req.command, now_ms, cfg, &mut self.scratch, &mut records),
         };
-        let recorded = match (&result, key, fp) {
-            (Ok(reply), Some(key), Some(fingerprint)) => {
+        let recorded = match (&result, new_key) {
+            (Ok(reply), Some((key, fingerprint, slot))) => {
                 let record = DedupRecord { fingerprint, at_ms: now_ms, reply: reply.clone() };
-                self.dedup.insert(key.clone(), record.clone());
+                slot.record(record.clone());
                 Some((key.clone(), record))
             }
             _ => None,

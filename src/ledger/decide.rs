@@ -462,8 +462,13 @@ pub fn purchases_needed(balance: Amount, threshold: Amount, amount: Amount) -> u
     if balance >= threshold || !amount.is_positive() {
         return 0;
     }
-    let gap = (threshold - balance).units();
-    let n = (gap + amount.units() - 1) / amount.units();
+    let (gap, step) = ((threshold - balance).units(), amount.units());
+    // 64-bit division is several times faster than 128-bit, and fits every
+    // realistic gap (up to 18 million in 10⁻¹² units).
+    let n = match (u64::try_from(gap), u64::try_from(step)) {
+        (Ok(gap), Ok(step)) => gap.div_ceil(step) as i128,
+        _ => (gap + step - 1) / step,
+    };
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 

@@ -11,6 +11,7 @@
 //! (an account out of credit) off the journal. A key whose request was refused
 //! may therefore succeed later, for example after a purchase.
 
+use std::collections::hash_map::{Entry, VacantEntry};
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -44,20 +45,19 @@ impl Dedup {
         Dedup { records: HashMap::with_hasher(SeededState(seed)), order: VecDeque::new() }
     }
 
-    /// What a request with this key and fingerprint gets without running:
-    /// the recorded reply, a conflict, or `None` (run it).
-    pub fn check(&self, key: &IdemKey, fingerprint: u64) -> Option<Result<Reply, Reason>> {
-        let record = self.records.get(key)?;
-        Some(if record.fingerprint == fingerprint {
-            Ok(record.reply.clone())
-        } else {
-            Err(Reason::IdempotencyConflict)
-        })
-    }
-
-    pub fn insert(&mut self, key: IdemKey, record: DedupRecord) {
-        self.order.push_back((record.at_ms, key.clone()));
-        self.records.insert(key, record);
+    /// What a request with this key and fingerprint gets without running —
+    /// the recorded reply or a conflict — or, for a new key, the place to
+    /// record its first result (one hash and probe for both).
+    pub fn lookup(&mut self, key: &IdemKey, fingerprint: u64) -> Lookup<'_> {
+        let Dedup { records, order } = self;
+        match records.entry(key.clone()) {
+            Entry::Occupied(seen) => Lookup::Seen(if seen.get().fingerprint == fingerprint {
+                Ok(seen.get().reply.clone())
+            } else {
+                Err(Reason::IdempotencyConflict)
+            }),
+            Entry::Vacant(entry) => Lookup::New(NewKey { entry, order }),
+        }
     }
 
     /// Forgets records at or past the window. Keys arrive in time order per
@@ -84,5 +84,24 @@ impl Dedup {
     /// The records, oldest first: what a store persists and reloads.
     pub fn iter(&self) -> impl Iterator<Item = (&IdemKey, &DedupRecord)> {
         self.order.iter().filter_map(|(_, k)| self.records.get_key_value(k))
+    }
+}
+
+pub enum Lookup<'a> {
+    /// The key was used before: its first result, or a conflict.
+    Seen(Result<Reply, Reason>),
+    /// A new key; record the request's result here if it is accepted.
+    New(NewKey<'a>),
+}
+
+pub struct NewKey<'a> {
+    entry: VacantEntry<'a, IdemKey, DedupRecord>,
+    order: &'a mut VecDeque<(u64, IdemKey)>,
+}
+
+impl NewKey<'_> {
+    pub fn record(self, record: DedupRecord) {
+        self.order.push_back((record.at_ms, self.entry.key().clone()));
+        self.entry.insert(record);
     }
 }

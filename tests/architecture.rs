@@ -1,0 +1,43 @@
+//! Architecture invariants that a test can check.
+
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The functional core imports no runtime, actor system or storage, does no
+/// I/O and reads no clock (ARCHITECTURE.md, "Invariants").
+#[test]
+fn the_ledger_does_no_io_and_reads_no_clock() {
+    let mut files = Vec::new();
+    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ledger"), &mut files);
+    assert!(files.len() >= 10, "found the ledger's files");
+    let forbidden = [
+        "tokio::",
+        "ractor::",
+        "rocksdb::",
+        "use tokio",
+        "use ractor",
+        "use rocksdb",
+        "std::fs",
+        "std::net",
+        "std::thread",
+        "std::process",
+        "SystemTime",
+        "Instant::now",
+    ];
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for word in forbidden {
+            assert!(!text.contains(word), "{} mentions {word}", file.display());
+        }
+    }
+}
