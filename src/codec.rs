@@ -18,7 +18,7 @@ pub const FORMAT_VERSION: u8 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stored {
     /// An account's state as of its last durable group.
-    Snapshot(AccountState),
+    Snapshot(Box<AccountState>),
     /// Journal records of one account, in order.
     Events(Vec<EventRecord>),
     /// The first result of an idempotency key.

@@ -38,7 +38,9 @@ pub enum AmountError {
     Empty,
     #[error("the amount is longer than {MAX_AMOUNT_CHARS} characters")]
     TooLong,
-    #[error("the amount is not a decimal number (digits, one optional '.', an optional leading '-')")]
+    #[error(
+        "the amount is not a decimal number (digits, one optional '.', an optional leading '-')"
+    )]
     NotANumber,
     #[error("the amount has more than {SCALE} decimal places")]
     TooManyDecimals,
@@ -287,7 +289,10 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_number() {
-        for bad in ["", "abc", "1e5", "+5", " 5", "5 ", "1.2.3", ".5", "5.", "-", "--1", "0x10", "1,5", "NaN", "inf", "٣"] {
+        for bad in [
+            "", "abc", "1e5", "+5", " 5", "5 ", "1.2.3", ".5", "5.", "-", "--1", "0x10", "1,5",
+            "NaN", "inf", "٣",
+        ] {
             assert!(Amount::parse(bad).is_err(), "{bad:?} parsed");
         }
         assert_eq!(Amount::parse(&"9".repeat(65)), Err(AmountError::TooLong));
@@ -305,21 +310,33 @@ mod tests {
 
     #[test]
     fn decimal_round_trip_is_exact() {
-        for s in ["0", "5.00", "0.00000018", "-123456789.123456789012", "1000000000000"] {
+        for s in [
+            "0",
+            "5.00",
+            "0.00000018",
+            "-123456789.123456789012",
+            "1000000000000",
+        ] {
             let amount = a(s);
             let dec = amount.to_decimal();
             assert_eq!(Amount::from_decimal(dec), Ok(amount), "{s}");
             assert_eq!(dec.to_string().parse::<Amount>(), Ok(amount));
         }
         let too_fine = Decimal::from_str("0.0000000000001").unwrap();
-        assert_eq!(Amount::from_decimal(too_fine), Err(AmountError::TooManyDecimals));
+        assert_eq!(
+            Amount::from_decimal(too_fine),
+            Err(AmountError::TooManyDecimals)
+        );
     }
 
     #[test]
     fn serde_is_text_for_humans_and_integer_for_postcard() {
         let amount = a("0.00000018");
         assert_eq!(serde_json::to_string(&amount).unwrap(), "\"0.00000018\"");
-        assert_eq!(serde_json::from_str::<Amount>("\"0.00000018\"").unwrap(), amount);
+        assert_eq!(
+            serde_json::from_str::<Amount>("\"0.00000018\"").unwrap(),
+            amount
+        );
         assert!(serde_json::from_str::<Amount>("\"0.0000000000001\"").is_err());
         let bytes = postcard::to_allocvec(&amount).unwrap();
         assert_eq!(postcard::from_bytes::<Amount>(&bytes).unwrap(), amount);

@@ -20,7 +20,9 @@ pub enum Mode {
 }
 
 /// What a debit or hold pays for; usage is summed by service.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Service {
     #[default]
@@ -103,10 +105,18 @@ pub enum Command {
     /// Settle a hold at the final cost. Up to the held amount, the rest is
     /// released; beyond it, the excess is charged like a metered debit (the
     /// job already ran).
-    Capture { hold_id: u64, amount: Amount },
-    Release { hold_id: u64 },
+    Capture {
+        hold_id: u64,
+        amount: Amount,
+    },
+    Release {
+        hold_id: u64,
+    },
     /// A credit pack paid for: at least the minimum purchase; activates.
-    Purchase { amount: Amount, reference: Option<Text> },
+    Purchase {
+        amount: Amount,
+        reference: Option<Text>,
+    },
     /// Free credits (promotional, trial, goodwill): never activate.
     Grant {
         amount: Amount,
@@ -122,22 +132,44 @@ pub enum Command {
         threshold: Amount,
     },
     /// The payment gateway charged the attempt: credit it.
-    RechargeSucceeded { attempt_id: u64 },
+    RechargeSucceeded {
+        attempt_id: u64,
+    },
     /// The payment gateway declined the attempt for good.
-    RechargeFailed { attempt_id: u64, error: Text },
+    RechargeFailed {
+        attempt_id: u64,
+        error: Text,
+    },
     /// Policy expiry of one grant (`Some(id)`) or of all (`None`), with at
     /// least `expiry_notice_ms` of notice.
-    SetGrantExpiry { grant_id: Option<u64>, expires_at_ms: u64 },
+    SetGrantExpiry {
+        grant_id: Option<u64>,
+        expires_at_ms: u64,
+    },
     /// Invoice the open period (contract usage, or a prepaid account's debt).
-    ClosePeriod { due_at_ms: Option<u64> },
-    PayInvoice { invoice_id: u64, amount: Amount },
-    Freeze { reason: Text },
-    Unfreeze { reason: Text },
+    ClosePeriod {
+        due_at_ms: Option<u64>,
+    },
+    PayInvoice {
+        invoice_id: u64,
+        amount: Amount,
+    },
+    Freeze {
+        reason: Text,
+    },
+    Unfreeze {
+        reason: Text,
+    },
     /// Close the account: open holds are released; credits stay on the ledger.
-    Close { reason: Text },
+    Close {
+        reason: Text,
+    },
     /// Operator correction: positive credits an `adjustment` grant, negative
     /// debits like metered usage.
-    Adjust { amount: Amount, reason: Text },
+    Adjust {
+        amount: Amount,
+        reason: Text,
+    },
     Balance,
     /// Settle whatever is due (expiries, notices, past-due invoices, recharge
     /// retries). Every command does this first; timers send `Tick` when
@@ -166,7 +198,10 @@ impl Command {
     /// Reads nothing but state: never recorded under a key, never journaled
     /// beyond what settling due deadlines writes.
     pub fn is_query(&self) -> bool {
-        matches!(self, Command::CheckAccess | Command::Balance | Command::Tick)
+        matches!(
+            self,
+            Command::CheckAccess | Command::Balance | Command::Tick
+        )
     }
 
     /// Money in is always made durable before it is acknowledged, whatever

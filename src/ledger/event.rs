@@ -131,32 +131,69 @@ pub enum Event {
     },
     /// The hold is gone and nothing is charged; `expired` tells a timeout
     /// (the "hold expired" notice) from a caller's release.
-    HoldReleased { hold_id: u64, amount: Amount, expired: bool },
+    HoldReleased {
+        hold_id: u64,
+        amount: Amount,
+        expired: bool,
+    },
     /// A grant's expiry came: what was left of it is gone.
-    GrantExpired { grant_id: u64, amount: Amount },
+    GrantExpired {
+        grant_id: u64,
+        amount: Amount,
+    },
     /// Notice ahead of a grant's expiry ("grant expiring soon").
-    GrantExpiring { grant_id: u64, expires_at_ms: u64, amount: Amount },
+    GrantExpiring {
+        grant_id: u64,
+        expires_at_ms: u64,
+        amount: Amount,
+    },
     /// A policy set (or moved) a grant's expiry.
-    GrantExpirySet { grant_id: u64, expires_at_ms: u64 },
+    GrantExpirySet {
+        grant_id: u64,
+        expires_at_ms: u64,
+    },
     /// Operator correction. Positive: a grant of source `adjustment`
     /// (`grant_id` is `Some`); negative: burned like usage.
-    Adjusted { amount: Amount, grant_id: Option<u64>, reason: Text },
-    AutoRechargeSet { enabled: bool, amount: Amount, threshold: Amount },
+    Adjusted {
+        amount: Amount,
+        grant_id: Option<u64>,
+        reason: Text,
+    },
+    AutoRechargeSet {
+        enabled: bool,
+        amount: Amount,
+        threshold: Amount,
+    },
     /// "Recharge started": durable before anything is charged; the attempt id
     /// is the payment gateway's idempotency key.
-    RechargeRequested { attempt_id: u64, amount: Amount },
+    RechargeRequested {
+        attempt_id: u64,
+        amount: Amount,
+    },
     /// The charge went through: a `recharge` grant of `amount`.
-    RechargeSucceeded { attempt_id: u64, grant_id: u64, amount: Amount },
+    RechargeSucceeded {
+        attempt_id: u64,
+        grant_id: u64,
+        amount: Amount,
+    },
     RechargeFailed {
         attempt_id: u64,
         failures: u32,
         retry_at_ms: Option<u64>,
         error: Text,
     },
-    RechargePaused { cause: PauseCause },
-    Frozen { reason: Text },
-    Unfrozen { reason: Text },
-    Closed { reason: Text },
+    RechargePaused {
+        cause: PauseCause,
+    },
+    Frozen {
+        reason: Text,
+    },
+    Unfrozen {
+        reason: Text,
+    },
+    Closed {
+        reason: Text,
+    },
     /// "Invoice generated".
     Invoiced {
         invoice_id: u64,
@@ -164,13 +201,23 @@ pub enum Event {
         source: InvoiceSource,
         due_at_ms: u64,
     },
-    InvoicePastDue { invoice_id: u64 },
-    InvoicePaid { invoice_id: u64, amount: Amount },
+    InvoicePastDue {
+        invoice_id: u64,
+    },
+    InvoicePaid {
+        invoice_id: u64,
+        amount: Amount,
+    },
     // ---- notices: replay ignores them.
     Activated,
-    Suspended { cause: SuspendCause },
+    Suspended {
+        cause: SuspendCause,
+    },
     Reactivated,
-    LowBalance { balance: Amount, threshold: Amount },
+    LowBalance {
+        balance: Amount,
+        threshold: Amount,
+    },
 }
 
 impl Event {
@@ -181,8 +228,16 @@ impl Event {
             Event::Credited { amount, .. } | Event::RechargeSucceeded { amount, .. } => *amount,
             Event::Adjusted { amount, .. } => *amount,
             Event::Debited { amount, .. } | Event::GrantExpired { amount, .. } => -*amount,
-            Event::HoldCaptured { amount, to_period: false, .. } => -*amount,
-            Event::Invoiced { amount, source: InvoiceSource::Debt, .. } => *amount,
+            Event::HoldCaptured {
+                amount,
+                to_period: false,
+                ..
+            } => -*amount,
+            Event::Invoiced {
+                amount,
+                source: InvoiceSource::Debt,
+                ..
+            } => *amount,
             _ => Amount::ZERO,
         }
     }
@@ -192,8 +247,16 @@ impl Event {
     pub fn owed_delta(&self) -> Amount {
         match self {
             Event::UsageAccrued { amount, .. } => *amount,
-            Event::HoldCaptured { amount, to_period: true, .. } => *amount,
-            Event::Invoiced { amount, source: InvoiceSource::Debt, .. } => *amount,
+            Event::HoldCaptured {
+                amount,
+                to_period: true,
+                ..
+            } => *amount,
+            Event::Invoiced {
+                amount,
+                source: InvoiceSource::Debt,
+                ..
+            } => *amount,
             Event::InvoicePaid { amount, .. } => -*amount,
             _ => Amount::ZERO,
         }
@@ -202,9 +265,15 @@ impl Event {
     /// Usage this event charges, by service: what a statement sums.
     pub fn usage(&self) -> Option<(Service, Amount)> {
         match self {
-            Event::Debited { amount, service, .. }
-            | Event::UsageAccrued { amount, service, .. }
-            | Event::HoldCaptured { amount, service, .. } => Some((*service, *amount)),
+            Event::Debited {
+                amount, service, ..
+            }
+            | Event::UsageAccrued {
+                amount, service, ..
+            }
+            | Event::HoldCaptured {
+                amount, service, ..
+            } => Some((*service, *amount)),
             _ => None,
         }
     }

@@ -30,7 +30,12 @@ pub struct StableHasher {
 
 impl StableHasher {
     pub const fn with_seed(seed: u64) -> StableHasher {
-        StableHasher { h: seed, word: 0, pending: 0, len: 0 }
+        StableHasher {
+            h: seed,
+            word: 0,
+            pending: 0,
+            len: 0,
+        }
     }
 
     #[inline]
@@ -130,12 +135,23 @@ impl postcard::ser_flavors::Flavor for HashFlavor {
     }
 }
 
+/// Encodings up to this size are hashed from a stack buffer (every command
+/// fits: its longest field is a 256-byte text); longer ones are streamed.
+const FINGERPRINT_STACK_BYTES: usize = 384;
+
 /// The fingerprint of a value: the stable hash of its postcard encoding
 /// (postcard's wire format is stable across its 1.x versions).
 pub fn fingerprint<T: Serialize + ?Sized>(value: &T) -> u64 {
-    // Hashing never fails and plain data always serializes; the fallback
-    // keeps this total all the same.
-    postcard::serialize_with_flavor(value, HashFlavor(StableHasher::default())).unwrap_or(0)
+    let mut buf = [0u8; FINGERPRINT_STACK_BYTES];
+    match postcard::to_slice(value, &mut buf) {
+        Ok(bytes) => stable_hash(bytes),
+        // Too long for the buffer: the same bytes, fed as they are written.
+        // Plain data always serializes and hashing never fails, so the
+        // fallback to 0 is never taken.
+        Err(_) => {
+            postcard::serialize_with_flavor(value, HashFlavor(StableHasher::default())).unwrap_or(0)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -150,7 +166,10 @@ mod tests {
         assert_eq!(stable_hash(b""), 0xe9e0_033e_3bad_af36);
         assert_eq!(stable_hash(b"org_8f2c"), 0xe800_fce0_6a5a_b3be);
         assert_eq!(stable_hash(b"a"), 0xf136_400b_4e5e_0795);
-        assert_eq!(stable_hash(b"org_8f2c.team:eu-west-1"), 0x82d7_1f32_ff99_fc64);
+        assert_eq!(
+            stable_hash(b"org_8f2c.team:eu-west-1"),
+            0x82d7_1f32_ff99_fc64
+        );
     }
 
     #[test]
@@ -167,8 +186,23 @@ mod tests {
     #[test]
     fn fingerprint_is_the_hash_of_the_postcard_bytes() {
         let value = ("org_8f2c", 42u64, Some("ref"));
-        assert_eq!(fingerprint(&value), stable_hash(&postcard::to_allocvec(&value).unwrap()));
-        assert_ne!(fingerprint(&("org_8f2c", 43u64, Some("ref"))), fingerprint(&value));
+        assert_eq!(
+            fingerprint(&value),
+            stable_hash(&postcard::to_allocvec(&value).unwrap())
+        );
+        assert_ne!(
+            fingerprint(&("org_8f2c", 43u64, Some("ref"))),
+            fingerprint(&value)
+        );
+    }
+
+    #[test]
+    fn long_values_are_streamed_to_the_same_hash() {
+        let long = "x".repeat(FINGERPRINT_STACK_BYTES * 2);
+        assert_eq!(
+            fingerprint(&long),
+            stable_hash(&postcard::to_allocvec(&long).unwrap())
+        );
     }
 
     #[test]
@@ -184,6 +218,9 @@ mod tests {
             counts[(stable_hash(format!("org_{i}").as_bytes()) % 256) as usize] += 1;
         }
         // 100 per shard on average; every shard within a factor of two.
-        assert!(counts.iter().all(|&c| (50..=200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (50..=200).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

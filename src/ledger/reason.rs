@@ -49,7 +49,9 @@ pub enum Reason {
     Closed,
     #[error("the account is frozen by an operator")]
     Frozen,
-    #[error("the account is not activated: it needs a purchase of at least {minimum}; free credits alone do not activate it")]
+    #[error(
+        "the account is not activated: it needs a purchase of at least {minimum}; free credits alone do not activate it"
+    )]
     NotActivated { minimum: Amount },
     #[error("access is suspended: an invoice is past due and must be paid; credits cannot pay it")]
     PastDue,
@@ -86,7 +88,10 @@ pub enum Reason {
 
     // ---- funds
     #[error("insufficient funds: {requested} requested, {available} available")]
-    InsufficientFunds { available: Amount, requested: Amount },
+    InsufficientFunds {
+        available: Amount,
+        requested: Amount,
+    },
     #[error("the contract credit limit of {limit} would be exceeded")]
     CreditLimitExceeded { limit: Amount },
 }

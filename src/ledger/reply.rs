@@ -24,19 +24,45 @@ pub struct Reply {
 pub enum Detail {
     /// Nothing particular: the figures say it all.
     None,
-    Debited { amount: Amount, debt_added: Amount },
-    HoldPlaced { hold_id: u64, expires_at_ms: u64 },
-    Captured { hold_id: u64, captured: Amount, released: Amount },
-    Released { hold_id: u64, released: Amount },
+    Debited {
+        amount: Amount,
+        debt_added: Amount,
+    },
+    HoldPlaced {
+        hold_id: u64,
+        expires_at_ms: u64,
+    },
+    Captured {
+        hold_id: u64,
+        captured: Amount,
+        released: Amount,
+    },
+    Released {
+        hold_id: u64,
+        released: Amount,
+    },
     /// `grant_id` is `None` when the whole amount paid debt.
-    Credited { grant_id: Option<u64>, debt_paid: Amount },
+    Credited {
+        grant_id: Option<u64>,
+        debt_paid: Amount,
+    },
     /// How many purchases of `amount` the current gap needs (0 when the
     /// balance is at or above the threshold or auto-recharge is off).
-    AutoRecharge { purchases_planned: u32 },
+    AutoRecharge {
+        purchases_planned: u32,
+    },
     /// `invoice_id` is `None` when there was nothing to invoice.
-    Invoiced { invoice_id: Option<u64>, amount: Amount },
-    InvoicePaid { invoice_id: u64, outstanding: Amount },
-    ExpirySet { grants: u32 },
+    Invoiced {
+        invoice_id: Option<u64>,
+        amount: Amount,
+    },
+    InvoicePaid {
+        invoice_id: u64,
+        outstanding: Amount,
+    },
+    ExpirySet {
+        grants: u32,
+    },
     Balance(Box<BalanceView>),
 }
 
@@ -135,13 +161,21 @@ pub struct UsageSummary {
 
 pub fn usage_by_service(records: &[EventRecord], from_ms: u64, to_ms: u64) -> UsageSummary {
     let mut sums = [Amount::ZERO; Service::ALL.len()];
-    for record in records.iter().filter(|r| r.at_ms >= from_ms && r.at_ms < to_ms) {
+    for record in records
+        .iter()
+        .filter(|r| r.at_ms >= from_ms && r.at_ms < to_ms)
+    {
         if let Some((service, amount)) = record.event.usage() {
             sums[service as usize] += amount;
         }
     }
     UsageSummary {
-        by_service: Service::ALL.iter().copied().zip(sums).filter(|(_, a)| !a.is_zero()).collect(),
+        by_service: Service::ALL
+            .iter()
+            .copied()
+            .zip(sums)
+            .filter(|(_, a)| !a.is_zero())
+            .collect(),
         total: sums.into_iter().sum(),
     }
 }
