@@ -84,7 +84,11 @@ fn same_key_same_request_returns_the_first_result_even_after_state_changed() {
     let mut h = Harness::active("100");
     let key = IdemKey::new("req-42").unwrap();
     let first = h.run_keyed(Some(key.clone()), strict("10"));
-    assert!(first.recorded.is_some());
+    assert_eq!(first.recorded.as_ref(), Some(&key));
+    assert_eq!(
+        h.account.dedup.get(&key).map(|r| Ok(r.reply.clone())),
+        Some(first.result.clone())
+    );
     h.ok(strict("50"));
     let again = h.run_keyed(Some(key.clone()), strict("10"));
     assert!(again.replayed);

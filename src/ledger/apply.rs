@@ -36,8 +36,9 @@ pub struct Outcome {
     pub result: Result<Reply, Reason>,
     /// New journal records, in order; empty for most refusals and queries.
     pub records: Vec<EventRecord>,
-    /// The idempotency record to persist with the records, if one was made.
-    pub recorded: Option<(IdemKey, DedupRecord)>,
+    /// The key whose first result this request recorded, if it did: the
+    /// store persists `dedup.get(key)` with the records.
+    pub recorded: Option<IdemKey>,
     /// The reply is the first result of this key, given again.
     pub replayed: bool,
 }
@@ -95,13 +96,12 @@ impl Account {
         };
         let recorded = match (&result, new_key) {
             (Ok(reply), Some((key, fingerprint, slot))) => {
-                let record = DedupRecord {
+                slot.record(DedupRecord {
                     fingerprint,
                     at_ms: now_ms,
                     reply: reply.clone(),
-                };
-                slot.record(record.clone());
-                Some((key.clone(), record))
+                });
+                Some(key.clone())
             }
             _ => None,
         };

@@ -63,6 +63,10 @@ impl Dedup {
         }
     }
 
+    pub fn get(&self, key: &IdemKey) -> Option<&DedupRecord> {
+        self.records.get(key)
+    }
+
     /// Forgets records at or past the window. Keys arrive in time order per
     /// account, so this looks at the front only.
     pub fn prune(&mut self, now_ms: u64, window_ms: u64) {
