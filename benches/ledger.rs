@@ -163,7 +163,7 @@ fn benches(c: &mut Criterion) {
     });
     let command = strict_debit(&id).command;
     c.bench_function("fingerprint/strict_debit", |b| {
-        b.iter(|| prepaid::ledger::hash::fingerprint(black_box(&command)))
+        b.iter(|| black_box(&command).fingerprint())
     });
 
     let (_, account) = busy_account(&cfg);

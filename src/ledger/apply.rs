@@ -13,7 +13,6 @@ use super::config::LedgerConfig;
 use super::decide::{self, Before};
 use super::dedup::{Dedup, DedupRecord, Lookup};
 use super::event::{Event, EventRecord};
-use super::hash::fingerprint;
 use super::id::IdemKey;
 use super::reason::Reason;
 use super::reply::{Detail, Reply};
@@ -67,7 +66,7 @@ impl Account {
         // the request.
         let mut new_key = None;
         if let Some(key) = key {
-            let fingerprint = fingerprint(&req.command);
+            let fingerprint = req.command.fingerprint();
             match self.dedup.lookup(key, fingerprint) {
                 Lookup::Seen(first) => {
                     let replayed = first.is_ok();

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::amount::Amount;
+use super::hash::Fingerprint;
 use super::id::{AccountId, Currency, IdemKey, Text};
 
 /// How an account pays: prepaid credits, or postpaid under a contract.
@@ -240,5 +241,134 @@ impl Command {
             Command::Balance => "balance",
             Command::Tick => "tick",
         }
+    }
+}
+
+impl Mode {
+    /// Stable number for fingerprints; never reuse one.
+    fn code(self) -> u8 {
+        match self {
+            Mode::Prepaid => 0,
+            Mode::Contract => 1,
+        }
+    }
+}
+
+impl Service {
+    /// Stable number for fingerprints; never reuse one.
+    fn code(self) -> u8 {
+        match self {
+            Service::ApiRequest => 0,
+            Service::DedicatedEndpoint => 1,
+            Service::FineTuning => 2,
+            Service::Evaluation => 3,
+            Service::Other => 4,
+        }
+    }
+}
+
+impl DebitMode {
+    /// Stable number for fingerprints; never reuse one.
+    fn code(self) -> u8 {
+        match self {
+            DebitMode::Strict => 0,
+            DebitMode::Metered => 1,
+        }
+    }
+}
+
+impl Command {
+    /// What identifies the request under its idempotency key: a stable hash
+    /// of the operation and every one of its fields, written explicitly (tags
+    /// and field order are part of the stored format: add, never renumber).
+    pub fn fingerprint(&self) -> u64 {
+        let amount = |a: &Amount| a.units();
+        match self {
+            Command::Open {
+                mode,
+                currency,
+                past_due_suspends,
+                credit_limit,
+            } => Fingerprint::new(1)
+                .byte(mode.code())
+                .text(Some(currency.as_str()))
+                .byte(match past_due_suspends {
+                    None => 0,
+                    Some(false) => 1,
+                    Some(true) => 2,
+                })
+                .opt_i128(credit_limit.as_ref().map(amount)),
+            Command::CheckAccess => Fingerprint::new(2),
+            Command::Debit {
+                amount: a,
+                mode,
+                service,
+                reference,
+            } => Fingerprint::new(3)
+                .i128(a.units())
+                .byte(mode.code())
+                .byte(service.code())
+                .text(reference.as_ref().map(Text::as_str)),
+            Command::Hold {
+                amount: a,
+                service,
+                reference,
+                timeout_ms,
+            } => Fingerprint::new(4)
+                .i128(a.units())
+                .byte(service.code())
+                .text(reference.as_ref().map(Text::as_str))
+                .opt_u64(*timeout_ms),
+            Command::Capture { hold_id, amount: a } => {
+                Fingerprint::new(5).u64(*hold_id).i128(a.units())
+            }
+            Command::Release { hold_id } => Fingerprint::new(6).u64(*hold_id),
+            Command::Purchase {
+                amount: a,
+                reference,
+            } => Fingerprint::new(7)
+                .i128(a.units())
+                .text(reference.as_ref().map(Text::as_str)),
+            Command::Grant {
+                amount: a,
+                expires_at_ms,
+                priority,
+                reference,
+            } => Fingerprint::new(8)
+                .i128(a.units())
+                .opt_u64(*expires_at_ms)
+                .opt_u64(priority.map(u64::from))
+                .text(reference.as_ref().map(Text::as_str)),
+            Command::SetAutoRecharge {
+                enabled,
+                amount: a,
+                threshold,
+            } => Fingerprint::new(9)
+                .byte(*enabled as u8)
+                .opt_i128(a.as_ref().map(amount))
+                .i128(threshold.units()),
+            Command::RechargeSucceeded { attempt_id } => Fingerprint::new(10).u64(*attempt_id),
+            Command::RechargeFailed { attempt_id, error } => Fingerprint::new(11)
+                .u64(*attempt_id)
+                .text(Some(error.as_str())),
+            Command::SetGrantExpiry {
+                grant_id,
+                expires_at_ms,
+            } => Fingerprint::new(12).opt_u64(*grant_id).u64(*expires_at_ms),
+            Command::ClosePeriod { due_at_ms } => Fingerprint::new(13).opt_u64(*due_at_ms),
+            Command::PayInvoice {
+                invoice_id,
+                amount: a,
+            } => Fingerprint::new(14).u64(*invoice_id).i128(a.units()),
+            Command::Freeze { reason } => Fingerprint::new(15).text(Some(reason.as_str())),
+            Command::Unfreeze { reason } => Fingerprint::new(16).text(Some(reason.as_str())),
+            Command::Close { reason } => Fingerprint::new(17).text(Some(reason.as_str())),
+            Command::Adjust { amount: a, reason } => Fingerprint::new(18)
+                .i128(a.units())
+                .text(Some(reason.as_str())),
+            Command::Balance => Fingerprint::new(19),
+            Command::Tick => Fingerprint::new(20),
+        }
+        .finish()
     }
 }

@@ -9,10 +9,11 @@
 //! reaches the low bits that `mod shards` reads. Fed in pieces, it gives the
 //! same result as fed at once. It is not a MAC: it guards against accidents,
 //! not adversaries (the idempotency table seeds it per process).
+//!
+//! `Fingerprint` writes typed fields into it in an explicit byte form; a
+//! request's fingerprint (`Command::fingerprint`) is built that way.
 
 use std::hash::{BuildHasher, Hasher};
-
-use serde::Serialize;
 
 const K: u64 = 0x9e37_79b9_7f4a_7c15;
 /// The starting state of the unseeded hash (digits of pi).
@@ -114,43 +115,65 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Feeds postcard's output straight into the hasher: no buffer.
-struct HashFlavor(StableHasher);
+/// Writes typed fields into a `StableHasher` in a fixed, explicit byte form
+/// (little-endian integers, length-prefixed text), so a fingerprint depends
+/// only on the values written and their order — never on `derive(Hash)`, a
+/// serializer or the machine's endianness.
+pub struct Fingerprint(StableHasher);
 
-impl postcard::ser_flavors::Flavor for HashFlavor {
-    type Output = u64;
-
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.write(&[data]);
-        Ok(())
+impl Fingerprint {
+    /// Starts a fingerprint with a tag naming what follows.
+    pub fn new(tag: u8) -> Fingerprint {
+        let mut h = StableHasher::default();
+        h.write(&[tag]);
+        Fingerprint(h)
     }
 
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.write(data);
-        Ok(())
+    pub fn byte(mut self, b: u8) -> Fingerprint {
+        self.0.write(&[b]);
+        self
     }
 
-    fn finalize(self) -> postcard::Result<u64> {
-        Ok(self.0.finish())
+    pub fn u64(mut self, n: u64) -> Fingerprint {
+        self.0.write(&n.to_le_bytes());
+        self
     }
-}
 
-/// Encodings up to this size are hashed from a stack buffer (every command
-/// fits: its longest field is a 256-byte text); longer ones are streamed.
-const FINGERPRINT_STACK_BYTES: usize = 384;
+    pub fn i128(mut self, n: i128) -> Fingerprint {
+        self.0.write(&n.to_le_bytes());
+        self
+    }
 
-/// The fingerprint of a value: the stable hash of its postcard encoding
-/// (postcard's wire format is stable across its 1.x versions).
-pub fn fingerprint<T: Serialize + ?Sized>(value: &T) -> u64 {
-    let mut buf = [0u8; FINGERPRINT_STACK_BYTES];
-    match postcard::to_slice(value, &mut buf) {
-        Ok(bytes) => stable_hash(bytes),
-        // Too long for the buffer: the same bytes, fed as they are written.
-        // Plain data always serializes and hashing never fails, so the
-        // fallback to 0 is never taken.
-        Err(_) => {
-            postcard::serialize_with_flavor(value, HashFlavor(StableHasher::default())).unwrap_or(0)
+    /// `None` and `Some` differ even when the value is zero.
+    pub fn opt_u64(self, n: Option<u64>) -> Fingerprint {
+        match n {
+            None => self.byte(0),
+            Some(n) => self.byte(1).u64(n),
         }
+    }
+
+    pub fn opt_i128(self, n: Option<i128>) -> Fingerprint {
+        match n {
+            None => self.byte(0),
+            Some(n) => self.byte(1).i128(n),
+        }
+    }
+
+    /// Length-prefixed, so adjacent texts cannot run into each other.
+    pub fn text(mut self, s: Option<&str>) -> Fingerprint {
+        match s {
+            None => self.byte(0),
+            Some(s) => {
+                self.0.write(&[1]);
+                self.0.write(&(s.len() as u64).to_le_bytes());
+                self.0.write(s.as_bytes());
+                self
+            }
+        }
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0.finish()
     }
 }
 
@@ -184,25 +207,15 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_is_the_hash_of_the_postcard_bytes() {
-        let value = ("org_8f2c", 42u64, Some("ref"));
-        assert_eq!(
-            fingerprint(&value),
-            stable_hash(&postcard::to_allocvec(&value).unwrap())
-        );
+    fn fingerprints_tell_none_from_zero_and_split_texts_apart() {
+        let f = |a: Option<&str>, b: Option<&str>| Fingerprint::new(1).text(a).text(b).finish();
+        assert_ne!(f(Some("ab"), Some("c")), f(Some("a"), Some("bc")));
+        assert_ne!(f(None, Some("a")), f(Some("a"), None));
         assert_ne!(
-            fingerprint(&("org_8f2c", 43u64, Some("ref"))),
-            fingerprint(&value)
+            Fingerprint::new(1).opt_u64(None).finish(),
+            Fingerprint::new(1).opt_u64(Some(0)).finish()
         );
-    }
-
-    #[test]
-    fn long_values_are_streamed_to_the_same_hash() {
-        let long = "x".repeat(FINGERPRINT_STACK_BYTES * 2);
-        assert_eq!(
-            fingerprint(&long),
-            stable_hash(&postcard::to_allocvec(&long).unwrap())
-        );
+        assert_ne!(Fingerprint::new(1).finish(), Fingerprint::new(2).finish());
     }
 
     #[test]

@@ -678,22 +678,26 @@ impl AccountState {
 
     /// The earliest deadline that `settle` would act on, if any.
     pub fn next_deadline_ms(&self, notice_ms: u64) -> Option<u64> {
-        let holds = self.holds.iter().map(|h| h.expires_at_ms);
-        let grants = self.grants.iter().filter_map(|g| {
-            let at = g.expires_at_ms?;
-            Some(if g.notice_sent {
-                at
-            } else {
-                at.saturating_sub(notice_ms)
-            })
-        });
-        let invoices = self
-            .invoices
-            .iter()
-            .filter(|i| !i.past_due)
-            .map(|i| i.due_at_ms);
-        let retry = self.auto_recharge.retry_at_ms;
-        holds.chain(grants).chain(invoices).chain(retry).min()
+        // Plain loops: this runs before every request.
+        let mut next = self.auto_recharge.retry_at_ms.unwrap_or(u64::MAX);
+        for hold in &self.holds {
+            next = next.min(hold.expires_at_ms);
+        }
+        for grant in &self.grants {
+            if let Some(at) = grant.expires_at_ms {
+                next = next.min(if grant.notice_sent {
+                    at
+                } else {
+                    at.saturating_sub(notice_ms)
+                });
+            }
+        }
+        for invoice in &self.invoices {
+            if !invoice.past_due {
+                next = next.min(invoice.due_at_ms);
+            }
+        }
+        (next != u64::MAX).then_some(next)
     }
 
     /// The invariants that hold after every applied command. A failure is a
