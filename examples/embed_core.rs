@@ -11,33 +11,17 @@ fn main() -> Result<(), Reason> {
     let id = AccountId::new("org_8f2c")?;
     let mut account = Account::default();
     let request = |key: Option<&str>, command| -> Result<Request, Reason> {
-        Ok(Request {
-            account: id.clone(),
-            key: key.map(IdemKey::new).transpose()?,
-            command,
-        })
+        Ok(Request { account: id.clone(), key: key.map(IdemKey::new).transpose()?, command })
     };
 
-    let open = Command::Open {
-        mode: Mode::Prepaid,
-        currency: Currency::USD,
-        past_due_suspends: None,
-        credit_limit: None,
-    };
-    account
-        .execute(&request(None, open)?, now_ms, &cfg)
-        .result?;
+    let open =
+        Command::Open { mode: Mode::Prepaid, currency: Currency::USD, past_due_suspends: None, credit_limit: None };
+    account.execute(&request(None, open)?, now_ms, &cfg).result?;
 
-    let buy = Command::Purchase {
-        amount: Amount::parse("20.00")?,
-        reference: Some(Text::new("reference", "pay_123")?),
-    };
+    let buy =
+        Command::Purchase { amount: Amount::parse("20.00")?, reference: Some(Text::new("reference", "pay_123")?) };
     let bought = account.execute(&request(Some("pay_123"), buy)?, now_ms, &cfg);
-    println!(
-        "purchase: {:?}, {} journal records",
-        bought.result?.status,
-        bought.records.len()
-    );
+    println!("purchase: {:?}, {} journal records", bought.result?.status, bought.records.len());
 
     let debit = Command::Debit {
         amount: Amount::parse("0.00000018")?,
@@ -60,20 +44,12 @@ fn main() -> Result<(), Reason> {
         service: Service::ApiRequest,
         reference: None,
     };
-    match account
-        .execute(&request(Some("req_2"), too_much)?, now_ms + 3, &cfg)
-        .result
-    {
+    match account.execute(&request(Some("req_2"), too_much)?, now_ms + 3, &cfg).result {
         Ok(_) => println!("unexpected: accepted"),
         Err(reason) => println!("refused: {} — {reason}", reason.code()),
     }
     for record in &first.records {
-        println!(
-            "journal: #{} {} balance_after {}",
-            record.seq,
-            record.event.name(),
-            record.balance_after
-        );
+        println!("journal: #{} {} balance_after {}", record.seq, record.event.name(), record.balance_after);
     }
     Ok(())
 }

@@ -12,7 +12,6 @@ pub mod codec;
 pub mod ledger;
 
 pub use ledger::{
-    Account, AccountId, AccountState, Amount, BalanceView, Command, Currency, DebitMode, Detail,
-    Event, EventRecord, IdemKey, LedgerConfig, Mode, Outcome, Reason, Reply, Request, Service,
-    Status, Text,
+    Account, AccountId, AccountState, Amount, BalanceView, Command, Currency, DebitMode, Detail, Event, EventRecord,
+    IdemKey, LedgerConfig, Mode, Outcome, Reason, Reply, Request, Service, Status, Text,
 };

@@ -61,9 +61,7 @@ fn parse_demo(args: &[String]) -> Result<(u64, u64), String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let n: u64 = value
-            .parse()
-            .map_err(|_| format!("{flag} takes a whole number, not {value:?}"))?;
+        let n: u64 = value.parse().map_err(|_| format!("{flag} takes a whole number, not {value:?}"))?;
         match flag.as_str() {
             "--accounts" if (1..=MAX_DEMO_ACCOUNTS).contains(&n) => accounts = n,
             "--debits" if n <= MAX_DEMO_DEBITS => debits = n,

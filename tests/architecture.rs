@@ -18,10 +18,7 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn the_ledger_does_no_io_and_reads_no_clock() {
     let mut files = Vec::new();
-    rust_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ledger"),
-        &mut files,
-    );
+    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ledger"), &mut files);
     assert!(files.len() >= 10, "found the ledger's files");
     let forbidden = [
         "tokio::",

@@ -4,15 +4,8 @@
 use std::process::Command;
 
 fn prepaid(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_prepaid")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 #[test]
@@ -37,15 +30,9 @@ fn demo_walks_every_rule_and_checks_conservation() {
     ] {
         assert!(out.contains(code), "{code} not shown:\n{out}");
     }
-    assert!(
-        out.contains("free 100.00  purchased 5.00"),
-        "free and purchased apart:\n{out}"
-    );
+    assert!(out.contains("free 100.00  purchased 5.00"), "free and purchased apart:\n{out}");
     assert!(out.contains("2000 accepted"), "{out}");
-    assert!(
-        out.contains("conservation: ledger sum = balance on 50 of 50 accounts"),
-        "{out}"
-    );
+    assert!(out.contains("conservation: ledger sum = balance on 50 of 50 accounts"), "{out}");
 }
 
 #[test]

@@ -25,18 +25,13 @@ fn default_toml_names_every_field() {
     let fields = toml::to_string(&LedgerConfig::default()).unwrap();
     for line in fields.lines() {
         let name = line.split(" = ").next().unwrap();
-        assert!(
-            text.lines().any(|l| l.starts_with(&format!("{name} = "))),
-            "{name} is missing"
-        );
+        assert!(text.lines().any(|l| l.starts_with(&format!("{name} = "))), "{name} is missing");
     }
 }
 
 #[test]
 fn unknown_fields_are_refused() {
-    let err = toml::from_str::<File>("[ledger]\nmin_purchse = \"5\"\n")
-        .err()
-        .unwrap();
+    let err = toml::from_str::<File>("[ledger]\nmin_purchse = \"5\"\n").err().unwrap();
     assert!(err.to_string().contains("min_purchse"), "{err}");
 }
 

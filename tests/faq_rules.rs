@@ -28,11 +28,7 @@ fn balance_reaching_zero_suspends_until_credits_are_added() {
     assert_eq!(h.refused(strict("0.01")).code(), "suspended");
     let mark = h.journal.len();
     let reply = h.ok(purchase_cmd("5.00"));
-    assert_eq!(
-        reply.status,
-        Status::Active,
-        "adding credits reactivates at once"
-    );
+    assert_eq!(reply.status, Status::Active, "adding credits reactivates at once");
     assert!(h.event_names_since(mark).contains(&"reactivated"));
     h.ok(strict("1.00"));
 }
@@ -54,19 +50,10 @@ fn free_credits_alone_do_not_activate() {
     assert_eq!(reply.balance, amt("100"));
     let refusal = h.refused(Command::CheckAccess);
     assert_eq!(refusal.code(), "not_activated");
-    assert!(
-        refusal
-            .to_string()
-            .contains("free credits alone do not activate"),
-        "{refusal}"
-    );
+    assert!(refusal.to_string().contains("free credits alone do not activate"), "{refusal}");
     assert_eq!(h.refused(strict("1.00")).code(), "not_activated");
     let view = h.view();
-    assert_eq!(
-        view.refusal.as_deref(),
-        Some("not_activated"),
-        "the reply says why"
-    );
+    assert_eq!(view.refusal.as_deref(), Some("not_activated"), "the reply says why");
     assert_eq!(view.free, amt("100"));
     assert_eq!(view.lifetime_purchased, Amount::ZERO);
 }
@@ -95,10 +82,7 @@ fn minimum_purchase_activates_at_once() {
 fn minimum_purchase_is_configurable() {
     let mut h = Harness::open(Mode::Prepaid);
     h.cfg.min_purchase = amt("20");
-    assert_eq!(
-        h.refused(purchase_cmd("19.99")).code(),
-        "below_minimum_purchase"
-    );
+    assert_eq!(h.refused(purchase_cmd("19.99")).code(), "below_minimum_purchase");
     h.ok(purchase_cmd("20"));
 }
 
@@ -123,11 +107,7 @@ fn job_hold_needs_the_available_balance() {
     assert_eq!(held.balance, amt("100"), "a hold does not debit");
     let refusal = h.refused(hold_cmd("40.01", Service::DedicatedEndpoint));
     assert_eq!(refusal.code(), "insufficient_funds");
-    assert_eq!(
-        h.refused(strict("40.01")).code(),
-        "insufficient_funds",
-        "holds reduce what strict debits may use"
-    );
+    assert_eq!(h.refused(strict("40.01")).code(), "insufficient_funds", "holds reduce what strict debits may use");
     h.ok(hold_cmd("40.00", Service::Evaluation));
 }
 
@@ -135,43 +115,19 @@ fn job_hold_needs_the_available_balance() {
 fn capture_debits_the_final_cost_and_releases_the_rest() {
     let mut h = Harness::active("100.00");
     let id = hold_id(&h.ok(hold_cmd("60.00", Service::FineTuning)));
-    let reply = h.ok(Command::Capture {
-        hold_id: id,
-        amount: amt("45.50"),
-    });
-    assert_eq!(
-        reply.detail,
-        Detail::Captured {
-            hold_id: id,
-            captured: amt("45.50"),
-            released: amt("14.50")
-        }
-    );
+    let reply = h.ok(Command::Capture { hold_id: id, amount: amt("45.50") });
+    assert_eq!(reply.detail, Detail::Captured { hold_id: id, captured: amt("45.50"), released: amt("14.50") });
     assert_eq!(reply.balance, amt("54.50"));
     assert_eq!(reply.available, amt("54.50"));
-    assert_eq!(
-        h.refused(Command::Capture {
-            hold_id: id,
-            amount: amt("1")
-        })
-        .code(),
-        "hold_already_captured"
-    );
+    assert_eq!(h.refused(Command::Capture { hold_id: id, amount: amt("1") }).code(), "hold_already_captured");
 }
 
 #[test]
 fn capture_above_the_hold_charges_the_excess_like_metered_usage() {
     let mut h = Harness::active("50.00");
     let id = hold_id(&h.ok(hold_cmd("50.00", Service::FineTuning)));
-    let reply = h.ok(Command::Capture {
-        hold_id: id,
-        amount: amt("70.00"),
-    });
-    assert_eq!(
-        reply.balance,
-        amt("-20"),
-        "the job ran: its whole cost is charged"
-    );
+    let reply = h.ok(Command::Capture { hold_id: id, amount: amt("70.00") });
+    assert_eq!(reply.balance, amt("-20"), "the job ran: its whole cost is charged");
     assert_eq!(reply.status, Status::Suspended);
     assert_eq!(h.state().debt, amt("20"));
 }
@@ -181,14 +137,8 @@ fn release_frees_the_held_credits() {
     let mut h = Harness::active("30.00");
     let id = hold_id(&h.ok(hold_cmd("30.00", Service::DedicatedEndpoint)));
     assert_eq!(h.ok(Command::Release { hold_id: id }).available, amt("30"));
-    assert_eq!(
-        h.refused(Command::Release { hold_id: id }).code(),
-        "hold_already_released"
-    );
-    assert_eq!(
-        h.refused(Command::Release { hold_id: 99 }).code(),
-        "hold_not_found"
-    );
+    assert_eq!(h.refused(Command::Release { hold_id: id }).code(), "hold_already_released");
+    assert_eq!(h.refused(Command::Release { hold_id: 99 }).code(), "hold_not_found");
 }
 
 #[test]
@@ -207,26 +157,14 @@ fn hold_expires_by_itself_after_its_timeout() {
     let mark = h.journal.len();
     assert_eq!(h.ok(Command::Tick).available, amt("30"));
     assert_eq!(h.event_names_since(mark), ["hold_expired"]);
-    assert_eq!(
-        h.refused(Command::Capture {
-            hold_id: id,
-            amount: amt("1")
-        })
-        .code(),
-        "hold_expired"
-    );
+    assert_eq!(h.refused(Command::Capture { hold_id: id, amount: amt("1") }).code(), "hold_expired");
     assert_eq!(h.count("hold_expired"), 1, "expires exactly once");
 }
 
 #[test]
 fn an_expired_hold_is_settled_before_any_command_even_without_a_timer() {
     let mut h = Harness::active("30.00");
-    h.ok(Command::Hold {
-        amount: amt("30"),
-        service: Service::FineTuning,
-        reference: None,
-        timeout_ms: Some(1_000),
-    });
+    h.ok(Command::Hold { amount: amt("30"), service: Service::FineTuning, reference: None, timeout_ms: Some(1_000) });
     h.advance(1_000);
     // No Tick: the debit itself settles the expiry first.
     h.ok(strict("30.00"));
@@ -238,13 +176,7 @@ fn an_expired_hold_is_settled_before_any_command_even_without_a_timer() {
 fn strict_debit_is_declined_unless_the_available_balance_covers_it() {
     let mut h = Harness::active("5.00");
     let refusal = h.refused(strict("5.01"));
-    assert_eq!(
-        refusal,
-        Reason::InsufficientFunds {
-            available: amt("5"),
-            requested: amt("5.01")
-        }
-    );
+    assert_eq!(refusal, Reason::InsufficientFunds { available: amt("5"), requested: amt("5.01") });
     assert_eq!(h.balance(), amt("5"), "nothing applied");
     h.ok(strict("0.00000018"));
     assert_eq!(h.balance(), amt("4.99999982"), "per-token prices are exact");
@@ -255,13 +187,7 @@ fn metered_debit_applies_past_zero_and_suspends() {
     let mut h = Harness::active("5.00");
     let mark = h.journal.len();
     let reply = h.ok(metered("7.25"));
-    assert_eq!(
-        reply.detail,
-        Detail::Debited {
-            amount: amt("7.25"),
-            debt_added: amt("2.25")
-        }
-    );
+    assert_eq!(reply.detail, Detail::Debited { amount: amt("7.25"), debt_added: amt("2.25") });
     assert_eq!(reply.balance, amt("-2.25"));
     assert_eq!(reply.status, Status::Suspended);
     assert!(h.event_names_since(mark).contains(&"suspended"));
@@ -273,9 +199,7 @@ fn metered_usage_is_recorded_even_when_access_would_be_refused() {
     let mut h = Harness::open(Mode::Prepaid);
     h.ok(metered("1.00"));
     assert_eq!(h.balance(), amt("-1"));
-    h.ok(Command::Freeze {
-        reason: reason("fraud review"),
-    });
+    h.ok(Command::Freeze { reason: reason("fraud review") });
     h.ok(metered("1.00"));
     assert_eq!(h.balance(), amt("-2"));
 }
@@ -285,13 +209,7 @@ fn new_money_pays_debt_first() {
     let mut h = Harness::active("5.00");
     h.ok(metered("8.00"));
     let reply = h.ok(purchase_cmd("10.00"));
-    assert_eq!(
-        reply.detail,
-        Detail::Credited {
-            grant_id: Some(2),
-            debt_paid: amt("3")
-        }
-    );
+    assert_eq!(reply.detail, Detail::Credited { grant_id: Some(2), debt_paid: amt("3") });
     assert_eq!(reply.balance, amt("7"));
     assert_eq!(h.state().debt, Amount::ZERO);
     let view = h.view();
@@ -304,13 +222,7 @@ fn money_that_only_pays_debt_makes_no_grant() {
     let mut h = Harness::active("5.00");
     h.ok(metered("20.00"));
     let reply = h.ok(purchase_cmd("10.00"));
-    assert_eq!(
-        reply.detail,
-        Detail::Credited {
-            grant_id: None,
-            debt_paid: amt("10")
-        }
-    );
+    assert_eq!(reply.detail, Detail::Credited { grant_id: None, debt_paid: amt("10") });
     assert_eq!(reply.status, Status::Suspended);
     assert!(h.state().grants.is_empty());
 }
@@ -329,31 +241,18 @@ fn debit_service_and_reference_show_in_history_and_usage() {
     h.advance(DAY_MS);
     h.ok(cmd("10", Service::Other));
     let id = hold_id(&h.ok(hold_cmd("20", Service::FineTuning)));
-    h.ok(Command::Capture {
-        hold_id: id,
-        amount: amt("12"),
-    });
+    h.ok(Command::Capture { hold_id: id, amount: amt("12") });
     let usage = usage_by_service(&h.journal, T0, T0 + 2 * DAY_MS);
     assert_eq!(
         usage.by_service,
-        vec![
-            (Service::ApiRequest, amt("4")),
-            (Service::FineTuning, amt("12")),
-            (Service::Other, amt("10"))
-        ]
+        vec![(Service::ApiRequest, amt("4")), (Service::FineTuning, amt("12")), (Service::Other, amt("10"))]
     );
     assert_eq!(usage.total, amt("26"));
     let first_day = usage_by_service(&h.journal, T0, T0 + DAY_MS);
     assert_eq!(first_day.total, amt("4"));
-    let debited = h
-        .journal
-        .iter()
-        .find(|r| r.event.name() == "debited")
-        .unwrap();
+    let debited = h.journal.iter().find(|r| r.event.name() == "debited").unwrap();
     match &debited.event {
-        Event::Debited {
-            service, reference, ..
-        } => {
+        Event::Debited { service, reference, .. } => {
             assert_eq!(*service, Service::ApiRequest);
             assert_eq!(reference.as_ref().unwrap().as_str(), "req_1 llama-3-70b");
         }
@@ -372,27 +271,13 @@ fn succeed(h: &mut Harness) -> Reply {
 fn threshold_above_balance_recharges_at_once_in_increments() {
     let mut h = Harness::active("10.00");
     let reply = h.ok(auto_cmd("25.00", "60.00"));
-    assert_eq!(
-        reply.detail,
-        Detail::AutoRecharge {
-            purchases_planned: 2
-        },
-        "(60-10)/25 = 2 purchases"
-    );
+    assert_eq!(reply.detail, Detail::AutoRecharge { purchases_planned: 2 }, "(60-10)/25 = 2 purchases");
     assert_eq!(h.count("recharge_started"), 1, "one purchase at a time");
     succeed(&mut h);
-    assert_eq!(
-        h.count("recharge_started"),
-        2,
-        "the next increment follows the first"
-    );
+    assert_eq!(h.count("recharge_started"), 2, "the next increment follows the first");
     let reply = succeed(&mut h);
     assert_eq!(reply.balance, amt("60"));
-    assert_eq!(
-        h.count("recharge_started"),
-        2,
-        "the threshold is reached: no more"
-    );
+    assert_eq!(h.count("recharge_started"), 2, "the threshold is reached: no more");
     assert!(h.state().auto_recharge.in_flight.is_none());
     assert_eq!(h.view().lifetime_purchased, amt("60"));
 }
@@ -400,12 +285,7 @@ fn threshold_above_balance_recharges_at_once_in_increments() {
 #[test]
 fn gap_not_a_multiple_of_the_amount_rounds_up() {
     let mut h = Harness::active("10.00");
-    assert_eq!(
-        h.ok(auto_cmd("25", "61")).detail,
-        Detail::AutoRecharge {
-            purchases_planned: 3
-        }
-    );
+    assert_eq!(h.ok(auto_cmd("25", "61")).detail, Detail::AutoRecharge { purchases_planned: 3 });
     for _ in 0..3 {
         succeed(&mut h);
     }
@@ -419,23 +299,12 @@ fn recharge_starts_when_the_balance_falls_below_the_threshold() {
     h.ok(auto_cmd("25", "10"));
     assert_eq!(h.count("recharge_started"), 0);
     h.ok(strict("20.00"));
-    assert_eq!(
-        h.count("recharge_started"),
-        0,
-        "at the threshold is not below it"
-    );
+    assert_eq!(h.count("recharge_started"), 0, "at the threshold is not below it");
     let mark = h.journal.len();
     h.ok(strict("0.01"));
-    assert_eq!(
-        h.event_names_since(mark),
-        ["debited", "low_balance", "recharge_started"]
-    );
+    assert_eq!(h.event_names_since(mark), ["debited", "low_balance", "recharge_started"]);
     h.ok(strict("1.00"));
-    assert_eq!(
-        h.count("recharge_started"),
-        1,
-        "at most one recharge in flight"
-    );
+    assert_eq!(h.count("recharge_started"), 1, "at most one recharge in flight");
     succeed(&mut h);
     assert_eq!(h.balance(), amt("33.99"));
 }
@@ -443,16 +312,9 @@ fn recharge_starts_when_the_balance_falls_below_the_threshold() {
 #[test]
 fn default_recharge_amount_is_25() {
     let mut h = Harness::active("5.00");
-    h.ok(Command::SetAutoRecharge {
-        enabled: true,
-        amount: None,
-        threshold: amt("10"),
-    });
+    h.ok(Command::SetAutoRecharge { enabled: true, amount: None, threshold: amt("10") });
     assert_eq!(h.state().auto_recharge.amount, amt("25"));
-    assert_eq!(
-        h.state().auto_recharge.in_flight.as_ref().unwrap().amount,
-        amt("25")
-    );
+    assert_eq!(h.state().auto_recharge.in_flight.as_ref().unwrap().amount, amt("25"));
 }
 
 #[test]
@@ -464,10 +326,7 @@ fn each_attempt_is_credited_exactly_once() {
     let first = h.run_keyed(Some(key.clone()), Command::RechargeSucceeded { attempt_id });
     assert!(first.result.is_ok());
     let again = h.run_keyed(Some(key), Command::RechargeSucceeded { attempt_id });
-    assert!(
-        again.replayed && again.records.is_empty(),
-        "same key: the first result, nothing applied"
-    );
+    assert!(again.replayed && again.records.is_empty(), "same key: the first result, nothing applied");
     let unkeyed = h.run(Command::RechargeSucceeded { attempt_id });
     assert_eq!(unkeyed.unwrap_err().code(), "recharge_not_in_flight");
     assert_eq!(h.balance(), amt("30"));
@@ -480,45 +339,25 @@ fn failed_recharge_is_retried_with_backoff_then_pauses() {
     h.ok(auto_cmd("25", "10"));
     let fail = |h: &mut Harness| {
         let attempt_id = h.attempt();
-        h.ok(Command::RechargeFailed {
-            attempt_id,
-            error: text("card_declined"),
-        })
+        h.ok(Command::RechargeFailed { attempt_id, error: text("card_declined") })
     };
     fail(&mut h);
     assert!(h.state().auto_recharge.in_flight.is_none());
-    assert_eq!(
-        h.state().auto_recharge.retry_at_ms,
-        Some(h.now + 60_000),
-        "first retry after the base backoff"
-    );
+    assert_eq!(h.state().auto_recharge.retry_at_ms, Some(h.now + 60_000), "first retry after the base backoff");
     h.advance(59_999);
     h.ok(Command::Tick);
-    assert!(
-        h.state().auto_recharge.in_flight.is_none(),
-        "not before the backoff"
-    );
+    assert!(h.state().auto_recharge.in_flight.is_none(), "not before the backoff");
     h.advance(1);
     h.ok(Command::Tick);
     let second = h.attempt();
-    assert_ne!(
-        second, 1,
-        "a retry after a decline is a new attempt with a new key"
-    );
+    assert_ne!(second, 1, "a retry after a decline is a new attempt with a new key");
     fail(&mut h);
-    assert_eq!(
-        h.state().auto_recharge.retry_at_ms,
-        Some(h.now + 120_000),
-        "the backoff doubles"
-    );
+    assert_eq!(h.state().auto_recharge.retry_at_ms, Some(h.now + 120_000), "the backoff doubles");
     h.advance(120_000);
     h.ok(Command::Tick);
     let mark = h.journal.len();
     fail(&mut h);
-    assert_eq!(
-        h.event_names_since(mark),
-        ["recharge_failed", "recharge_paused"]
-    );
+    assert_eq!(h.event_names_since(mark), ["recharge_failed", "recharge_paused"]);
     assert_eq!(h.state().auto_recharge.paused, Some(PauseCause::Failures));
     h.advance(DAY_MS);
     h.ok(strict("1.00"));
@@ -532,11 +371,7 @@ fn failed_recharge_is_retried_with_backoff_then_pauses() {
 fn recharge_chain_is_bounded() {
     let mut h = Harness::active("5.00");
     h.cfg.recharge_chain_max = 3;
-    assert_eq!(
-        h.refused(auto_cmd("5", "20.01")).code(),
-        "invalid_auto_recharge",
-        "4 purchases > 3"
-    );
+    assert_eq!(h.refused(auto_cmd("5", "20.01")).code(), "invalid_auto_recharge", "4 purchases > 3");
     h.ok(auto_cmd("5", "20"));
     // Usage outruns every recharge: the chain pauses instead of charging forever.
     for _ in 0..3 {
@@ -551,26 +386,16 @@ fn recharge_chain_is_bounded() {
 fn a_charge_that_went_through_is_credited_even_after_freeze_or_close() {
     let mut h = Harness::active("5.00");
     h.ok(auto_cmd("25", "10"));
-    h.ok(Command::Close {
-        reason: reason("customer left"),
-    });
+    h.ok(Command::Close { reason: reason("customer left") });
     succeed(&mut h);
     assert_eq!(h.balance(), amt("30"));
-    assert_eq!(
-        h.count("recharge_started"),
-        1,
-        "a closed account starts no recharge"
-    );
+    assert_eq!(h.count("recharge_started"), 1, "a closed account starts no recharge");
 }
 
 #[test]
 fn disabled_auto_recharge_never_charges() {
     let mut h = Harness::active("50.00");
-    h.ok(Command::SetAutoRecharge {
-        enabled: false,
-        amount: None,
-        threshold: amt("40"),
-    });
+    h.ok(Command::SetAutoRecharge { enabled: false, amount: None, threshold: amt("40") });
     let mark = h.journal.len();
     h.ok(strict("20"));
     assert_eq!(h.event_names_since(mark), ["debited", "low_balance"]);
@@ -591,12 +416,7 @@ fn credits_do_not_expire_by_default() {
 fn an_expiring_grant_gives_notice_then_expires_exactly_once() {
     let mut h = Harness::active("5.00");
     let expires = h.now + 40 * DAY_MS;
-    h.ok(Command::Grant {
-        amount: amt("3"),
-        expires_at_ms: Some(expires),
-        priority: None,
-        reference: None,
-    });
+    h.ok(Command::Grant { amount: amt("3"), expires_at_ms: Some(expires), priority: None, reference: None });
     h.advance(10 * DAY_MS - 1);
     h.ok(Command::Tick);
     assert_eq!(h.count("grant_expiring"), 0, "notice comes 30 days before");
@@ -607,11 +427,7 @@ fn an_expiring_grant_gives_notice_then_expires_exactly_once() {
     h.advance(30 * DAY_MS);
     let reply = h.ok(Command::Tick);
     assert_eq!(h.count("grant_expired"), 1);
-    assert_eq!(
-        reply.balance,
-        amt("5"),
-        "the expiring grant burned first; its remaining 2.00 expired"
-    );
+    assert_eq!(reply.balance, amt("5"), "the expiring grant burned first; its remaining 2.00 expired");
     h.advance(DAY_MS);
     h.ok(Command::Tick);
     assert_eq!(h.count("grant_expired"), 1, "exactly once");
@@ -622,34 +438,19 @@ fn an_expiring_grant_gives_notice_then_expires_exactly_once() {
 fn policy_expiry_needs_advance_notice() {
     let mut h = Harness::active("50.00");
     let notice = h.cfg.expiry_notice_ms;
-    let too_soon = Command::SetGrantExpiry {
-        grant_id: None,
-        expires_at_ms: h.now + notice - 1,
-    };
+    let too_soon = Command::SetGrantExpiry { grant_id: None, expires_at_ms: h.now + notice - 1 };
     assert_eq!(h.refused(too_soon).code(), "notice_too_short");
     let at = h.now + notice;
     assert_eq!(
-        h.ok(Command::SetGrantExpiry {
-            grant_id: None,
-            expires_at_ms: at
-        })
-        .detail,
+        h.ok(Command::SetGrantExpiry { grant_id: None, expires_at_ms: at }).detail,
         Detail::ExpirySet { grants: 1 }
     );
     h.ok(Command::Tick);
-    assert_eq!(
-        h.count("grant_expiring"),
-        1,
-        "notice goes out as soon as the policy is set"
-    );
+    assert_eq!(h.count("grant_expiring"), 1, "notice goes out as soon as the policy is set");
     h.advance(notice);
     assert_eq!(h.ok(Command::Tick).balance, Amount::ZERO);
     assert_eq!(
-        h.refused(Command::SetGrantExpiry {
-            grant_id: Some(1),
-            expires_at_ms: h.now + notice
-        })
-        .code(),
+        h.refused(Command::SetGrantExpiry { grant_id: Some(1), expires_at_ms: h.now + notice }).code(),
         "grant_not_found"
     );
 }
@@ -659,10 +460,7 @@ fn policy_expiry_needs_advance_notice() {
 #[test]
 fn contract_accounts_are_never_suspended_for_balance() {
     let mut h = Harness::open(Mode::Contract);
-    assert!(
-        h.run(Command::CheckAccess).is_ok(),
-        "no purchase needed under contract"
-    );
+    assert!(h.run(Command::CheckAccess).is_ok(), "no purchase needed under contract");
     let reply = h.ok(strict("1000.00"));
     assert_eq!(reply.status, Status::Active);
     h.ok(metered("5000"));
@@ -676,28 +474,13 @@ fn contract_usage_is_invoiced_when_the_period_closes() {
     let mut h = Harness::open(Mode::Contract);
     h.ok(strict("120"));
     let id = hold_id(&h.ok(hold_cmd("50", Service::FineTuning)));
-    h.ok(Command::Capture {
-        hold_id: id,
-        amount: amt("30"),
-    });
+    h.ok(Command::Capture { hold_id: id, amount: amt("30") });
     let reply = h.ok(Command::ClosePeriod { due_at_ms: None });
-    assert_eq!(
-        reply.detail,
-        Detail::Invoiced {
-            invoice_id: Some(1),
-            amount: amt("150")
-        }
-    );
+    assert_eq!(reply.detail, Detail::Invoiced { invoice_id: Some(1), amount: amt("150") });
     assert_eq!(h.state().period_usage, Amount::ZERO);
     assert_eq!(h.view().invoiced_outstanding, amt("150"));
     let empty = h.ok(Command::ClosePeriod { due_at_ms: None });
-    assert_eq!(
-        empty.detail,
-        Detail::Invoiced {
-            invoice_id: None,
-            amount: Amount::ZERO
-        }
-    );
+    assert_eq!(empty.detail, Detail::Invoiced { invoice_id: None, amount: Amount::ZERO });
 }
 
 #[test]
@@ -732,61 +515,23 @@ fn credits_bought_after_invoice_do_not_pay_it() {
     h.ok(metered("25.00"));
     assert_eq!(h.state().debt, amt("20"));
     let reply = h.ok(Command::ClosePeriod { due_at_ms: None });
-    assert_eq!(
-        reply.detail,
-        Detail::Invoiced {
-            invoice_id: Some(1),
-            amount: amt("20")
-        }
-    );
+    assert_eq!(reply.detail, Detail::Invoiced { invoice_id: Some(1), amount: amt("20") });
     assert_eq!(reply.balance, Amount::ZERO, "the debt moved to the invoice");
     let reply = h.ok(purchase_cmd("50.00"));
-    assert_eq!(
-        reply.detail,
-        Detail::Credited {
-            grant_id: Some(2),
-            debt_paid: Amount::ZERO
-        }
-    );
+    assert_eq!(reply.detail, Detail::Credited { grant_id: Some(2), debt_paid: Amount::ZERO });
     assert_eq!(reply.balance, amt("50"), "the credits stay credits");
-    assert_eq!(
-        h.view().invoiced_outstanding,
-        amt("20"),
-        "the invoice is still owed"
-    );
-    let paid = h.ok(Command::PayInvoice {
-        invoice_id: 1,
-        amount: amt("20"),
-    });
-    assert_eq!(
-        paid.detail,
-        Detail::InvoicePaid {
-            invoice_id: 1,
-            outstanding: Amount::ZERO
-        }
-    );
-    assert_eq!(
-        paid.balance,
-        amt("50"),
-        "paying the invoice does not touch credits"
-    );
-    assert_eq!(
-        h.refused(Command::PayInvoice {
-            invoice_id: 1,
-            amount: amt("1")
-        })
-        .code(),
-        "invoice_already_paid"
-    );
+    assert_eq!(h.view().invoiced_outstanding, amt("20"), "the invoice is still owed");
+    let paid = h.ok(Command::PayInvoice { invoice_id: 1, amount: amt("20") });
+    assert_eq!(paid.detail, Detail::InvoicePaid { invoice_id: 1, outstanding: Amount::ZERO });
+    assert_eq!(paid.balance, amt("50"), "paying the invoice does not touch credits");
+    assert_eq!(h.refused(Command::PayInvoice { invoice_id: 1, amount: amt("1") }).code(), "invoice_already_paid");
 }
 
 #[test]
 fn past_due_invoice_suspends_access_whatever_the_credit_balance() {
     let mut h = Harness::active("5.00");
     h.ok(metered("10.00"));
-    h.ok(Command::ClosePeriod {
-        due_at_ms: Some(h.now + DAY_MS),
-    });
+    h.ok(Command::ClosePeriod { due_at_ms: Some(h.now + DAY_MS) });
     h.ok(purchase_cmd("100"));
     assert!(h.run(Command::CheckAccess).is_ok(), "not yet due");
     h.advance(DAY_MS);
@@ -794,20 +539,10 @@ fn past_due_invoice_suspends_access_whatever_the_credit_balance() {
     assert_eq!(h.refused(Command::CheckAccess).code(), "past_due");
     assert_eq!(h.event_names_since(mark), ["invoice_past_due", "suspended"]);
     assert_eq!(h.refused(strict("1")).code(), "past_due");
-    h.ok(Command::PayInvoice {
-        invoice_id: 1,
-        amount: amt("2"),
-    });
-    assert_eq!(
-        h.refused(strict("1")).code(),
-        "past_due",
-        "a partial payment leaves it past due"
-    );
+    h.ok(Command::PayInvoice { invoice_id: 1, amount: amt("2") });
+    assert_eq!(h.refused(strict("1")).code(), "past_due", "a partial payment leaves it past due");
     let mark = h.journal.len();
-    h.ok(Command::PayInvoice {
-        invoice_id: 1,
-        amount: amt("3"),
-    });
+    h.ok(Command::PayInvoice { invoice_id: 1, amount: amt("3") });
     assert_eq!(h.event_names_since(mark), ["invoice_paid", "reactivated"]);
     h.ok(strict("1"));
 }
@@ -848,10 +583,7 @@ fn balance_shows_free_and_purchased_and_lifetime_total() {
     h.ok(purchase_cmd("20"));
     let id = hold_id(&h.ok(hold_cmd("4", Service::FineTuning)));
     let view = h.view();
-    assert_eq!(
-        (view.free, view.purchased, view.held),
-        (amt("7.5"), amt("20"), amt("4"))
-    );
+    assert_eq!((view.free, view.purchased, view.held), (amt("7.5"), amt("20"), amt("4")));
     assert_eq!((view.balance, view.available), (amt("27.5"), amt("23.5")));
     assert_eq!(view.lifetime_purchased, amt("20"));
     assert_eq!(view.status, Status::Active);

@@ -11,18 +11,8 @@ use prepaid::ledger::*;
 
 fn grant_with(h: &mut Harness, a: &str, expires_in_days: Option<u64>, priority: u8) -> u64 {
     let expires_at_ms = expires_in_days.map(|d| h.now + d * DAY_MS);
-    match h
-        .ok(Command::Grant {
-            amount: amt(a),
-            expires_at_ms,
-            priority: Some(priority),
-            reference: None,
-        })
-        .detail
-    {
-        Detail::Credited {
-            grant_id: Some(id), ..
-        } => id,
+    match h.ok(Command::Grant { amount: amt(a), expires_at_ms, priority: Some(priority), reference: None }).detail {
+        Detail::Credited { grant_id: Some(id), .. } => id,
         other => panic!("{other:?}"),
     }
 }
@@ -41,28 +31,10 @@ fn grants_burn_soonest_expiry_first_then_priority_then_free_then_oldest() {
     h.advance(1);
     let never_free_newer = grant_with(&mut h, "10", None, 0); // 6
     h.ok(purchase_cmd("10")); // 7: purchased, newest
-    assert_eq!(
-        burn_order(&h),
-        vec![
-            soon,
-            soon_low_priority,
-            late,
-            never_free,
-            never_free_newer,
-            1,
-            7
-        ]
-    );
+    assert_eq!(burn_order(&h), vec![soon, soon_low_priority, late, never_free, never_free_newer, 1, 7]);
     h.ok(strict("15"));
-    assert_eq!(
-        burn_order(&h),
-        vec![soon_low_priority, late, never_free, never_free_newer, 1, 7]
-    );
-    assert_eq!(
-        h.state().grants[0].remaining,
-        amt("5"),
-        "the second grant is partly burned"
-    );
+    assert_eq!(burn_order(&h), vec![soon_low_priority, late, never_free, never_free_newer, 1, 7]);
+    assert_eq!(h.state().grants[0].remaining, amt("5"), "the second grant is partly burned");
 }
 
 #[test]
@@ -70,11 +42,7 @@ fn equal_grants_burn_by_id() {
     let mut h = Harness::open(Mode::Prepaid);
     let a = grant_with(&mut h, "1", None, 0);
     let b = grant_with(&mut h, "1", None, 0);
-    assert_eq!(
-        burn_order(&h),
-        vec![a, b],
-        "same time, same everything: lower id first"
-    );
+    assert_eq!(burn_order(&h), vec![a, b], "same time, same everything: lower id first");
 }
 
 // ---- Idempotency.
@@ -85,17 +53,11 @@ fn same_key_same_request_returns_the_first_result_even_after_state_changed() {
     let key = IdemKey::new("req-42").unwrap();
     let first = h.run_keyed(Some(key.clone()), strict("10"));
     assert_eq!(first.recorded.as_ref(), Some(&key));
-    assert_eq!(
-        h.account.dedup.get(&key).map(|r| Ok(r.reply.clone())),
-        Some(first.result.clone())
-    );
+    assert_eq!(h.account.dedup.get(&key).map(|r| Ok(r.reply.clone())), Some(first.result.clone()));
     h.ok(strict("50"));
     let again = h.run_keyed(Some(key.clone()), strict("10"));
     assert!(again.replayed);
-    assert_eq!(
-        again.result, first.result,
-        "the first reply, balance 90 and all"
-    );
+    assert_eq!(again.result, first.result, "the first reply, balance 90 and all");
     assert!(again.records.is_empty(), "nothing applied twice");
     assert_eq!(h.balance(), amt("40"));
 }
@@ -108,10 +70,7 @@ fn same_key_different_request_is_a_conflict() {
     let other = h.run_keyed(Some(key.clone()), strict("11"));
     assert_eq!(other.result.unwrap_err().code(), "idempotency_conflict");
     let other_kind = h.run_keyed(Some(key), metered("10"));
-    assert_eq!(
-        other_kind.result.unwrap_err().code(),
-        "idempotency_conflict"
-    );
+    assert_eq!(other_kind.result.unwrap_err().code(), "idempotency_conflict");
     assert_eq!(h.balance(), amt("90"));
 }
 
@@ -145,18 +104,12 @@ fn keys_are_forgotten_after_the_window() {
     let key = IdemKey::new("req-1").unwrap();
     h.run_keyed(Some(key.clone()), strict("1")).result.unwrap();
     h.advance(h.cfg.idempotency_window_ms - 1);
-    assert!(
-        h.run_keyed(Some(key.clone()), strict("1")).replayed,
-        "inside the window"
-    );
+    assert!(h.run_keyed(Some(key.clone()), strict("1")).replayed, "inside the window");
     let remembered = |h: &Harness| h.account.dedup.iter().any(|(k, _)| k.as_str() == "req-1");
     assert!(remembered(&h));
     h.advance(1);
     let after = h.run_keyed(Some(key), strict("1"));
-    assert!(
-        !after.replayed,
-        "the window has passed: the key is new again"
-    );
+    assert!(!after.replayed, "the window has passed: the key is new again");
     assert_eq!(h.account.dedup.len(), 1, "only the new record is kept");
     assert_eq!(h.balance(), amt("98"));
 }
@@ -168,34 +121,18 @@ fn money_moving_commands_need_a_key() {
         strict("1"),
         metered("1"),
         hold_cmd("1", Service::FineTuning),
-        Command::Capture {
-            hold_id: 1,
-            amount: amt("1"),
-        },
+        Command::Capture { hold_id: 1, amount: amt("1") },
         Command::Release { hold_id: 1 },
         purchase_cmd("5"),
         grant_cmd("1"),
-        Command::Adjust {
-            amount: amt("1"),
-            reason: reason("fix"),
-        },
-        Command::PayInvoice {
-            invoice_id: 1,
-            amount: amt("1"),
-        },
+        Command::Adjust { amount: amt("1"), reason: reason("fix") },
+        Command::PayInvoice { invoice_id: 1, amount: amt("1") },
         Command::ClosePeriod { due_at_ms: None },
-        Command::SetGrantExpiry {
-            grant_id: None,
-            expires_at_ms: u64::MAX,
-        },
+        Command::SetGrantExpiry { grant_id: None, expires_at_ms: u64::MAX },
     ] {
         let name = cmd.name();
         let outcome = h.run_keyed(None, cmd);
-        assert_eq!(
-            outcome.result.unwrap_err().code(),
-            "missing_idempotency_key",
-            "{name}"
-        );
+        assert_eq!(outcome.result.unwrap_err().code(), "missing_idempotency_key", "{name}");
     }
 }
 
@@ -205,11 +142,7 @@ fn validation_comes_before_idempotency() {
     let key = IdemKey::new("k").unwrap();
     h.run_keyed(Some(key.clone()), strict("1")).result.unwrap();
     let bad = h.run_keyed(Some(key), strict("-1"));
-    assert_eq!(
-        bad.result.unwrap_err().code(),
-        "invalid_amount",
-        "not idempotency_conflict"
-    );
+    assert_eq!(bad.result.unwrap_err().code(), "invalid_amount", "not idempotency_conflict");
 }
 
 // ---- Opening.
@@ -236,38 +169,21 @@ fn operations_on_an_unknown_account_are_refused() {
 #[test]
 fn freeze_blocks_usage_and_unfreeze_restores_it() {
     let mut h = Harness::active("50");
-    h.ok(Command::Freeze {
-        reason: reason("chargeback"),
-    });
+    h.ok(Command::Freeze { reason: reason("chargeback") });
     assert_eq!(h.state().status(), Status::Frozen);
     assert_eq!(h.refused(strict("1")).code(), "frozen");
-    assert_eq!(
-        h.refused(hold_cmd("1", Service::FineTuning)).code(),
-        "frozen"
-    );
+    assert_eq!(h.refused(hold_cmd("1", Service::FineTuning)).code(), "frozen");
     h.ok(purchase_cmd("5")); // money in is still taken
     let records = h.journal.len();
-    h.ok(Command::Freeze {
-        reason: reason("again"),
-    });
-    assert_eq!(
-        h.journal.len(),
-        records,
-        "freezing a frozen account changes nothing"
-    );
-    h.ok(Command::Unfreeze {
-        reason: reason("resolved"),
-    });
+    h.ok(Command::Freeze { reason: reason("again") });
+    assert_eq!(h.journal.len(), records, "freezing a frozen account changes nothing");
+    h.ok(Command::Unfreeze { reason: reason("resolved") });
     h.ok(strict("1"));
     let frozen = h.journal.iter().find_map(|r| match &r.event {
         Event::Frozen { reason } => Some(reason.as_str().to_string()),
         _ => None,
     });
-    assert_eq!(
-        frozen.as_deref(),
-        Some("chargeback"),
-        "the reason is on the ledger"
-    );
+    assert_eq!(frozen.as_deref(), Some("chargeback"), "the reason is on the ledger");
 }
 
 #[test]
@@ -275,21 +191,11 @@ fn close_releases_holds_and_refuses_everything_after() {
     let mut h = Harness::active("50");
     let id = hold_id(&h.ok(hold_cmd("20", Service::DedicatedEndpoint)));
     let mark = h.journal.len();
-    let reply = h.ok(Command::Close {
-        reason: reason("customer request"),
-    });
+    let reply = h.ok(Command::Close { reason: reason("customer request") });
     assert_eq!(h.event_names_since(mark), ["hold_released", "closed"]);
     assert_eq!(reply.status, Status::Closed);
     assert_eq!(reply.balance, amt("50"), "credits stay on the ledger");
-    for cmd in [
-        strict("1"),
-        metered("1"),
-        purchase_cmd("5"),
-        Command::Capture {
-            hold_id: id,
-            amount: amt("1"),
-        },
-    ] {
+    for cmd in [strict("1"), metered("1"), purchase_cmd("5"), Command::Capture { hold_id: id, amount: amt("1") }] {
         assert_eq!(h.refused(cmd).code(), "closed");
     }
     assert_eq!(h.refused(Command::CheckAccess).code(), "closed");
@@ -299,37 +205,14 @@ fn close_releases_holds_and_refuses_everything_after() {
 #[test]
 fn adjust_credits_or_debits_with_a_reason() {
     let mut h = Harness::active("10");
-    let up = h.ok(Command::Adjust {
-        amount: amt("2.50"),
-        reason: reason("refund of req_7"),
-    });
+    let up = h.ok(Command::Adjust { amount: amt("2.50"), reason: reason("refund of req_7") });
     assert_eq!(up.balance, amt("12.5"));
     assert_eq!(h.view().adjusted, amt("2.5"));
-    assert_eq!(
-        h.view().lifetime_purchased,
-        amt("10"),
-        "adjustments do not count as purchases"
-    );
-    let down = h.ok(Command::Adjust {
-        amount: amt("-20"),
-        reason: reason("missed usage"),
-    });
+    assert_eq!(h.view().lifetime_purchased, amt("10"), "adjustments do not count as purchases");
+    let down = h.ok(Command::Adjust { amount: amt("-20"), reason: reason("missed usage") });
     assert_eq!(down.balance, amt("-7.5"));
-    assert_eq!(
-        down.detail,
-        Detail::Debited {
-            amount: amt("20"),
-            debt_added: amt("7.5")
-        }
-    );
-    assert_eq!(
-        h.refused(Command::Adjust {
-            amount: amt("0"),
-            reason: reason("x")
-        })
-        .code(),
-        "invalid_amount"
-    );
+    assert_eq!(down.detail, Detail::Debited { amount: amt("20"), debt_added: amt("7.5") });
+    assert_eq!(h.refused(Command::Adjust { amount: amt("0"), reason: reason("x") }).code(), "invalid_amount");
 }
 
 // ---- History and events.
@@ -347,17 +230,9 @@ fn history_pages_through_the_ledger_with_balances() {
     assert_eq!(history_page(&h.journal, 12, 4).len(), 1);
     assert!(history_page(&h.journal, 13, 4).is_empty());
     assert_eq!(h.journal.last().unwrap().balance_after, amt("90"));
-    assert_eq!(
-        decide::check_page(0, &h.cfg).unwrap_err().code(),
-        "invalid_page"
-    );
+    assert_eq!(decide::check_page(0, &h.cfg).unwrap_err().code(), "invalid_page");
     assert!(decide::check_page(h.cfg.history_page_max, &h.cfg).is_ok());
-    assert_eq!(
-        decide::check_page(h.cfg.history_page_max + 1, &h.cfg)
-            .unwrap_err()
-            .code(),
-        "invalid_page"
-    );
+    assert_eq!(decide::check_page(h.cfg.history_page_max + 1, &h.cfg).unwrap_err().code(), "invalid_page");
 }
 
 #[test]
@@ -391,20 +266,10 @@ fn stored_records_round_trip_through_the_codec() {
     let snapshot = Stored::Snapshot(Box::new(h.state().clone()));
     let bytes = codec::encode(&snapshot);
     assert_eq!(codec::decode(&bytes).unwrap(), snapshot);
-    assert!(
-        bytes.len() < 512,
-        "snapshots stay small: {} bytes",
-        bytes.len()
-    );
+    assert!(bytes.len() < 512, "snapshots stay small: {} bytes", bytes.len());
     let events = Stored::Events(h.journal.clone());
     assert_eq!(codec::decode(&codec::encode(&events)).unwrap(), events);
-    let (key, record) = h
-        .account
-        .dedup
-        .iter()
-        .next()
-        .map(|(k, r)| (k.clone(), r.clone()))
-        .unwrap();
+    let (key, record) = h.account.dedup.iter().next().map(|(k, r)| (k.clone(), r.clone())).unwrap();
     let dedup = Stored::Dedup(key, record);
     assert_eq!(codec::decode(&codec::encode(&dedup)).unwrap(), dedup);
 }
@@ -416,10 +281,7 @@ fn the_codec_refuses_unknown_versions_and_garbage() {
     assert_eq!(codec::decode(&[]), Err(CodecError::Empty));
     bytes[0] = 2;
     assert_eq!(codec::decode(&bytes), Err(CodecError::UnknownVersion(2)));
-    assert!(matches!(
-        codec::decode(&[1, 0xff, 0xff, 0xff]),
-        Err(CodecError::Corrupt(_))
-    ));
+    assert!(matches!(codec::decode(&[1, 0xff, 0xff, 0xff]), Err(CodecError::Corrupt(_))));
     let truncated = codec::encode(&Stored::Snapshot(Box::new(h.state().clone())));
     assert!(codec::decode(&truncated[..truncated.len() / 2]).is_err());
 }
@@ -436,53 +298,17 @@ fn every_field_of_a_command_changes_its_fingerprint() {
     };
     let base = debit("1", DebitMode::Strict, Service::ApiRequest, None);
     let variants = [
-        debit(
-            "1.000000000001",
-            DebitMode::Strict,
-            Service::ApiRequest,
-            None,
-        ),
+        debit("1.000000000001", DebitMode::Strict, Service::ApiRequest, None),
         debit("1", DebitMode::Metered, Service::ApiRequest, None),
         debit("1", DebitMode::Strict, Service::Other, None),
         debit("1", DebitMode::Strict, Service::ApiRequest, Some("r")),
-        Command::Hold {
-            amount: amt("1"),
-            service: Service::ApiRequest,
-            reference: None,
-            timeout_ms: None,
-        },
-        Command::Grant {
-            amount: amt("1"),
-            expires_at_ms: None,
-            priority: None,
-            reference: None,
-        },
-        Command::Grant {
-            amount: amt("1"),
-            expires_at_ms: None,
-            priority: Some(0),
-            reference: None,
-        },
-        Command::Grant {
-            amount: amt("1"),
-            expires_at_ms: Some(0),
-            priority: None,
-            reference: None,
-        },
-        Command::Capture {
-            hold_id: 1,
-            amount: amt("1"),
-        },
-        Command::Capture {
-            hold_id: 2,
-            amount: amt("1"),
-        },
-        Command::Open {
-            mode: Mode::Prepaid,
-            currency: Currency::USD,
-            past_due_suspends: None,
-            credit_limit: None,
-        },
+        Command::Hold { amount: amt("1"), service: Service::ApiRequest, reference: None, timeout_ms: None },
+        Command::Grant { amount: amt("1"), expires_at_ms: None, priority: None, reference: None },
+        Command::Grant { amount: amt("1"), expires_at_ms: None, priority: Some(0), reference: None },
+        Command::Grant { amount: amt("1"), expires_at_ms: Some(0), priority: None, reference: None },
+        Command::Capture { hold_id: 1, amount: amt("1") },
+        Command::Capture { hold_id: 2, amount: amt("1") },
+        Command::Open { mode: Mode::Prepaid, currency: Currency::USD, past_due_suspends: None, credit_limit: None },
         Command::Open {
             mode: Mode::Prepaid,
             currency: Currency::USD,
@@ -495,36 +321,18 @@ fn every_field_of_a_command_changes_its_fingerprint() {
             past_due_suspends: None,
             credit_limit: None,
         },
-        Command::SetAutoRecharge {
-            enabled: true,
-            amount: None,
-            threshold: amt("1"),
-        },
-        Command::SetAutoRecharge {
-            enabled: false,
-            amount: None,
-            threshold: amt("1"),
-        },
-        Command::Freeze {
-            reason: reason("a"),
-        },
-        Command::Unfreeze {
-            reason: reason("a"),
-        },
-        Command::Close {
-            reason: reason("a"),
-        },
+        Command::SetAutoRecharge { enabled: true, amount: None, threshold: amt("1") },
+        Command::SetAutoRecharge { enabled: false, amount: None, threshold: amt("1") },
+        Command::Freeze { reason: reason("a") },
+        Command::Unfreeze { reason: reason("a") },
+        Command::Close { reason: reason("a") },
     ];
     let mut seen = std::collections::HashSet::new();
     assert!(seen.insert(base.fingerprint()));
     for v in &variants {
         assert!(seen.insert(v.fingerprint()), "{v:?} collides");
     }
-    assert_eq!(
-        base.fingerprint(),
-        base.clone().fingerprint(),
-        "deterministic"
-    );
+    assert_eq!(base.fingerprint(), base.clone().fingerprint(), "deterministic");
 }
 
 #[test]

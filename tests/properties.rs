@@ -94,9 +94,7 @@ impl Model {
         self.holds.values().map(|(a, _)| a).sum()
     }
     fn past_due(&self) -> bool {
-        self.invoices
-            .values()
-            .any(|(_, due)| *due <= self.settled_at)
+        self.invoices.values().any(|(_, due)| *due <= self.settled_at)
     }
     fn access(&self) -> Result<(), &'static str> {
         if self.frozen {
@@ -121,12 +119,7 @@ impl Model {
     }
     fn settle(&mut self, now: u64) {
         self.settled_at = now;
-        let expired: Vec<u64> = self
-            .holds
-            .iter()
-            .filter(|(_, (_, at))| *at <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let expired: Vec<u64> = self.holds.iter().filter(|(_, (_, at))| *at <= now).map(|(id, _)| *id).collect();
         for id in expired {
             self.holds.remove(&id);
             self.ended.insert(id, "hold_expired");
@@ -164,39 +157,18 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
         let expect: Result<(), &str>;
         let cmd = match op {
             Op::Purchase(u) => {
-                expect = if *u >= 5 * UNIT {
-                    Ok(())
-                } else {
-                    Err("below_minimum_purchase")
-                };
-                Command::Purchase {
-                    amount: a(*u),
-                    reference: None,
-                }
+                expect = if *u >= 5 * UNIT { Ok(()) } else { Err("below_minimum_purchase") };
+                Command::Purchase { amount: a(*u), reference: None }
             }
             Op::Grant(u) => {
                 expect = Ok(());
-                Command::Grant {
-                    amount: a(*u),
-                    expires_at_ms: None,
-                    priority: None,
-                    reference: None,
-                }
+                Command::Grant { amount: a(*u), expires_at_ms: None, priority: None, reference: None }
             }
             Op::Strict(u) => {
-                expect = m.access().and_then(|()| {
-                    if m.balance - m.held() >= *u {
-                        Ok(())
-                    } else {
-                        Err("insufficient_funds")
-                    }
-                });
-                Command::Debit {
-                    amount: a(*u),
-                    mode: DebitMode::Strict,
-                    service: Service::ApiRequest,
-                    reference: None,
-                }
+                expect = m
+                    .access()
+                    .and_then(|()| if m.balance - m.held() >= *u { Ok(()) } else { Err("insufficient_funds") });
+                Command::Debit { amount: a(*u), mode: DebitMode::Strict, service: Service::ApiRequest, reference: None }
             }
             Op::Metered(u) => {
                 expect = Ok(());
@@ -208,53 +180,26 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::Hold(u, t) => {
-                expect = m.access().and_then(|()| {
-                    if m.balance - m.held() >= *u {
-                        Ok(())
-                    } else {
-                        Err("insufficient_funds")
-                    }
-                });
-                Command::Hold {
-                    amount: a(*u),
-                    service: Service::FineTuning,
-                    reference: None,
-                    timeout_ms: Some(*t),
-                }
+                expect = m
+                    .access()
+                    .and_then(|()| if m.balance - m.held() >= *u { Ok(()) } else { Err("insufficient_funds") });
+                Command::Hold { amount: a(*u), service: Service::FineTuning, reference: None, timeout_ms: Some(*t) }
             }
             Op::Capture(i, u) => {
                 let id = hold_ids.get(*i).copied().unwrap_or(1000 + *i as u64);
-                expect = if m.holds.contains_key(&id) {
-                    Ok(())
-                } else {
-                    Err(m.hold_refusal(id))
-                };
-                Command::Capture {
-                    hold_id: id,
-                    amount: a(*u),
-                }
+                expect = if m.holds.contains_key(&id) { Ok(()) } else { Err(m.hold_refusal(id)) };
+                Command::Capture { hold_id: id, amount: a(*u) }
             }
             Op::Release(i) => {
                 let id = hold_ids.get(*i).copied().unwrap_or(1000 + *i as u64);
-                expect = if m.holds.contains_key(&id) {
-                    Ok(())
-                } else {
-                    Err(m.hold_refusal(id))
-                };
+                expect = if m.holds.contains_key(&id) { Ok(()) } else { Err(m.hold_refusal(id)) };
                 Command::Release { hold_id: id }
             }
             Op::SetAuto(enabled, amount, threshold) => {
                 let planned = decide::purchases_needed(a(m.balance), a(*threshold), a(*amount));
-                expect = if *enabled && planned > h.cfg.recharge_chain_max {
-                    Err("invalid_auto_recharge")
-                } else {
-                    Ok(())
-                };
-                Command::SetAutoRecharge {
-                    enabled: *enabled,
-                    amount: Some(a(*amount)),
-                    threshold: a(*threshold),
-                }
+                expect =
+                    if *enabled && planned > h.cfg.recharge_chain_max { Err("invalid_auto_recharge") } else { Ok(()) };
+                Command::SetAutoRecharge { enabled: *enabled, amount: Some(a(*amount)), threshold: a(*threshold) }
             }
             Op::RechargeOk | Op::RechargeFail => {
                 let Some(attempt) = h.state().auto_recharge.in_flight.clone() else {
@@ -262,39 +207,23 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 expect = Ok(());
                 if matches!(op, Op::RechargeOk) {
-                    prop_assert!(
-                        m.credited_attempts.insert(attempt.id),
-                        "attempt {} credited twice",
-                        attempt.id
-                    );
-                    Command::RechargeSucceeded {
-                        attempt_id: attempt.id,
-                    }
+                    prop_assert!(m.credited_attempts.insert(attempt.id), "attempt {} credited twice", attempt.id);
+                    Command::RechargeSucceeded { attempt_id: attempt.id }
                 } else {
-                    Command::RechargeFailed {
-                        attempt_id: attempt.id,
-                        error: text("card_declined"),
-                    }
+                    Command::RechargeFailed { attempt_id: attempt.id, error: text("card_declined") }
                 }
             }
             Op::Freeze => {
                 expect = Ok(());
-                Command::Freeze {
-                    reason: reason("review"),
-                }
+                Command::Freeze { reason: reason("review") }
             }
             Op::Unfreeze => {
                 expect = Ok(());
-                Command::Unfreeze {
-                    reason: reason("cleared"),
-                }
+                Command::Unfreeze { reason: reason("cleared") }
             }
             Op::Adjust(u) => {
                 expect = Ok(());
-                Command::Adjust {
-                    amount: a(*u),
-                    reason: reason("correction"),
-                }
+                Command::Adjust { amount: a(*u), reason: reason("correction") }
             }
             Op::ClosePeriod => {
                 expect = Ok(());
@@ -308,10 +237,7 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
                     None if id <= m.next_invoice => Err("invoice_already_paid"),
                     None => Err("invoice_not_found"),
                 };
-                Command::PayInvoice {
-                    invoice_id: id,
-                    amount: a(*u),
-                }
+                Command::PayInvoice { invoice_id: id, amount: a(*u) }
             }
             Op::Advance(ms) => {
                 h.advance(*ms);
@@ -332,17 +258,10 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
                 let Some((key, _, _)) = last.clone() else {
                     continue;
                 };
-                let other = Command::Debit {
-                    amount: a(1),
-                    mode: DebitMode::Metered,
-                    service: Service::Other,
-                    reference: None,
-                };
+                let other =
+                    Command::Debit { amount: a(1), mode: DebitMode::Metered, service: Service::Other, reference: None };
                 let outcome = h.run_keyed(Some(key), other);
-                prop_assert_eq!(
-                    outcome.result.map_err(|r| r.code()),
-                    Err("idempotency_conflict")
-                );
+                prop_assert_eq!(outcome.result.map_err(|r| r.code()), Err("idempotency_conflict"));
                 continue;
             }
         };
@@ -367,17 +286,13 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
                     hold_ids.push(id);
                 }
                 Op::Capture(_, u) => {
-                    let Command::Capture { hold_id, .. } = cmd else {
-                        unreachable!()
-                    };
+                    let Command::Capture { hold_id, .. } = cmd else { unreachable!() };
                     m.holds.remove(&hold_id);
                     m.ended.insert(hold_id, "hold_already_captured");
                     m.balance -= u;
                 }
                 Op::Release(_) => {
-                    let Command::Release { hold_id } = cmd else {
-                        unreachable!()
-                    };
+                    let Command::Release { hold_id } = cmd else { unreachable!() };
                     m.holds.remove(&hold_id);
                     m.ended.insert(hold_id, "hold_already_released");
                 }
@@ -393,8 +308,7 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
                 Op::Unfreeze => m.frozen = false,
                 Op::ClosePeriod if m.balance < 0 => {
                     m.next_invoice += 1;
-                    m.invoices
-                        .insert(m.next_invoice, (-m.balance, h.now + h.cfg.invoice_due_ms));
+                    m.invoices.insert(m.next_invoice, (-m.balance, h.now + h.cfg.invoice_due_ms));
                     m.balance = 0;
                 }
                 Op::PayInvoice(i, u) => {

@@ -38,9 +38,7 @@ pub enum AmountError {
     Empty,
     #[error("the amount is longer than {MAX_AMOUNT_CHARS} characters")]
     TooLong,
-    #[error(
-        "the amount is not a decimal number (digits, one optional '.', an optional leading '-')"
-    )]
+    #[error("the amount is not a decimal number (digits, one optional '.', an optional leading '-')")]
     NotANumber,
     #[error("the amount has more than {SCALE} decimal places")]
     TooManyDecimals,
@@ -134,10 +132,8 @@ impl Amount {
         }
         let mut units: i128 = 0;
         for b in int_part.bytes() {
-            units = units
-                .checked_mul(10)
-                .and_then(|u| u.checked_add((b - b'0') as i128))
-                .ok_or(AmountError::Overflow)?;
+            units =
+                units.checked_mul(10).and_then(|u| u.checked_add((b - b'0') as i128)).ok_or(AmountError::Overflow)?;
         }
         units = units.checked_mul(ONE).ok_or(AmountError::Overflow)?;
         let mut place = ONE / 10;
@@ -161,10 +157,7 @@ impl Amount {
             return Err(AmountError::TooManyDecimals);
         }
         let factor = 10i128.pow(SCALE - d.scale());
-        d.mantissa()
-            .checked_mul(factor)
-            .map(Amount)
-            .ok_or(AmountError::Overflow)
+        d.mantissa().checked_mul(factor).map(Amount).ok_or(AmountError::Overflow)
     }
 }
 
@@ -239,11 +232,7 @@ impl std::iter::Sum for Amount {
 /// integer count of units, as a varint.
 impl Serialize for Amount {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.collect_str(self)
-        } else {
-            s.serialize_i128(self.0)
-        }
+        if s.is_human_readable() { s.collect_str(self) } else { s.serialize_i128(self.0) }
     }
 }
 
@@ -279,20 +268,16 @@ mod tests {
     #[test]
     fn twelve_places_accepted_thirteen_refused() {
         assert_eq!(a("1.123456789012").units(), 1_123_456_789_012);
-        assert_eq!(
-            Amount::parse("1.1234567890123"),
-            Err(AmountError::TooManyDecimals)
-        );
+        assert_eq!(Amount::parse("1.1234567890123"), Err(AmountError::TooManyDecimals));
         // Trailing zeros past twelve places carry no precision.
         assert_eq!(a("1.1234567890120000"), a("1.123456789012"));
     }
 
     #[test]
     fn refuses_what_is_not_a_number() {
-        for bad in [
-            "", "abc", "1e5", "+5", " 5", "5 ", "1.2.3", ".5", "5.", "-", "--1", "0x10", "1,5",
-            "NaN", "inf", "٣",
-        ] {
+        for bad in
+            ["", "abc", "1e5", "+5", " 5", "5 ", "1.2.3", ".5", "5.", "-", "--1", "0x10", "1,5", "NaN", "inf", "٣"]
+        {
             assert!(Amount::parse(bad).is_err(), "{bad:?} parsed");
         }
         assert_eq!(Amount::parse(&"9".repeat(65)), Err(AmountError::TooLong));
@@ -310,33 +295,21 @@ mod tests {
 
     #[test]
     fn decimal_round_trip_is_exact() {
-        for s in [
-            "0",
-            "5.00",
-            "0.00000018",
-            "-123456789.123456789012",
-            "1000000000000",
-        ] {
+        for s in ["0", "5.00", "0.00000018", "-123456789.123456789012", "1000000000000"] {
             let amount = a(s);
             let dec = amount.to_decimal();
             assert_eq!(Amount::from_decimal(dec), Ok(amount), "{s}");
             assert_eq!(dec.to_string().parse::<Amount>(), Ok(amount));
         }
         let too_fine = Decimal::from_str("0.0000000000001").unwrap();
-        assert_eq!(
-            Amount::from_decimal(too_fine),
-            Err(AmountError::TooManyDecimals)
-        );
+        assert_eq!(Amount::from_decimal(too_fine), Err(AmountError::TooManyDecimals));
     }
 
     #[test]
     fn serde_is_text_for_humans_and_integer_for_postcard() {
         let amount = a("0.00000018");
         assert_eq!(serde_json::to_string(&amount).unwrap(), "\"0.00000018\"");
-        assert_eq!(
-            serde_json::from_str::<Amount>("\"0.00000018\"").unwrap(),
-            amount
-        );
+        assert_eq!(serde_json::from_str::<Amount>("\"0.00000018\"").unwrap(), amount);
         assert!(serde_json::from_str::<Amount>("\"0.0000000000001\"").is_err());
         let bytes = postcard::to_allocvec(&amount).unwrap();
         assert_eq!(postcard::from_bytes::<Amount>(&bytes).unwrap(), amount);

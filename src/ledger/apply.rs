@@ -44,12 +44,7 @@ pub struct Outcome {
 
 impl Outcome {
     fn refused(reason: Reason) -> Outcome {
-        Outcome {
-            result: Err(reason),
-            records: Vec::new(),
-            recorded: None,
-            replayed: false,
-        }
+        Outcome { result: Err(reason), records: Vec::new(), recorded: None, replayed: false }
     }
 }
 
@@ -70,12 +65,7 @@ impl Account {
             match self.dedup.lookup(key, fingerprint) {
                 Lookup::Seen(first) => {
                     let replayed = first.is_ok();
-                    return Outcome {
-                        result: first,
-                        records: Vec::new(),
-                        recorded: None,
-                        replayed,
-                    };
+                    return Outcome { result: first, records: Vec::new(), recorded: None, replayed };
                 }
                 Lookup::New(slot) => new_key = Some((key, fingerprint, slot)),
             }
@@ -84,32 +74,16 @@ impl Account {
         let mut records = Vec::with_capacity(2);
         let result = match &mut self.state {
             None => open(&mut self.state, req, now_ms, cfg, &mut records),
-            Some(state) => run(
-                state,
-                &req.command,
-                now_ms,
-                cfg,
-                &mut self.scratch,
-                &mut records,
-            ),
+            Some(state) => run(state, &req.command, now_ms, cfg, &mut self.scratch, &mut records),
         };
         let recorded = match (&result, new_key) {
             (Ok(reply), Some((key, fingerprint, slot))) => {
-                slot.record(DedupRecord {
-                    fingerprint,
-                    at_ms: now_ms,
-                    reply: reply.clone(),
-                });
+                slot.record(DedupRecord { fingerprint, at_ms: now_ms, reply: reply.clone() });
                 Some(key.clone())
             }
             _ => None,
         };
-        Outcome {
-            result,
-            records,
-            recorded,
-            replayed: false,
-        }
+        Outcome { result, records, recorded, replayed: false }
     }
 }
 
@@ -123,14 +97,8 @@ fn open(
     let Some(event) = decide::open_event(&req.command, cfg) else {
         return Err(Reason::UnknownAccount);
     };
-    let record = EventRecord {
-        seq: 1,
-        at_ms: now_ms,
-        balance_after: Default::default(),
-        event,
-    };
-    let state = AccountState::open(req.account.clone(), &record)
-        .expect("ledger bug: an opening record must open");
+    let record = EventRecord { seq: 1, at_ms: now_ms, balance_after: Default::default(), event };
+    let state = AccountState::open(req.account.clone(), &record).expect("ledger bug: an opening record must open");
     records.push(record);
     Ok(reply(slot.insert(state), Detail::None))
 }
@@ -161,20 +129,10 @@ fn run(
 /// Each record's `balance_after` is predicted from the event's own delta and
 /// then checked by `replay` against what the grants say: a disagreement is a
 /// bug in the ledger, and stops it.
-fn fold(
-    state: &mut AccountState,
-    events: &mut Vec<Event>,
-    now_ms: u64,
-    records: &mut Vec<EventRecord>,
-) {
+fn fold(state: &mut AccountState, events: &mut Vec<Event>, now_ms: u64, records: &mut Vec<EventRecord>) {
     for event in events.drain(..) {
         let balance_after = state.balance() + event.balance_delta();
-        let record = EventRecord {
-            seq: state.next_seq,
-            at_ms: now_ms,
-            balance_after,
-            event,
-        };
+        let record = EventRecord { seq: state.next_seq, at_ms: now_ms, balance_after, event };
         if let Err(e) = state.replay(&record) {
             panic!("ledger bug: a decided event does not fold: {e}");
         }
@@ -183,10 +141,5 @@ fn fold(
 }
 
 fn reply(state: &AccountState, detail: Detail) -> Reply {
-    Reply {
-        status: state.status(),
-        balance: state.balance(),
-        available: state.available(),
-        detail,
-    }
+    Reply { status: state.status(), balance: state.balance(), available: state.available(), detail }
 }

@@ -21,9 +21,7 @@ pub enum Mode {
 }
 
 /// What a debit or hold pays for; usage is summed by service.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Service {
     #[default]
@@ -35,13 +33,8 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 5] = [
-        Service::ApiRequest,
-        Service::DedicatedEndpoint,
-        Service::FineTuning,
-        Service::Evaluation,
-        Service::Other,
-    ];
+    pub const ALL: [Service; 5] =
+        [Service::ApiRequest, Service::DedicatedEndpoint, Service::FineTuning, Service::Evaluation, Service::Other];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -199,10 +192,7 @@ impl Command {
     /// Reads nothing but state: never recorded under a key, never journaled
     /// beyond what settling due deadlines writes.
     pub fn is_query(&self) -> bool {
-        matches!(
-            self,
-            Command::CheckAccess | Command::Balance | Command::Tick
-        )
+        matches!(self, Command::CheckAccess | Command::Balance | Command::Tick)
     }
 
     /// Money in is always made durable before it is acknowledged, whatever
@@ -284,12 +274,7 @@ impl Command {
     pub fn fingerprint(&self) -> u64 {
         let amount = |a: &Amount| a.units();
         match self {
-            Command::Open {
-                mode,
-                currency,
-                past_due_suspends,
-                credit_limit,
-            } => Fingerprint::new(1)
+            Command::Open { mode, currency, past_due_suspends, credit_limit } => Fingerprint::new(1)
                 .byte(mode.code())
                 .text(Some(currency.as_str()))
                 .byte(match past_due_suspends {
@@ -299,73 +284,42 @@ impl Command {
                 })
                 .opt_i128(credit_limit.as_ref().map(amount)),
             Command::CheckAccess => Fingerprint::new(2),
-            Command::Debit {
-                amount: a,
-                mode,
-                service,
-                reference,
-            } => Fingerprint::new(3)
+            Command::Debit { amount: a, mode, service, reference } => Fingerprint::new(3)
                 .i128(a.units())
                 .byte(mode.code())
                 .byte(service.code())
                 .text(reference.as_ref().map(Text::as_str)),
-            Command::Hold {
-                amount: a,
-                service,
-                reference,
-                timeout_ms,
-            } => Fingerprint::new(4)
+            Command::Hold { amount: a, service, reference, timeout_ms } => Fingerprint::new(4)
                 .i128(a.units())
                 .byte(service.code())
                 .text(reference.as_ref().map(Text::as_str))
                 .opt_u64(*timeout_ms),
-            Command::Capture { hold_id, amount: a } => {
-                Fingerprint::new(5).u64(*hold_id).i128(a.units())
-            }
+            Command::Capture { hold_id, amount: a } => Fingerprint::new(5).u64(*hold_id).i128(a.units()),
             Command::Release { hold_id } => Fingerprint::new(6).u64(*hold_id),
-            Command::Purchase {
-                amount: a,
-                reference,
-            } => Fingerprint::new(7)
-                .i128(a.units())
-                .text(reference.as_ref().map(Text::as_str)),
-            Command::Grant {
-                amount: a,
-                expires_at_ms,
-                priority,
-                reference,
-            } => Fingerprint::new(8)
+            Command::Purchase { amount: a, reference } => {
+                Fingerprint::new(7).i128(a.units()).text(reference.as_ref().map(Text::as_str))
+            }
+            Command::Grant { amount: a, expires_at_ms, priority, reference } => Fingerprint::new(8)
                 .i128(a.units())
                 .opt_u64(*expires_at_ms)
                 .opt_u64(priority.map(u64::from))
                 .text(reference.as_ref().map(Text::as_str)),
-            Command::SetAutoRecharge {
-                enabled,
-                amount: a,
-                threshold,
-            } => Fingerprint::new(9)
-                .byte(*enabled as u8)
-                .opt_i128(a.as_ref().map(amount))
-                .i128(threshold.units()),
+            Command::SetAutoRecharge { enabled, amount: a, threshold } => {
+                Fingerprint::new(9).byte(*enabled as u8).opt_i128(a.as_ref().map(amount)).i128(threshold.units())
+            }
             Command::RechargeSucceeded { attempt_id } => Fingerprint::new(10).u64(*attempt_id),
-            Command::RechargeFailed { attempt_id, error } => Fingerprint::new(11)
-                .u64(*attempt_id)
-                .text(Some(error.as_str())),
-            Command::SetGrantExpiry {
-                grant_id,
-                expires_at_ms,
-            } => Fingerprint::new(12).opt_u64(*grant_id).u64(*expires_at_ms),
+            Command::RechargeFailed { attempt_id, error } => {
+                Fingerprint::new(11).u64(*attempt_id).text(Some(error.as_str()))
+            }
+            Command::SetGrantExpiry { grant_id, expires_at_ms } => {
+                Fingerprint::new(12).opt_u64(*grant_id).u64(*expires_at_ms)
+            }
             Command::ClosePeriod { due_at_ms } => Fingerprint::new(13).opt_u64(*due_at_ms),
-            Command::PayInvoice {
-                invoice_id,
-                amount: a,
-            } => Fingerprint::new(14).u64(*invoice_id).i128(a.units()),
+            Command::PayInvoice { invoice_id, amount: a } => Fingerprint::new(14).u64(*invoice_id).i128(a.units()),
             Command::Freeze { reason } => Fingerprint::new(15).text(Some(reason.as_str())),
             Command::Unfreeze { reason } => Fingerprint::new(16).text(Some(reason.as_str())),
             Command::Close { reason } => Fingerprint::new(17).text(Some(reason.as_str())),
-            Command::Adjust { amount: a, reason } => Fingerprint::new(18)
-                .i128(a.units())
-                .text(Some(reason.as_str())),
+            Command::Adjust { amount: a, reason } => Fingerprint::new(18).i128(a.units()).text(Some(reason.as_str())),
             Command::Balance => Fingerprint::new(19),
             Command::Tick => Fingerprint::new(20),
         }

@@ -91,8 +91,6 @@ impl LedgerConfig {
     /// (1-based): base, 2×base, 4×base, … capped at the maximum.
     pub fn recharge_backoff_ms(&self, failures: u32) -> u64 {
         let doublings = failures.saturating_sub(1).min(32);
-        self.recharge_backoff_base_ms
-            .saturating_mul(1u64 << doublings)
-            .min(self.recharge_backoff_max_ms)
+        self.recharge_backoff_base_ms.saturating_mul(1u64 << doublings).min(self.recharge_backoff_max_ms)
     }
 }

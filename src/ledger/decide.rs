@@ -30,14 +30,10 @@ pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Re
         within_max(a, cfg)
     };
     match cmd {
-        Command::Open {
-            mode, credit_limit, ..
-        } => {
+        Command::Open { mode, credit_limit, .. } => {
             if let Some(limit) = credit_limit {
                 if *mode != Mode::Contract {
-                    return Err(Reason::InvalidAmount(
-                        "a credit limit applies to contract accounts only",
-                    ));
+                    return Err(Reason::InvalidAmount("a credit limit applies to contract accounts only"));
                 }
                 if limit.is_negative() || *limit > cfg.max_balance {
                     return Err(Reason::InvalidAmount(
@@ -47,16 +43,12 @@ pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Re
             }
         }
         Command::Debit { amount, .. } | Command::PayInvoice { amount, .. } => positive(*amount)?,
-        Command::Hold {
-            amount, timeout_ms, ..
-        } => {
+        Command::Hold { amount, timeout_ms, .. } => {
             positive(*amount)?;
             if let Some(t) = timeout_ms
                 && (*t == 0 || *t > cfg.hold_timeout_max_ms)
             {
-                return Err(Reason::InvalidTimeout {
-                    max_ms: cfg.hold_timeout_max_ms,
-                });
+                return Err(Reason::InvalidTimeout { max_ms: cfg.hold_timeout_max_ms });
             }
         }
         Command::Capture { amount, .. } => {
@@ -68,30 +60,20 @@ pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Re
         Command::Purchase { amount, .. } => {
             positive(*amount)?;
             if *amount < cfg.min_purchase {
-                return Err(Reason::BelowMinimumPurchase {
-                    minimum: cfg.min_purchase,
-                });
+                return Err(Reason::BelowMinimumPurchase { minimum: cfg.min_purchase });
             }
         }
-        Command::Grant {
-            amount,
-            expires_at_ms,
-            ..
-        } => {
+        Command::Grant { amount, expires_at_ms, .. } => {
             positive(*amount)?;
             if expires_at_ms.is_some_and(|at| at <= now_ms) {
                 return Err(Reason::InvalidExpiry);
             }
         }
-        Command::SetAutoRecharge {
-            amount, threshold, ..
-        } => {
+        Command::SetAutoRecharge { amount, threshold, .. } => {
             let amount = amount.unwrap_or(cfg.recharge_amount_default);
             positive(amount)?;
             if amount < cfg.min_purchase {
-                return Err(Reason::BelowMinimumPurchase {
-                    minimum: cfg.min_purchase,
-                });
+                return Err(Reason::BelowMinimumPurchase { minimum: cfg.min_purchase });
             }
             if threshold.is_negative() {
                 return Err(Reason::InvalidAmount("the threshold is zero or more"));
@@ -100,9 +82,7 @@ pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Re
         }
         Command::SetGrantExpiry { expires_at_ms, .. } => {
             if *expires_at_ms < now_ms.saturating_add(cfg.expiry_notice_ms) {
-                return Err(Reason::NoticeTooShort {
-                    notice_ms: cfg.expiry_notice_ms,
-                });
+                return Err(Reason::NoticeTooShort { notice_ms: cfg.expiry_notice_ms });
             }
         }
         Command::ClosePeriod { due_at_ms } => {
@@ -131,9 +111,7 @@ pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Re
 
 fn within_max(a: Amount, cfg: &LedgerConfig) -> Result<(), Reason> {
     if a > cfg.max_amount {
-        return Err(Reason::InvalidAmount(
-            "it exceeds the configured maximum amount",
-        ));
+        return Err(Reason::InvalidAmount("it exceeds the configured maximum amount"));
     }
     Ok(())
 }
@@ -141,22 +119,14 @@ fn within_max(a: Amount, cfg: &LedgerConfig) -> Result<(), Reason> {
 /// Checks a history page size.
 pub fn check_page(limit: u32, cfg: &LedgerConfig) -> Result<(), Reason> {
     if limit == 0 || limit > cfg.history_page_max {
-        return Err(Reason::InvalidPage {
-            max: cfg.history_page_max,
-        });
+        return Err(Reason::InvalidPage { max: cfg.history_page_max });
     }
     Ok(())
 }
 
 /// The event that opens an account.
 pub fn open_event(cmd: &Command, cfg: &LedgerConfig) -> Option<Event> {
-    let Command::Open {
-        mode,
-        currency,
-        past_due_suspends,
-        credit_limit,
-    } = cmd
-    else {
+    let Command::Open { mode, currency, past_due_suspends, credit_limit } = cmd else {
         return None;
     };
     Some(Event::Opened {
@@ -170,45 +140,24 @@ pub fn open_event(cmd: &Command, cfg: &LedgerConfig) -> Option<Event> {
 /// Deadlines that have come by `now_ms`: holds expire, grants give notice
 /// and expire, invoices fall past due. Emits nothing when nothing is due.
 pub fn settle(state: &AccountState, now_ms: u64, cfg: &LedgerConfig, out: &mut Vec<Event>) {
-    if state
-        .next_deadline_ms(cfg.expiry_notice_ms)
-        .is_none_or(|at| at > now_ms)
-    {
+    if state.next_deadline_ms(cfg.expiry_notice_ms).is_none_or(|at| at > now_ms) {
         return;
     }
     for hold in state.holds.iter().filter(|h| h.expires_at_ms <= now_ms) {
-        out.push(Event::HoldReleased {
-            hold_id: hold.id,
-            amount: hold.amount,
-            expired: true,
-        });
+        out.push(Event::HoldReleased { hold_id: hold.id, amount: hold.amount, expired: true });
     }
     for grant in &state.grants {
         let Some(expires_at_ms) = grant.expires_at_ms else {
             continue;
         };
         if expires_at_ms <= now_ms {
-            out.push(Event::GrantExpired {
-                grant_id: grant.id,
-                amount: grant.remaining,
-            });
-        } else if !grant.notice_sent && expires_at_ms.saturating_sub(cfg.expiry_notice_ms) <= now_ms
-        {
-            out.push(Event::GrantExpiring {
-                grant_id: grant.id,
-                expires_at_ms,
-                amount: grant.remaining,
-            });
+            out.push(Event::GrantExpired { grant_id: grant.id, amount: grant.remaining });
+        } else if !grant.notice_sent && expires_at_ms.saturating_sub(cfg.expiry_notice_ms) <= now_ms {
+            out.push(Event::GrantExpiring { grant_id: grant.id, expires_at_ms, amount: grant.remaining });
         }
     }
-    for invoice in state
-        .invoices
-        .iter()
-        .filter(|i| !i.past_due && i.due_at_ms <= now_ms)
-    {
-        out.push(Event::InvoicePastDue {
-            invoice_id: invoice.id,
-        });
+    for invoice in state.invoices.iter().filter(|i| !i.past_due && i.due_at_ms <= now_ms) {
+        out.push(Event::InvoicePastDue { invoice_id: invoice.id });
     }
 }
 
@@ -223,18 +172,10 @@ pub fn decide(
 ) -> Result<Detail, Reason> {
     let contract = state.mode == Mode::Contract;
     let refuse_closed = || {
-        if state.closed.is_some() {
-            Err(Reason::Closed)
-        } else {
-            Ok(())
-        }
+        if state.closed.is_some() { Err(Reason::Closed) } else { Ok(()) }
     };
     let refuse_contract = || {
-        if contract {
-            Err(Reason::NotForContract)
-        } else {
-            Ok(())
-        }
+        if contract { Err(Reason::NotForContract) } else { Ok(()) }
     };
     let access = || match state.access_refusal(cfg.min_purchase) {
         Some(reason) => Err(reason),
@@ -242,39 +183,18 @@ pub fn decide(
     };
     match cmd {
         Command::Open { .. } => {
-            let Some(Event::Opened {
-                mode,
-                currency,
-                past_due_suspends,
-                credit_limit,
-            }) = open_event(cmd, cfg)
-            else {
+            let Some(Event::Opened { mode, currency, past_due_suspends, credit_limit }) = open_event(cmd, cfg) else {
                 return Err(Reason::AccountExists);
             };
-            let explicit_past_due = matches!(
-                cmd,
-                Command::Open {
-                    past_due_suspends: Some(_),
-                    ..
-                }
-            );
+            let explicit_past_due = matches!(cmd, Command::Open { past_due_suspends: Some(_), .. });
             let same = mode == state.mode
                 && currency == state.currency
                 && credit_limit == state.credit_limit
                 && (!explicit_past_due || past_due_suspends == state.past_due_suspends);
-            if same {
-                Ok(Detail::None)
-            } else {
-                Err(Reason::AccountExists)
-            }
+            if same { Ok(Detail::None) } else { Err(Reason::AccountExists) }
         }
         Command::CheckAccess => access().map(|()| Detail::None),
-        Command::Debit {
-            amount,
-            mode,
-            service,
-            reference,
-        } => {
+        Command::Debit { amount, mode, service, reference } => {
             refuse_closed()?;
             if *mode == DebitMode::Strict {
                 access()?;
@@ -283,39 +203,20 @@ pub fn decide(
             check_charge_bound(state, *amount, cfg)?;
             let (service, reference, amount, mode) = (*service, reference.clone(), *amount, *mode);
             out.push(if contract {
-                Event::UsageAccrued {
-                    amount,
-                    mode,
-                    service,
-                    reference,
-                }
+                Event::UsageAccrued { amount, mode, service, reference }
             } else {
-                Event::Debited {
-                    amount,
-                    mode,
-                    service,
-                    reference,
-                }
+                Event::Debited { amount, mode, service, reference }
             });
-            Ok(Detail::Debited {
-                amount,
-                debt_added: debt_added(state, amount),
-            })
+            Ok(Detail::Debited { amount, debt_added: debt_added(state, amount) })
         }
-        Command::Hold {
-            amount,
-            service,
-            reference,
-            timeout_ms,
-        } => {
+        Command::Hold { amount, service, reference, timeout_ms } => {
             access()?;
             if state.holds.len() >= cfg.max_holds as usize {
                 return Err(Reason::TooManyHolds { max: cfg.max_holds });
             }
             check_funds(state, *amount, cfg)?;
             let hold_id = state.next_hold_id;
-            let expires_at_ms =
-                now_ms.saturating_add(timeout_ms.unwrap_or(cfg.hold_timeout_default_ms));
+            let expires_at_ms = now_ms.saturating_add(timeout_ms.unwrap_or(cfg.hold_timeout_default_ms));
             out.push(Event::HoldPlaced {
                 hold_id,
                 amount: *amount,
@@ -323,10 +224,7 @@ pub fn decide(
                 reference: reference.clone(),
                 expires_at_ms,
             });
-            Ok(Detail::HoldPlaced {
-                hold_id,
-                expires_at_ms,
-            })
+            Ok(Detail::HoldPlaced { hold_id, expires_at_ms })
         }
         Command::Capture { hold_id, amount } => {
             refuse_closed()?;
@@ -343,24 +241,13 @@ pub fn decide(
                 to_period: contract,
             });
             let released = (hold.amount - *amount).max(Amount::ZERO);
-            Ok(Detail::Captured {
-                hold_id: hold.id,
-                captured: *amount,
-                released,
-            })
+            Ok(Detail::Captured { hold_id: hold.id, captured: *amount, released })
         }
         Command::Release { hold_id } => {
             refuse_closed()?;
             let hold = find_hold(state, *hold_id)?;
-            out.push(Event::HoldReleased {
-                hold_id: hold.id,
-                amount: hold.amount,
-                expired: false,
-            });
-            Ok(Detail::Released {
-                hold_id: hold.id,
-                released: hold.amount,
-            })
+            out.push(Event::HoldReleased { hold_id: hold.id, amount: hold.amount, expired: false });
+            Ok(Detail::Released { hold_id: hold.id, released: hold.amount })
         }
         Command::Purchase { amount, reference } => {
             refuse_closed()?;
@@ -376,12 +263,7 @@ pub fn decide(
             });
             Ok(credited(state, *amount))
         }
-        Command::Grant {
-            amount,
-            expires_at_ms,
-            priority,
-            reference,
-        } => {
+        Command::Grant { amount, expires_at_ms, priority, reference } => {
             refuse_closed()?;
             refuse_contract()?;
             check_credit(state, *amount, cfg)?;
@@ -395,32 +277,18 @@ pub fn decide(
             });
             Ok(credited(state, *amount))
         }
-        Command::SetAutoRecharge {
-            enabled,
-            amount,
-            threshold,
-        } => {
+        Command::SetAutoRecharge { enabled, amount, threshold } => {
             refuse_closed()?;
             refuse_contract()?;
             let amount = amount.unwrap_or(cfg.recharge_amount_default);
-            let planned = if *enabled {
-                purchases_needed(state.balance(), *threshold, amount)
-            } else {
-                0
-            };
+            let planned = if *enabled { purchases_needed(state.balance(), *threshold, amount) } else { 0 };
             if planned > cfg.recharge_chain_max {
                 return Err(Reason::InvalidAutoRecharge(
                     "reaching the threshold would take more purchases than recharge_chain_max allows; raise the amount",
                 ));
             }
-            out.push(Event::AutoRechargeSet {
-                enabled: *enabled,
-                amount,
-                threshold: *threshold,
-            });
-            Ok(Detail::AutoRecharge {
-                purchases_planned: planned,
-            })
+            out.push(Event::AutoRechargeSet { enabled: *enabled, amount, threshold: *threshold });
+            Ok(Detail::AutoRecharge { purchases_planned: planned })
         }
         Command::RechargeSucceeded { attempt_id } => {
             // Money already charged is never refused: no status or bound
@@ -437,36 +305,18 @@ pub fn decide(
             let attempt = in_flight(state, *attempt_id)?;
             let failures = state.auto_recharge.failures + 1;
             let pause = failures >= cfg.recharge_max_failures;
-            let retry_at_ms =
-                (!pause).then(|| now_ms.saturating_add(cfg.recharge_backoff_ms(failures)));
-            out.push(Event::RechargeFailed {
-                attempt_id: attempt.id,
-                failures,
-                retry_at_ms,
-                error: error.clone(),
-            });
+            let retry_at_ms = (!pause).then(|| now_ms.saturating_add(cfg.recharge_backoff_ms(failures)));
+            out.push(Event::RechargeFailed { attempt_id: attempt.id, failures, retry_at_ms, error: error.clone() });
             if pause {
-                out.push(Event::RechargePaused {
-                    cause: PauseCause::Failures,
-                });
+                out.push(Event::RechargePaused { cause: PauseCause::Failures });
             }
             Ok(Detail::None)
         }
-        Command::SetGrantExpiry {
-            grant_id,
-            expires_at_ms,
-        } => {
+        Command::SetGrantExpiry { grant_id, expires_at_ms } => {
             refuse_closed()?;
             let before = out.len();
-            for grant in state
-                .grants
-                .iter()
-                .filter(|g| grant_id.is_none_or(|id| id == g.id))
-            {
-                out.push(Event::GrantExpirySet {
-                    grant_id: grant.id,
-                    expires_at_ms: *expires_at_ms,
-                });
+            for grant in state.grants.iter().filter(|g| grant_id.is_none_or(|id| id == g.id)) {
+                out.push(Event::GrantExpirySet { grant_id: grant.id, expires_at_ms: *expires_at_ms });
             }
             let grants = (out.len() - before) as u32;
             if grant_id.is_some() && grants == 0 {
@@ -475,91 +325,52 @@ pub fn decide(
             Ok(Detail::ExpirySet { grants })
         }
         Command::ClosePeriod { due_at_ms } => {
-            let (amount, source) = if contract {
-                (state.period_usage, InvoiceSource::Period)
-            } else {
-                (state.debt, InvoiceSource::Debt)
-            };
+            let (amount, source) =
+                if contract { (state.period_usage, InvoiceSource::Period) } else { (state.debt, InvoiceSource::Debt) };
             if amount.is_zero() {
-                return Ok(Detail::Invoiced {
-                    invoice_id: None,
-                    amount,
-                });
+                return Ok(Detail::Invoiced { invoice_id: None, amount });
             }
             if state.invoices.len() >= cfg.max_open_invoices as usize {
-                return Err(Reason::TooManyInvoices {
-                    max: cfg.max_open_invoices,
-                });
+                return Err(Reason::TooManyInvoices { max: cfg.max_open_invoices });
             }
             let invoice_id = state.next_invoice_id;
             let due_at_ms = due_at_ms.unwrap_or(now_ms.saturating_add(cfg.invoice_due_ms));
-            out.push(Event::Invoiced {
-                invoice_id,
-                amount,
-                source,
-                due_at_ms,
-            });
-            Ok(Detail::Invoiced {
-                invoice_id: Some(invoice_id),
-                amount,
-            })
+            out.push(Event::Invoiced { invoice_id, amount, source, due_at_ms });
+            Ok(Detail::Invoiced { invoice_id: Some(invoice_id), amount })
         }
         Command::PayInvoice { invoice_id, amount } => {
             let Some(i) = state.invoice_index(*invoice_id) else {
                 // Invoices leave the state only when fully paid.
                 let was_issued = *invoice_id >= 1 && *invoice_id < state.next_invoice_id;
-                return Err(if was_issued {
-                    Reason::InvoiceAlreadyPaid
-                } else {
-                    Reason::InvoiceNotFound
-                });
+                return Err(if was_issued { Reason::InvoiceAlreadyPaid } else { Reason::InvoiceNotFound });
             };
             let outstanding = state.invoices[i].outstanding();
             if *amount > outstanding {
-                return Err(Reason::PaymentExceedsInvoice {
-                    amount: *amount,
-                    outstanding,
-                });
+                return Err(Reason::PaymentExceedsInvoice { amount: *amount, outstanding });
             }
-            out.push(Event::InvoicePaid {
-                invoice_id: *invoice_id,
-                amount: *amount,
-            });
-            Ok(Detail::InvoicePaid {
-                invoice_id: *invoice_id,
-                outstanding: outstanding - *amount,
-            })
+            out.push(Event::InvoicePaid { invoice_id: *invoice_id, amount: *amount });
+            Ok(Detail::InvoicePaid { invoice_id: *invoice_id, outstanding: outstanding - *amount })
         }
         Command::Freeze { reason } => {
             refuse_closed()?;
             if state.frozen.is_none() {
-                out.push(Event::Frozen {
-                    reason: reason.clone(),
-                });
+                out.push(Event::Frozen { reason: reason.clone() });
             }
             Ok(Detail::None)
         }
         Command::Unfreeze { reason } => {
             refuse_closed()?;
             if state.frozen.is_some() {
-                out.push(Event::Unfrozen {
-                    reason: reason.clone(),
-                });
+                out.push(Event::Unfrozen { reason: reason.clone() });
             }
             Ok(Detail::None)
         }
         Command::Close { reason } => {
             if state.closed.is_none() {
                 for hold in &state.holds {
-                    out.push(Event::HoldReleased {
-                        hold_id: hold.id,
-                        amount: hold.amount,
-                        expired: false,
-                    });
+                    out.push(Event::HoldReleased { hold_id: hold.id, amount: hold.amount, expired: false });
                 }
-                out.push(Event::Closed {
-                    reason: reason.clone(),
-                });
+                out.push(Event::Closed { reason: reason.clone() });
             }
             Ok(Detail::None)
         }
@@ -577,21 +388,11 @@ pub fn decide(
             } else {
                 let charge = -*amount;
                 check_charge_bound(state, charge, cfg)?;
-                out.push(Event::Adjusted {
-                    amount: *amount,
-                    grant_id: None,
-                    reason: reason.clone(),
-                });
-                Ok(Detail::Debited {
-                    amount: charge,
-                    debt_added: debt_added(state, charge),
-                })
+                out.push(Event::Adjusted { amount: *amount, grant_id: None, reason: reason.clone() });
+                Ok(Detail::Debited { amount: charge, debt_added: debt_added(state, charge) })
             }
         }
-        Command::Balance => Ok(Detail::Balance(Box::new(BalanceView::of(
-            state,
-            cfg.min_purchase,
-        )))),
+        Command::Balance => Ok(Detail::Balance(Box::new(BalanceView::of(state, cfg.min_purchase)))),
         Command::Tick => Ok(Detail::None),
     }
 }
@@ -609,29 +410,17 @@ fn check_funds(state: &AccountState, amount: Amount, cfg: &LedgerConfig) -> Resu
     }
     let available = state.available();
     if available < amount {
-        return Err(Reason::InsufficientFunds {
-            available,
-            requested: amount,
-        });
+        return Err(Reason::InsufficientFunds { available, requested: amount });
     }
     Ok(())
 }
 
 /// A charge may not take debt or what is owed past `max_balance`.
-fn check_charge_bound(
-    state: &AccountState,
-    amount: Amount,
-    cfg: &LedgerConfig,
-) -> Result<(), Reason> {
-    let exposure = if state.mode == Mode::Contract {
-        state.owed() + state.held() + amount
-    } else {
-        amount - state.balance()
-    };
+fn check_charge_bound(state: &AccountState, amount: Amount, cfg: &LedgerConfig) -> Result<(), Reason> {
+    let exposure =
+        if state.mode == Mode::Contract { state.owed() + state.held() + amount } else { amount - state.balance() };
     if exposure > cfg.max_balance {
-        return Err(Reason::BalanceLimitExceeded {
-            max: cfg.max_balance,
-        });
+        return Err(Reason::BalanceLimitExceeded { max: cfg.max_balance });
     }
     Ok(())
 }
@@ -640,15 +429,11 @@ fn check_charge_bound(
 /// past `max_grants`.
 fn check_credit(state: &AccountState, amount: Amount, cfg: &LedgerConfig) -> Result<(), Reason> {
     if state.balance() + amount > cfg.max_balance {
-        return Err(Reason::BalanceLimitExceeded {
-            max: cfg.max_balance,
-        });
+        return Err(Reason::BalanceLimitExceeded { max: cfg.max_balance });
     }
     let adds_grant = amount > state.debt;
     if adds_grant && state.grants.len() >= cfg.max_grants as usize {
-        return Err(Reason::TooManyGrants {
-            max: cfg.max_grants,
-        });
+        return Err(Reason::TooManyGrants { max: cfg.max_grants });
     }
     Ok(())
 }
@@ -656,10 +441,7 @@ fn check_credit(state: &AccountState, amount: Amount, cfg: &LedgerConfig) -> Res
 fn credited(state: &AccountState, amount: Amount) -> Detail {
     let debt_paid = amount.min(state.debt);
     let grant_id = (amount > debt_paid).then_some(state.next_grant_id);
-    Detail::Credited {
-        grant_id,
-        debt_paid,
-    }
+    Detail::Credited { grant_id, debt_paid }
 }
 
 fn debt_added(state: &AccountState, charge: Amount) -> Amount {
@@ -711,11 +493,7 @@ pub struct Before {
 
 impl Before {
     pub fn of(state: &AccountState) -> Before {
-        Before {
-            status: state.status(),
-            balance: state.balance(),
-            activated: state.activated_at_ms.is_some(),
-        }
+        Before { status: state.status(), balance: state.balance(), activated: state.activated_at_ms.is_some() }
     }
 }
 
@@ -723,13 +501,7 @@ impl Before {
 /// suspended, reactivated, low balance), then the auto-recharge decision —
 /// start one attempt if the balance is below the threshold and none is in
 /// flight, or pause when the chain is too long.
-pub fn follow_up(
-    before: Before,
-    state: &AccountState,
-    now_ms: u64,
-    cfg: &LedgerConfig,
-    out: &mut Vec<Event>,
-) {
+pub fn follow_up(before: Before, state: &AccountState, now_ms: u64, cfg: &LedgerConfig, out: &mut Vec<Event>) {
     let status = state.status();
     if !before.activated && state.activated_at_ms.is_some() {
         out.push(Event::Activated);
@@ -749,23 +521,15 @@ pub fn follow_up(
         return;
     }
     if before.balance >= auto.threshold && balance < auto.threshold {
-        out.push(Event::LowBalance {
-            balance,
-            threshold: auto.threshold,
-        });
+        out.push(Event::LowBalance { balance, threshold: auto.threshold });
     }
     let blocked = matches!(status, Status::Closed | Status::Frozen);
     if blocked || balance >= auto.threshold || !auto.may_start(now_ms) {
         return;
     }
     if auto.chain >= cfg.recharge_chain_max {
-        out.push(Event::RechargePaused {
-            cause: PauseCause::ChainLimit,
-        });
+        out.push(Event::RechargePaused { cause: PauseCause::ChainLimit });
     } else {
-        out.push(Event::RechargeRequested {
-            attempt_id: state.next_attempt_id,
-            amount: auto.amount,
-        });
+        out.push(Event::RechargeRequested { attempt_id: state.next_attempt_id, amount: auto.amount });
     }
 }

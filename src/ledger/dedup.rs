@@ -42,10 +42,7 @@ impl Dedup {
     /// An empty table whose hash is seeded with `seed` (the shell passes a
     /// per-process random number; `Default` uses 0).
     pub fn with_seed(seed: u64) -> Dedup {
-        Dedup {
-            records: HashMap::with_hasher(SeededState(seed)),
-            order: VecDeque::new(),
-        }
+        Dedup { records: HashMap::with_hasher(SeededState(seed)), order: VecDeque::new() }
     }
 
     /// What a request with this key and fingerprint gets without running —
@@ -90,9 +87,7 @@ impl Dedup {
 
     /// The records, oldest first: what a store persists and reloads.
     pub fn iter(&self) -> impl Iterator<Item = (&IdemKey, &DedupRecord)> {
-        self.order
-            .iter()
-            .filter_map(|(_, k)| self.records.get_key_value(k))
+        self.order.iter().filter_map(|(_, k)| self.records.get_key_value(k))
     }
 }
 
@@ -110,8 +105,7 @@ pub struct NewKey<'a> {
 
 impl NewKey<'_> {
     pub fn record(self, record: DedupRecord) {
-        self.order
-            .push_back((record.at_ms, self.entry.key().clone()));
+        self.order.push_back((record.at_ms, self.entry.key().clone()));
         self.entry.insert(record);
     }
 }

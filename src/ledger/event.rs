@@ -228,16 +228,8 @@ impl Event {
             Event::Credited { amount, .. } | Event::RechargeSucceeded { amount, .. } => *amount,
             Event::Adjusted { amount, .. } => *amount,
             Event::Debited { amount, .. } | Event::GrantExpired { amount, .. } => -*amount,
-            Event::HoldCaptured {
-                amount,
-                to_period: false,
-                ..
-            } => -*amount,
-            Event::Invoiced {
-                amount,
-                source: InvoiceSource::Debt,
-                ..
-            } => *amount,
+            Event::HoldCaptured { amount, to_period: false, .. } => -*amount,
+            Event::Invoiced { amount, source: InvoiceSource::Debt, .. } => *amount,
             _ => Amount::ZERO,
         }
     }
@@ -247,16 +239,8 @@ impl Event {
     pub fn owed_delta(&self) -> Amount {
         match self {
             Event::UsageAccrued { amount, .. } => *amount,
-            Event::HoldCaptured {
-                amount,
-                to_period: true,
-                ..
-            } => *amount,
-            Event::Invoiced {
-                amount,
-                source: InvoiceSource::Debt,
-                ..
-            } => *amount,
+            Event::HoldCaptured { amount, to_period: true, .. } => *amount,
+            Event::Invoiced { amount, source: InvoiceSource::Debt, .. } => *amount,
             Event::InvoicePaid { amount, .. } => -*amount,
             _ => Amount::ZERO,
         }
@@ -265,15 +249,9 @@ impl Event {
     /// Usage this event charges, by service: what a statement sums.
     pub fn usage(&self) -> Option<(Service, Amount)> {
         match self {
-            Event::Debited {
-                amount, service, ..
-            }
-            | Event::UsageAccrued {
-                amount, service, ..
-            }
-            | Event::HoldCaptured {
-                amount, service, ..
-            } => Some((*service, *amount)),
+            Event::Debited { amount, service, .. }
+            | Event::UsageAccrued { amount, service, .. }
+            | Event::HoldCaptured { amount, service, .. } => Some((*service, *amount)),
             _ => None,
         }
     }

@@ -31,12 +31,7 @@ pub struct StableHasher {
 
 impl StableHasher {
     pub const fn with_seed(seed: u64) -> StableHasher {
-        StableHasher {
-            h: seed,
-            word: 0,
-            pending: 0,
-            len: 0,
-        }
+        StableHasher { h: seed, word: 0, pending: 0, len: 0 }
     }
 
     #[inline]
@@ -189,10 +184,7 @@ mod tests {
         assert_eq!(stable_hash(b""), 0xe9e0_033e_3bad_af36);
         assert_eq!(stable_hash(b"org_8f2c"), 0xe800_fce0_6a5a_b3be);
         assert_eq!(stable_hash(b"a"), 0xf136_400b_4e5e_0795);
-        assert_eq!(
-            stable_hash(b"org_8f2c.team:eu-west-1"),
-            0x82d7_1f32_ff99_fc64
-        );
+        assert_eq!(stable_hash(b"org_8f2c.team:eu-west-1"), 0x82d7_1f32_ff99_fc64);
     }
 
     #[test]
@@ -211,10 +203,7 @@ mod tests {
         let f = |a: Option<&str>, b: Option<&str>| Fingerprint::new(1).text(a).text(b).finish();
         assert_ne!(f(Some("ab"), Some("c")), f(Some("a"), Some("bc")));
         assert_ne!(f(None, Some("a")), f(Some("a"), None));
-        assert_ne!(
-            Fingerprint::new(1).opt_u64(None).finish(),
-            Fingerprint::new(1).opt_u64(Some(0)).finish()
-        );
+        assert_ne!(Fingerprint::new(1).opt_u64(None).finish(), Fingerprint::new(1).opt_u64(Some(0)).finish());
         assert_ne!(Fingerprint::new(1).finish(), Fingerprint::new(2).finish());
     }
 
@@ -231,9 +220,6 @@ mod tests {
             counts[(stable_hash(format!("org_{i}").as_bytes()) % 256) as usize] += 1;
         }
         // 100 per shard on average; every shard within a factor of two.
-        assert!(
-            counts.iter().all(|&c| (50..=200).contains(&c)),
-            "{counts:?}"
-        );
+        assert!(counts.iter().all(|&c| (50..=200).contains(&c)), "{counts:?}");
     }
 }

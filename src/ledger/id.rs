@@ -44,10 +44,7 @@ pub struct IdemKey(Arc<str>);
 
 impl IdemKey {
     pub fn new(s: &str) -> Result<IdemKey, Reason> {
-        if s.is_empty()
-            || s.len() > MAX_IDEMPOTENCY_KEY_BYTES
-            || !s.bytes().all(|b| b.is_ascii_graphic())
-        {
+        if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY_BYTES || !s.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Reason::InvalidIdempotencyKey);
         }
         Ok(IdemKey(s.into()))
@@ -88,9 +85,7 @@ impl Currency {
 
     pub fn new(s: &str) -> Result<Currency, Reason> {
         match s.as_bytes() {
-            [a, b, c] if [a, b, c].iter().all(|x| x.is_ascii_uppercase()) => {
-                Ok(Currency([*a, *b, *c]))
-            }
+            [a, b, c] if [a, b, c].iter().all(|x| x.is_ascii_uppercase()) => Ok(Currency([*a, *b, *c])),
             _ => Err(Reason::InvalidCurrency),
         }
     }
@@ -168,17 +163,10 @@ mod tests {
         assert!(AccountId::new("org_8f2c").is_ok());
         assert!(AccountId::new("a.b_c:d-E9").is_ok());
         assert!(AccountId::new(&"a".repeat(64)).is_ok());
-        assert_eq!(
-            AccountId::new(&"a".repeat(65)),
-            Err(Reason::InvalidAccountId)
-        );
+        assert_eq!(AccountId::new(&"a".repeat(65)), Err(Reason::InvalidAccountId));
         assert_eq!(AccountId::new(""), Err(Reason::InvalidAccountId));
         for bad in ["org 1", "org/1", "örg", "org\n", "a@b", "a*b"] {
-            assert_eq!(
-                AccountId::new(bad),
-                Err(Reason::InvalidAccountId),
-                "{bad:?}"
-            );
+            assert_eq!(AccountId::new(bad), Err(Reason::InvalidAccountId), "{bad:?}");
         }
     }
 
@@ -186,10 +174,7 @@ mod tests {
     fn idempotency_key_is_1_to_128_printable_ascii_bytes() {
         assert!(IdemKey::new("req-1/2?x=y").is_ok());
         assert!(IdemKey::new(&"k".repeat(128)).is_ok());
-        assert_eq!(
-            IdemKey::new(&"k".repeat(129)),
-            Err(Reason::InvalidIdempotencyKey)
-        );
+        assert_eq!(IdemKey::new(&"k".repeat(129)), Err(Reason::InvalidIdempotencyKey));
         assert_eq!(IdemKey::new(""), Err(Reason::InvalidIdempotencyKey));
         assert_eq!(IdemKey::new("a b"), Err(Reason::InvalidIdempotencyKey));
         assert_eq!(IdemKey::new("ключ"), Err(Reason::InvalidIdempotencyKey));

@@ -33,9 +33,7 @@ pub use apply::{Account, Outcome};
 pub use command::{Command, DebitMode, Mode, Request, Service};
 pub use config::LedgerConfig;
 pub use dedup::{Dedup, DedupRecord};
-pub use event::{
-    Event, EventRecord, GrantSource, HoldEnd, InvoiceSource, PauseCause, SuspendCause,
-};
+pub use event::{Event, EventRecord, GrantSource, HoldEnd, InvoiceSource, PauseCause, SuspendCause};
 pub use id::{AccountId, Currency, IdemKey, Text};
 pub use reason::Reason;
 pub use reply::{BalanceView, Detail, Reply, UsageSummary, history_page, usage_by_service};

@@ -88,10 +88,7 @@ pub enum Reason {
 
     // ---- funds
     #[error("insufficient funds: {requested} requested, {available} available")]
-    InsufficientFunds {
-        available: Amount,
-        requested: Amount,
-    },
+    InsufficientFunds { available: Amount, requested: Amount },
     #[error("the contract credit limit of {limit} would be exceeded")]
     CreditLimitExceeded { limit: Amount },
 }

@@ -161,21 +161,13 @@ pub struct UsageSummary {
 
 pub fn usage_by_service(records: &[EventRecord], from_ms: u64, to_ms: u64) -> UsageSummary {
     let mut sums = [Amount::ZERO; Service::ALL.len()];
-    for record in records
-        .iter()
-        .filter(|r| r.at_ms >= from_ms && r.at_ms < to_ms)
-    {
+    for record in records.iter().filter(|r| r.at_ms >= from_ms && r.at_ms < to_ms) {
         if let Some((service, amount)) = record.event.usage() {
             sums[service as usize] += amount;
         }
     }
     UsageSummary {
-        by_service: Service::ALL
-            .iter()
-            .copied()
-            .zip(sums)
-            .filter(|(_, a)| !a.is_zero())
-            .collect(),
+        by_service: Service::ALL.iter().copied().zip(sums).filter(|(_, a)| !a.is_zero()).collect(),
         total: sums.into_iter().sum(),
     }
 }

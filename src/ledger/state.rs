@@ -12,9 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::amount::Amount;
 use super::command::{Mode, Service};
-use super::event::{
-    Event, EventRecord, GrantSource, HoldEnd, InvoiceSource, PauseCause, SuspendCause,
-};
+use super::event::{Event, EventRecord, GrantSource, HoldEnd, InvoiceSource, PauseCause, SuspendCause};
 use super::id::{AccountId, Currency, Text};
 use super::reason::Reason;
 
@@ -44,13 +42,7 @@ impl Grant {
     /// expiring last), then lower priority value, then free before paid,
     /// then oldest, then lowest id. Total: ids are unique.
     pub fn burn_key(&self) -> (u64, u8, u8, u64, u64) {
-        (
-            self.expires_at_ms.unwrap_or(u64::MAX),
-            self.priority,
-            self.source.burn_rank(),
-            self.created_at_ms,
-            self.id,
-        )
+        (self.expires_at_ms.unwrap_or(u64::MAX), self.priority, self.source.burn_rank(), self.created_at_ms, self.id)
     }
 }
 
@@ -181,23 +173,11 @@ pub struct ReplayError {
 impl AccountState {
     /// The state an `Opened` record creates.
     pub fn open(id: AccountId, record: &EventRecord) -> Result<AccountState, ReplayError> {
-        let Event::Opened {
-            mode,
-            currency,
-            past_due_suspends,
-            credit_limit,
-        } = &record.event
-        else {
-            return Err(ReplayError {
-                seq: record.seq,
-                what: "the first record must open the account".into(),
-            });
+        let Event::Opened { mode, currency, past_due_suspends, credit_limit } = &record.event else {
+            return Err(ReplayError { seq: record.seq, what: "the first record must open the account".into() });
         };
         if record.seq != 1 {
-            return Err(ReplayError {
-                seq: record.seq,
-                what: "the opening record must be number 1".into(),
-            });
+            return Err(ReplayError { seq: record.seq, what: "the opening record must be number 1".into() });
         }
         Ok(AccountState {
             id,
@@ -248,43 +228,19 @@ impl AccountState {
     /// Folds one record into the state. Checks order and the recorded
     /// balance; on error the state may be partly changed and must be dropped.
     pub fn replay(&mut self, record: &EventRecord) -> Result<(), ReplayError> {
-        let fail = |what: &str| ReplayError {
-            seq: record.seq,
-            what: what.to_string(),
-        };
+        let fail = |what: &str| ReplayError { seq: record.seq, what: what.to_string() };
         if record.seq != self.next_seq {
             return Err(fail(&format!("expected record {}", self.next_seq)));
         }
         let at = record.at_ms;
         match &record.event {
             Event::Opened { .. } => return Err(fail("the account is already open")),
-            Event::Credited {
-                grant_id,
-                source,
-                amount,
-                expires_at_ms,
-                priority,
-                reference,
-            } => {
-                self.credit(
-                    *grant_id,
-                    *source,
-                    *amount,
-                    at,
-                    *expires_at_ms,
-                    *priority,
-                    reference.clone(),
-                );
+            Event::Credited { grant_id, source, amount, expires_at_ms, priority, reference } => {
+                self.credit(*grant_id, *source, *amount, at, *expires_at_ms, *priority, reference.clone());
             }
             Event::Debited { amount, .. } => self.burn(*amount),
             Event::UsageAccrued { amount, .. } => self.period_usage += *amount,
-            Event::HoldPlaced {
-                hold_id,
-                amount,
-                service,
-                reference,
-                expires_at_ms,
-            } => {
+            Event::HoldPlaced { hold_id, amount, service, reference, expires_at_ms } => {
                 self.held += *amount;
                 self.holds.push(Hold {
                     id: *hold_id,
@@ -296,35 +252,20 @@ impl AccountState {
                 });
                 self.next_hold_id = self.next_hold_id.max(hold_id + 1);
             }
-            Event::HoldCaptured {
-                hold_id,
-                amount,
-                to_period,
-                ..
-            } => {
-                self.end_hold(*hold_id, HoldEnd::Captured)
-                    .ok_or_else(|| fail("no such hold"))?;
+            Event::HoldCaptured { hold_id, amount, to_period, .. } => {
+                self.end_hold(*hold_id, HoldEnd::Captured).ok_or_else(|| fail("no such hold"))?;
                 if *to_period {
                     self.period_usage += *amount;
                 } else {
                     self.burn(*amount);
                 }
             }
-            Event::HoldReleased {
-                hold_id, expired, ..
-            } => {
-                let end = if *expired {
-                    HoldEnd::Expired
-                } else {
-                    HoldEnd::Released
-                };
-                self.end_hold(*hold_id, end)
-                    .ok_or_else(|| fail("no such hold"))?;
+            Event::HoldReleased { hold_id, expired, .. } => {
+                let end = if *expired { HoldEnd::Expired } else { HoldEnd::Released };
+                self.end_hold(*hold_id, end).ok_or_else(|| fail("no such hold"))?;
             }
             Event::GrantExpired { grant_id, amount } => {
-                let i = self
-                    .grant_index(*grant_id)
-                    .ok_or_else(|| fail("no such grant"))?;
+                let i = self.grant_index(*grant_id).ok_or_else(|| fail("no such grant"))?;
                 if self.grants[i].remaining != *amount {
                     return Err(fail("expired amount differs from what the grant had left"));
                 }
@@ -332,49 +273,26 @@ impl AccountState {
                 self.credits -= *amount;
             }
             Event::GrantExpiring { grant_id, .. } => {
-                let i = self
-                    .grant_index(*grant_id)
-                    .ok_or_else(|| fail("no such grant"))?;
+                let i = self.grant_index(*grant_id).ok_or_else(|| fail("no such grant"))?;
                 self.grants[i].notice_sent = true;
             }
-            Event::GrantExpirySet {
-                grant_id,
-                expires_at_ms,
-            } => {
-                let i = self
-                    .grant_index(*grant_id)
-                    .ok_or_else(|| fail("no such grant"))?;
+            Event::GrantExpirySet { grant_id, expires_at_ms } => {
+                let i = self.grant_index(*grant_id).ok_or_else(|| fail("no such grant"))?;
                 let mut grant = self.grants.remove(i);
                 grant.expires_at_ms = Some(*expires_at_ms);
                 grant.notice_sent = false;
                 self.insert_grant(grant);
             }
-            Event::Adjusted {
-                amount,
-                grant_id,
-                reason,
-            } => match grant_id {
-                Some(id) if amount.is_positive() => self.credit(
-                    *id,
-                    GrantSource::Adjustment,
-                    *amount,
-                    at,
-                    None,
-                    0,
-                    Some(reason.clone()),
-                ),
+            Event::Adjusted { amount, grant_id, reason } => match grant_id {
+                Some(id) if amount.is_positive() => {
+                    self.credit(*id, GrantSource::Adjustment, *amount, at, None, 0, Some(reason.clone()))
+                }
                 None if amount.is_negative() => self.burn(-*amount),
                 _ => {
-                    return Err(fail(
-                        "an adjustment credits with a grant id or debits without one",
-                    ));
+                    return Err(fail("an adjustment credits with a grant id or debits without one"));
                 }
             },
-            Event::AutoRechargeSet {
-                enabled,
-                amount,
-                threshold,
-            } => {
+            Event::AutoRechargeSet { enabled, amount, threshold } => {
                 let auto = &mut self.auto_recharge;
                 auto.enabled = *enabled;
                 auto.amount = *amount;
@@ -389,36 +307,21 @@ impl AccountState {
                 if auto.in_flight.is_some() {
                     return Err(fail("a recharge attempt is already in flight"));
                 }
-                auto.in_flight = Some(Attempt {
-                    id: *attempt_id,
-                    amount: *amount,
-                    requested_at_ms: at,
-                });
+                auto.in_flight = Some(Attempt { id: *attempt_id, amount: *amount, requested_at_ms: at });
                 auto.retry_at_ms = None;
                 auto.chain += 1;
                 self.next_attempt_id = self.next_attempt_id.max(attempt_id + 1);
             }
-            Event::RechargeSucceeded {
-                attempt_id,
-                grant_id,
-                amount,
-            } => {
-                self.take_attempt(*attempt_id)
-                    .ok_or_else(|| fail("no such attempt in flight"))?;
+            Event::RechargeSucceeded { attempt_id, grant_id, amount } => {
+                self.take_attempt(*attempt_id).ok_or_else(|| fail("no such attempt in flight"))?;
                 self.auto_recharge.failures = 0;
                 self.credit(*grant_id, GrantSource::Recharge, *amount, at, None, 0, None);
                 if self.balance() >= self.auto_recharge.threshold {
                     self.auto_recharge.chain = 0;
                 }
             }
-            Event::RechargeFailed {
-                attempt_id,
-                failures,
-                retry_at_ms,
-                ..
-            } => {
-                self.take_attempt(*attempt_id)
-                    .ok_or_else(|| fail("no such attempt in flight"))?;
+            Event::RechargeFailed { attempt_id, failures, retry_at_ms, .. } => {
+                self.take_attempt(*attempt_id).ok_or_else(|| fail("no such attempt in flight"))?;
                 self.auto_recharge.failures = *failures;
                 self.auto_recharge.retry_at_ms = *retry_at_ms;
             }
@@ -429,12 +332,7 @@ impl AccountState {
             Event::Frozen { reason } => self.frozen = Some(reason.clone()),
             Event::Unfrozen { .. } => self.frozen = None,
             Event::Closed { reason } => self.closed = Some(reason.clone()),
-            Event::Invoiced {
-                invoice_id,
-                amount,
-                source,
-                due_at_ms,
-            } => {
+            Event::Invoiced { invoice_id, amount, source, due_at_ms } => {
                 match source {
                     InvoiceSource::Period => self.period_usage -= *amount,
                     InvoiceSource::Debt => self.debt -= *amount,
@@ -451,25 +349,18 @@ impl AccountState {
                 self.next_invoice_id = self.next_invoice_id.max(invoice_id + 1);
             }
             Event::InvoicePastDue { invoice_id } => {
-                let i = self
-                    .invoice_index(*invoice_id)
-                    .ok_or_else(|| fail("no such invoice"))?;
+                let i = self.invoice_index(*invoice_id).ok_or_else(|| fail("no such invoice"))?;
                 self.invoices[i].past_due = true;
             }
             Event::InvoicePaid { invoice_id, amount } => {
-                let i = self
-                    .invoice_index(*invoice_id)
-                    .ok_or_else(|| fail("no such invoice"))?;
+                let i = self.invoice_index(*invoice_id).ok_or_else(|| fail("no such invoice"))?;
                 let invoice = &mut self.invoices[i];
                 invoice.paid += *amount;
                 if invoice.outstanding().is_zero() {
                     self.invoices.remove(i);
                 }
             }
-            Event::Activated
-            | Event::Suspended { .. }
-            | Event::Reactivated
-            | Event::LowBalance { .. } => {}
+            Event::Activated | Event::Suspended { .. } | Event::Reactivated | Event::LowBalance { .. } => {}
         }
         self.posted += record.event.balance_delta();
         self.owed_posted += record.event.owed_delta();
@@ -579,11 +470,7 @@ impl AccountState {
 
     /// How a hold that is no longer open ended, if it is still remembered.
     pub fn hold_end(&self, hold_id: u64) -> Option<HoldEnd> {
-        self.ended_holds
-            .iter()
-            .rev()
-            .find(|(id, _)| *id == hold_id)
-            .map(|(_, end)| *end)
+        self.ended_holds.iter().rev().find(|(id, _)| *id == hold_id).map(|(_, end)| *end)
     }
 
     // ---- figures
@@ -608,11 +495,7 @@ impl AccountState {
 
     /// Remaining credits of the sources `pick` selects.
     pub fn credits_from(&self, pick: impl Fn(GrantSource) -> bool) -> Amount {
-        self.grants
-            .iter()
-            .filter(|g| pick(g.source))
-            .map(|g| g.remaining)
-            .sum()
+        self.grants.iter().filter(|g| pick(g.source)).map(|g| g.remaining).sum()
     }
 
     /// Unpaid invoices.
@@ -661,17 +544,13 @@ impl AccountState {
             return Some(Reason::Frozen);
         }
         if self.mode == Mode::Prepaid && self.activated_at_ms.is_none() {
-            return Some(Reason::NotActivated {
-                minimum: min_purchase,
-            });
+            return Some(Reason::NotActivated { minimum: min_purchase });
         }
         if self.past_due_suspends && self.has_past_due() {
             return Some(Reason::PastDue);
         }
         if self.mode == Mode::Prepaid && !self.balance().is_positive() {
-            return Some(Reason::Suspended {
-                balance: self.balance(),
-            });
+            return Some(Reason::Suspended { balance: self.balance() });
         }
         None
     }
@@ -685,11 +564,7 @@ impl AccountState {
         }
         for grant in &self.grants {
             if let Some(at) = grant.expires_at_ms {
-                next = next.min(if grant.notice_sent {
-                    at
-                } else {
-                    at.saturating_sub(notice_ms)
-                });
+                next = next.min(if grant.notice_sent { at } else { at.saturating_sub(notice_ms) });
             }
         }
         for invoice in &self.invoices {
@@ -705,10 +580,7 @@ impl AccountState {
     pub fn check_invariants(&self) -> Result<(), String> {
         let credits: Amount = self.grants.iter().map(|g| g.remaining).sum();
         if credits != self.credits {
-            return Err(format!(
-                "kept credits {} != sum of grants {credits}",
-                self.credits
-            ));
+            return Err(format!("kept credits {} != sum of grants {credits}", self.credits));
         }
         let held: Amount = self.holds.iter().map(|h| h.amount).sum();
         if held != self.held {
@@ -718,58 +590,28 @@ impl AccountState {
             return Err("available != balance - open holds".into());
         }
         if self.posted != self.balance() {
-            return Err(format!(
-                "ledger sum {} != balance {}",
-                self.posted,
-                self.balance()
-            ));
+            return Err(format!("ledger sum {} != balance {}", self.posted, self.balance()));
         }
         if self.owed_posted != self.owed() {
-            return Err(format!(
-                "owed sum {} != period + invoices {}",
-                self.owed_posted,
-                self.owed()
-            ));
+            return Err(format!("owed sum {} != period + invoices {}", self.owed_posted, self.owed()));
         }
-        if self.debt.is_negative()
-            || self.period_usage.is_negative()
-            || self.lifetime_purchased.is_negative()
-        {
+        if self.debt.is_negative() || self.period_usage.is_negative() || self.lifetime_purchased.is_negative() {
             return Err("a negative debt, period usage or lifetime total".into());
         }
         if self.debt.is_positive() && !self.grants.is_empty() {
             return Err("debt while grants have credit left: new money must pay debt first".into());
         }
-        if let Some(g) = self
-            .grants
-            .iter()
-            .find(|g| !g.remaining.is_positive() || g.remaining > g.original)
-        {
-            return Err(format!(
-                "grant {} has {} left of {}",
-                g.id, g.remaining, g.original
-            ));
+        if let Some(g) = self.grants.iter().find(|g| !g.remaining.is_positive() || g.remaining > g.original) {
+            return Err(format!("grant {} has {} left of {}", g.id, g.remaining, g.original));
         }
-        if self
-            .grants
-            .windows(2)
-            .any(|w| w[0].burn_key() >= w[1].burn_key())
-        {
+        if self.grants.windows(2).any(|w| w[0].burn_key() >= w[1].burn_key()) {
             return Err("grants are out of burn order".into());
         }
         if let Some(h) = self.holds.iter().find(|h| !h.amount.is_positive()) {
             return Err(format!("hold {} holds {}", h.id, h.amount));
         }
-        if let Some(i) = self
-            .invoices
-            .iter()
-            .find(|i| !i.outstanding().is_positive() || i.paid.is_negative())
-        {
-            return Err(format!(
-                "invoice {} has {} outstanding",
-                i.id,
-                i.outstanding()
-            ));
+        if let Some(i) = self.invoices.iter().find(|i| !i.outstanding().is_positive() || i.paid.is_negative()) {
+            return Err(format!("invoice {} has {} outstanding", i.id, i.outstanding()));
         }
         Ok(())
     }

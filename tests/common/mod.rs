@@ -64,11 +64,7 @@ impl Harness {
     }
 
     pub fn run_keyed(&mut self, key: Option<IdemKey>, command: Command) -> Outcome {
-        let req = Request {
-            account: self.id.clone(),
-            key,
-            command,
-        };
+        let req = Request { account: self.id.clone(), key, command };
         let outcome = self.account.execute(&req, self.now, &self.cfg);
         self.journal.extend(outcome.records.iter().cloned());
         self.check();
@@ -77,8 +73,7 @@ impl Harness {
 
     pub fn ok(&mut self, command: Command) -> Reply {
         let name = command.name();
-        self.run(command)
-            .unwrap_or_else(|r| panic!("{name} refused: {} ({r})", r.code()))
+        self.run(command).unwrap_or_else(|r| panic!("{name} refused: {} ({r})", r.code()))
     }
 
     pub fn refused(&mut self, command: Command) -> Reason {
@@ -110,10 +105,7 @@ impl Harness {
 
     /// Names of the events since journal position `from`.
     pub fn event_names_since(&self, from: usize) -> Vec<&'static str> {
-        self.journal[from..]
-            .iter()
-            .map(|r| r.event.name())
-            .collect()
+        self.journal[from..].iter().map(|r| r.event.name()).collect()
     }
 
     pub fn all_event_names(&self) -> Vec<&'static str> {
@@ -121,20 +113,12 @@ impl Harness {
     }
 
     pub fn count(&self, name: &str) -> usize {
-        self.journal
-            .iter()
-            .filter(|r| r.event.name() == name)
-            .count()
+        self.journal.iter().filter(|r| r.event.name() == name).count()
     }
 
     /// The attempt id of the recharge in flight.
     pub fn attempt(&self) -> u64 {
-        self.state()
-            .auto_recharge
-            .in_flight
-            .as_ref()
-            .expect("a recharge is in flight")
-            .id
+        self.state().auto_recharge.in_flight.as_ref().expect("a recharge is in flight").id
     }
 
     fn check(&self) {
@@ -145,9 +129,7 @@ impl Harness {
         state.check_invariants().unwrap();
         let sum: Amount = self.journal.iter().map(|r| r.event.balance_delta()).sum();
         assert_eq!(sum, state.balance(), "ledger sum != balance");
-        let replayed = AccountState::from_records(self.id.clone(), &self.journal)
-            .unwrap()
-            .unwrap();
+        let replayed = AccountState::from_records(self.id.clone(), &self.journal).unwrap().unwrap();
         assert_eq!(&replayed, state, "replay(journal) != state");
         for (i, r) in self.journal.iter().enumerate() {
             assert_eq!(r.seq, i as u64 + 1, "journal numbering");
@@ -156,63 +138,31 @@ impl Harness {
 }
 
 pub fn open_cmd(mode: Mode) -> Command {
-    Command::Open {
-        mode,
-        currency: Currency::USD,
-        past_due_suspends: None,
-        credit_limit: None,
-    }
+    Command::Open { mode, currency: Currency::USD, past_due_suspends: None, credit_limit: None }
 }
 
 pub fn purchase_cmd(a: &str) -> Command {
-    Command::Purchase {
-        amount: amt(a),
-        reference: None,
-    }
+    Command::Purchase { amount: amt(a), reference: None }
 }
 
 pub fn grant_cmd(a: &str) -> Command {
-    Command::Grant {
-        amount: amt(a),
-        expires_at_ms: None,
-        priority: None,
-        reference: None,
-    }
+    Command::Grant { amount: amt(a), expires_at_ms: None, priority: None, reference: None }
 }
 
 pub fn strict(a: &str) -> Command {
-    Command::Debit {
-        amount: amt(a),
-        mode: DebitMode::Strict,
-        service: Service::ApiRequest,
-        reference: None,
-    }
+    Command::Debit { amount: amt(a), mode: DebitMode::Strict, service: Service::ApiRequest, reference: None }
 }
 
 pub fn metered(a: &str) -> Command {
-    Command::Debit {
-        amount: amt(a),
-        mode: DebitMode::Metered,
-        service: Service::ApiRequest,
-        reference: None,
-    }
+    Command::Debit { amount: amt(a), mode: DebitMode::Metered, service: Service::ApiRequest, reference: None }
 }
 
 pub fn hold_cmd(a: &str, service: Service) -> Command {
-    Command::Hold {
-        amount: amt(a),
-        service,
-        reference: None,
-        timeout_ms: None,
-    }
+    Command::Hold { amount: amt(a), service, reference: None, timeout_ms: None }
 }
 
 pub fn auto_cmd(amount: &str, threshold: &str) -> Command {
-    Command::SetAutoRecharge {
-        enabled: true,
-        amount: Some(amt(amount)),
-        threshold: amt(threshold),
-    }
+    Command::SetAutoRecharge { enabled: true, amount: Some(amt(amount)), threshold: amt(threshold) }
 }
 
 pub fn reason(s: &str) -> Text {
