@@ -19,8 +19,8 @@ pub const FORMAT_VERSION: u8 = 1;
 pub enum Stored {
     /// An account's state as of its last durable group.
     Snapshot(Box<AccountState>),
-    /// Journal records of one account, in order.
-    Events(Vec<EventRecord>),
+    /// One journal record.
+    Event(EventRecord),
     /// The first result of an idempotency key.
     Dedup(IdemKey, DedupRecord),
 }

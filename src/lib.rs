@@ -5,11 +5,29 @@
 //! on a ledger; auto-recharge buys credits exactly once when the balance runs
 //! low. See `ARCHITECTURE.md` for the layers and `docs/` for the rules.
 //!
-//! Today the crate holds the functional core (`ledger`) and the codec its
-//! records are stored with (`codec`).
+//! Layers, bottom up: `ledger` (the functional core), `codec` and `store`
+//! (bytes and RocksDB), `actor` and `journal` (account actors, group commit),
+//! `node` (the embedded entry point).
 
+mod actor;
+pub mod clock;
 pub mod codec;
+pub mod config;
+pub mod error;
+pub mod gateway;
+mod health;
+mod journal;
 pub mod ledger;
+mod node;
+mod recharge;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Durability, NodeConfig};
+pub use error::Error;
+pub use gateway::{PaymentGateway, SimulatedGateway};
+pub use journal::AccountEvent;
+pub use node::{Node, StartError};
 
 pub use ledger::{
     Account, AccountId, AccountState, Amount, BalanceView, Command, Currency, DebitMode, Detail, Event, EventRecord,

@@ -1,13 +1,7 @@
-//! config/default.toml is the code's defaults, field for field.
+//! config/default.toml is the code's defaults, field for field, and
+//! environment overrides and bounds behave.
 
-use prepaid::ledger::LedgerConfig;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    ledger: LedgerConfig,
-}
+use prepaid::config::{ConfigError, Durability, NodeConfig};
 
 fn default_file() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).unwrap()
@@ -15,15 +9,14 @@ fn default_file() -> String {
 
 #[test]
 fn default_toml_mirrors_the_code_defaults() {
-    let file: File = toml::from_str(&default_file()).unwrap();
-    assert_eq!(file.ledger, LedgerConfig::default());
+    assert_eq!(NodeConfig::from_toml(&default_file()).unwrap(), NodeConfig::default());
 }
 
 #[test]
 fn default_toml_names_every_field() {
     let text = default_file();
-    let fields = toml::to_string(&LedgerConfig::default()).unwrap();
-    for line in fields.lines() {
+    let fields = toml::to_string(&NodeConfig::default()).unwrap();
+    for line in fields.lines().filter(|l| l.contains(" = ")) {
         let name = line.split(" = ").next().unwrap();
         assert!(text.lines().any(|l| l.starts_with(&format!("{name} = "))), "{name} is missing");
     }
@@ -31,13 +24,48 @@ fn default_toml_names_every_field() {
 
 #[test]
 fn unknown_fields_are_refused() {
-    let err = toml::from_str::<File>("[ledger]\nmin_purchse = \"5\"\n").err().unwrap();
+    let err = NodeConfig::from_toml("[ledger]\nmin_purchse = \"5\"\n").unwrap_err();
     assert!(err.to_string().contains("min_purchse"), "{err}");
+    assert!(NodeConfig::from_toml("[nodes]\n").is_err());
 }
 
 #[test]
 fn amounts_in_config_are_exact_decimals() {
-    let file: File = toml::from_str("[ledger]\nmin_purchase = \"0.000000000001\"\n").unwrap();
-    assert_eq!(file.ledger.min_purchase.units(), 1);
-    assert!(toml::from_str::<File>("[ledger]\nmin_purchase = \"0.0000000000001\"\n").is_err());
+    let cfg = NodeConfig::from_toml("[ledger]\nmin_purchase = \"0.000000000001\"\n").unwrap();
+    assert_eq!(cfg.ledger.min_purchase.units(), 1);
+    assert!(NodeConfig::from_toml("[ledger]\nmin_purchase = \"0.0000000000001\"\n").is_err());
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let mut cfg = NodeConfig::default();
+    let env = |name: &str| match name {
+        "PREPAID_DATA_DIR" => Some("/var/lib/prepaid".to_string()),
+        "PREPAID_DURABILITY" => Some("async".to_string()),
+        "PREPAID_SHARDS" => Some("64".to_string()),
+        _ => None,
+    };
+    cfg.apply_env(env).unwrap();
+    assert_eq!(cfg.node.data_dir.to_str(), Some("/var/lib/prepaid"));
+    assert_eq!(cfg.node.durability, Durability::Async);
+    assert_eq!(cfg.node.shards, 64);
+    let bad = |name: &'static str, value: &'static str| move |n: &str| (n == name).then(|| value.to_string());
+    assert!(matches!(
+        NodeConfig::default().apply_env(bad("PREPAID_DURABILITY", "later")),
+        Err(ConfigError::Invalid(_))
+    ));
+    assert!(matches!(NodeConfig::default().apply_env(bad("PREPAID_SHARDS", "many")), Err(ConfigError::Invalid(_))));
+}
+
+#[test]
+fn bounds_are_checked_at_and_past_their_limits() {
+    let with = |text: &str| NodeConfig::from_toml(&format!("[node]\n{text}\n"));
+    assert!(with("shards = 1").is_ok());
+    assert!(with("shards = 65536").is_ok());
+    assert!(with("shards = 0").is_err());
+    assert!(with("shards = 65537").is_err());
+    assert!(with("max_batch = 0").is_err());
+    assert!(with("account_queue_max = 0").is_err());
+    assert!(with("max_resident_accounts = 0").is_err());
+    assert!(with("flush_interval_ms = 0").is_err());
 }

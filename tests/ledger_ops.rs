@@ -267,8 +267,10 @@ fn stored_records_round_trip_through_the_codec() {
     let bytes = codec::encode(&snapshot);
     assert_eq!(codec::decode(&bytes).unwrap(), snapshot);
     assert!(bytes.len() < 512, "snapshots stay small: {} bytes", bytes.len());
-    let events = Stored::Events(h.journal.clone());
-    assert_eq!(codec::decode(&codec::encode(&events)).unwrap(), events);
+    for record in &h.journal {
+        let event = Stored::Event(record.clone());
+        assert_eq!(codec::decode(&codec::encode(&event)).unwrap(), event);
+    }
     let (key, record) = h.account.dedup.iter().next().map(|(k, r)| (k.clone(), r.clone())).unwrap();
     let dedup = Stored::Dedup(key, record);
     assert_eq!(codec::decode(&codec::encode(&dedup)).unwrap(), dedup);

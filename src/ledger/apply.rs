@@ -49,6 +49,11 @@ impl Outcome {
 }
 
 impl Account {
+    /// An account as read back from storage.
+    pub fn restore(state: Option<AccountState>, dedup: Dedup) -> Account {
+        Account { state, dedup, scratch: Vec::new() }
+    }
+
     pub fn execute(&mut self, req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Outcome {
         // 1. Validation: the request alone.
         if let Err(reason) = decide::validate(req, now_ms, cfg) {

@@ -60,6 +60,16 @@ impl Dedup {
         }
     }
 
+    /// A table rebuilt from stored records, given oldest first.
+    pub fn restore(seed: u64, records: impl IntoIterator<Item = (IdemKey, DedupRecord)>) -> Dedup {
+        let mut dedup = Dedup::with_seed(seed);
+        for (key, record) in records {
+            dedup.order.push_back((record.at_ms, key.clone()));
+            dedup.records.insert(key, record);
+        }
+        dedup
+    }
+
     pub fn get(&self, key: &IdemKey) -> Option<&DedupRecord> {
         self.records.get(key)
     }

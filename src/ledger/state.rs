@@ -557,8 +557,16 @@ impl AccountState {
 
     /// The earliest deadline that `settle` would act on, if any.
     pub fn next_deadline_ms(&self, notice_ms: u64) -> Option<u64> {
-        // Plain loops: this runs before every request.
-        let mut next = self.auto_recharge.retry_at_ms.unwrap_or(u64::MAX);
+        // Plain loops: this runs before every request. A recharge retry
+        // counts only while it would start one (else a timer would fire for
+        // nothing, again and again).
+        let auto = &self.auto_recharge;
+        let retry_would_start = auto.enabled
+            && auto.paused.is_none()
+            && self.closed.is_none()
+            && self.frozen.is_none()
+            && self.balance() < auto.threshold;
+        let mut next = if retry_would_start { auto.retry_at_ms.unwrap_or(u64::MAX) } else { u64::MAX };
         for hold in &self.holds {
             next = next.min(hold.expires_at_ms);
         }

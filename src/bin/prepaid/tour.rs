@@ -1,13 +1,11 @@
-//! The demo: every FAQ rule, shown on the ledger core, then a short load.
+//! The demo's first part: every FAQ rule, shown on the ledger core.
 //!
 //! Each step runs real requests through `Account::execute` and prints what a
 //! customer would see: the balance, its parts, and the reason code of every
-//! refusal. The load at the end checks conservation (ledger sum = balance)
-//! on every account it touched.
+//! refusal.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::time::Instant;
 
 use prepaid::ledger::*;
 
@@ -98,7 +96,7 @@ fn debit(a: &str, mode: DebitMode) -> Command {
     Command::Debit { amount: amt(a), mode, service: Service::ApiRequest, reference: Some(text("req llama-3-70b")) }
 }
 
-pub fn run<W: Write>(out: &mut W, accounts: u64, debits: u64) -> io::Result<()> {
+pub fn run<W: Write>(out: &mut W) -> io::Result<()> {
     let mut t =
         Tour { out, cfg: LedgerConfig::default(), accounts: HashMap::new(), journal: HashMap::new(), now: T0, keys: 0 };
     writeln!(t.out, "prepaid demo — the billing FAQ's rules on the ledger core (amounts in USD)")?;
@@ -200,79 +198,5 @@ pub fn run<W: Write>(out: &mut W, accounts: u64, debits: u64) -> io::Result<()> 
     t.ask("org_frank", "strict debit $1.00", debit("1", DebitMode::Strict))?;
 
     t.section("Rule 9: free and purchased credits are always shown apart")?;
-    t.view("org_alice")?;
-
-    load(&mut t, accounts, debits)
-}
-
-/// The short demo load: strict debits of 1..100 micro-dollars spread over
-/// the accounts, straight into the core (no node, no disk yet), then the
-/// conservation check on every account.
-fn load<W: Write>(t: &mut Tour<'_, W>, accounts: u64, debits: u64) -> io::Result<()> {
-    writeln!(t.out, "\nLoad: {debits} strict debits over {accounts} accounts, in-process on the ledger core")?;
-    let cfg = LedgerConfig::default();
-    // Per account: its state and the running sum of its journal's deltas.
-    let mut book: Vec<(Account, Amount)> = Vec::with_capacity(accounts as usize);
-    let ids: Vec<AccountId> = (0..accounts).map(|i| t.id(&format!("org_load_{i:07}"))).collect();
-    for (i, id) in ids.iter().enumerate() {
-        let mut account = Account::default();
-        let mut posted = Amount::ZERO;
-        for (n, command) in [open(Mode::Prepaid), purchase("1000")].into_iter().enumerate() {
-            let key = IdemKey::new(&format!("setup-{i}-{n}")).expect("valid");
-            let outcome = account.execute(&Request { account: id.clone(), key: Some(key), command }, T0, &cfg);
-            posted += outcome.records.iter().map(|r| r.event.balance_delta()).sum();
-        }
-        book.push((account, posted));
-    }
-    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
-    let started = Instant::now();
-    let mut accepted = 0u64;
-    let mut now = T0;
-    let step = (debits / 20).max(1);
-    for n in 0..debits {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let slot = (rng % accounts) as usize;
-        let key = IdemKey::new(&format!("load-{n}")).expect("valid");
-        let amount = Amount::from_units((1 + (n % 100) as i128) * 1_000_000);
-        let command = Command::Debit { amount, mode: DebitMode::Strict, service: Service::ApiRequest, reference: None };
-        let req = Request { account: ids[slot].clone(), key: Some(key), command };
-        now += 1;
-        let (account, posted) = &mut book[slot];
-        let outcome = account.execute(&req, now, &cfg);
-        accepted += outcome.result.is_ok() as u64;
-        *posted += outcome.records.iter().map(|r| r.event.balance_delta()).sum();
-        if (n + 1) % step == 0 {
-            write!(t.out, "\r  {:>3}% {:>12} debits", (n + 1) * 100 / debits, n + 1)?;
-            t.out.flush()?;
-        }
-    }
-    let elapsed = started.elapsed();
-    writeln!(t.out)?;
-    let mut mismatches = 0;
-    let mut total = Amount::ZERO;
-    for (account, posted) in &book {
-        let state = account.state.as_ref().expect("opened");
-        mismatches += (*posted != state.balance() || state.check_invariants().is_err()) as u32;
-        total += state.balance();
-    }
-    writeln!(
-        t.out,
-        "  {accepted} accepted in {:.2} s: {:.0} debits/s on one core ({:.2} µs each: idempotency records kept, no disk yet)",
-        elapsed.as_secs_f64(),
-        debits as f64 / elapsed.as_secs_f64().max(1e-9),
-        elapsed.as_secs_f64() * 1e6 / debits.max(1) as f64
-    )?;
-    writeln!(
-        t.out,
-        "  conservation: ledger sum = balance on {} of {} accounts; total balance {}",
-        book.len() as u32 - mismatches,
-        book.len(),
-        total
-    )?;
-    if mismatches > 0 {
-        return Err(io::Error::other(format!("{mismatches} accounts fail conservation")));
-    }
-    Ok(())
+    t.view("org_alice")
 }

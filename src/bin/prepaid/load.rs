@@ -1,0 +1,241 @@
+//! Load on an embedded node: `prepaid bench --embedded`, and the crash
+//! child the crash test kills at random moments.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prepaid::ledger::*;
+use prepaid::{Durability, Node, NodeConfig, SimulatedGateway};
+
+pub struct BenchArgs {
+    pub accounts: u64,
+    pub debits: u64,
+    pub hot: u64,
+    pub callers: u64,
+    pub batch: u64,
+    pub durability: Durability,
+    pub data_dir: PathBuf,
+}
+
+fn amount_units(n: u64) -> Amount {
+    // 1..100 units of 10⁻⁶ (a token's price, say).
+    Amount::from_units((1 + (n % 100) as i128) * 1_000_000)
+}
+
+fn open(id: &AccountId) -> Request {
+    let command =
+        Command::Open { mode: Mode::Prepaid, currency: Currency::USD, past_due_suspends: None, credit_limit: None };
+    Request { account: id.clone(), key: None, command }
+}
+
+fn keyed(id: &AccountId, key: String, command: Command) -> Request {
+    Request { account: id.clone(), key: IdemKey::new(&key).ok(), command }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1_000.0
+}
+
+/// The authorization workload in-process: accounts funded, then strict
+/// debits of 1..100 µ$ from `callers` concurrent callers, optionally in
+/// batches, `hot` accounts taking half the traffic when set.
+pub async fn bench(args: BenchArgs) -> Result<(), String> {
+    let mut cfg = NodeConfig::default();
+    cfg.node.durability = args.durability;
+    cfg.node.data_dir = args.data_dir.clone();
+    let node = Arc::new(Node::start(cfg, Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?);
+    let ids: Vec<AccountId> =
+        (0..args.accounts).map(|i| AccountId::new(&format!("acct_{i:08}")).expect("valid id")).collect();
+    eprintln!("prepaid bench: funding {} accounts ({:?} durability)", args.accounts, args.durability);
+    let rss_before = rss_bytes();
+    for chunk in ids.chunks(1_000) {
+        let mut batch = Vec::with_capacity(chunk.len() * 2);
+        for id in chunk {
+            batch.push(open(id));
+            batch.push(keyed(
+                id,
+                format!("fund-{id}"),
+                Command::Purchase { amount: Amount::whole(1_000_000), reference: None },
+            ));
+        }
+        for r in node.execute_batch(batch).await.map_err(|e| e.to_string())? {
+            r.map_err(|e| format!("funding failed: {} ({e})", e.code()))?;
+        }
+    }
+    let rss_per_account = rss_bytes().saturating_sub(rss_before) / args.accounts.max(1);
+    eprintln!("prepaid bench: {} debits, {} callers, batch {}", args.debits, args.callers, args.batch);
+    let next = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(ids);
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for c in 0..args.callers {
+        let (node, next, ids) = (Arc::clone(&node), Arc::clone(&next), Arc::clone(&ids));
+        let (debits, batch, hot) = (args.debits, args.batch.max(1), args.hot);
+        callers.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (c + 1);
+            let mut refused = 0u64;
+            loop {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= debits {
+                    break;
+                }
+                let requests: Vec<Request> = (first..(first + batch).min(debits))
+                    .map(|n| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let slot = if hot > 0 && rng & 1 == 0 { rng % hot } else { rng % ids.len() as u64 };
+                        let id = &ids[slot as usize];
+                        let command = Command::Debit {
+                            amount: amount_units(n),
+                            mode: DebitMode::Strict,
+                            service: Service::ApiRequest,
+                            reference: None,
+                        };
+                        keyed(id, format!("d{n}"), command)
+                    })
+                    .collect();
+                let t = Instant::now();
+                let results = if requests.len() == 1 {
+                    let req = requests.into_iter().next().expect("one");
+                    vec![node.execute(req).await]
+                } else {
+                    node.execute_batch(requests).await.unwrap_or_else(|e| vec![Err(e)])
+                };
+                let per_request = (t.elapsed().as_nanos() as u64).min(u32::MAX as u64) as u32;
+                for r in results {
+                    refused += r.is_err() as u64;
+                    latencies.push(per_request);
+                }
+            }
+            (latencies, refused)
+        }));
+    }
+    let progress = {
+        let next = Arc::clone(&next);
+        let total = args.debits;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let done = next.load(Ordering::Relaxed).min(total);
+                eprint!("\r  {:>3}% {done:>12} debits", done * 100 / total.max(1));
+                if done >= total {
+                    break;
+                }
+            }
+        })
+    };
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for c in callers {
+        let (l, r) = c.await.map_err(|e| e.to_string())?;
+        latencies.extend(l);
+        refused += r;
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    eprintln!();
+    latencies.sort_unstable();
+    println!(
+        "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1}  rss/account {} B  durability {:?}",
+        args.debits,
+        refused,
+        elapsed.as_secs_f64(),
+        args.debits as f64 / elapsed.as_secs_f64().max(1e-9),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+        rss_per_account,
+        args.durability
+    );
+    // Conservation: every account's balance is what was bought minus what was debited.
+    let mut total = Amount::ZERO;
+    for chunk in ids.chunks(1_000) {
+        let batch =
+            chunk.iter().map(|id| Request { account: id.clone(), key: None, command: Command::Balance }).collect();
+        for r in node.execute_batch(batch).await.map_err(|e| e.to_string())? {
+            total += r.map_err(|e| e.to_string())?.balance;
+        }
+    }
+    let debited: Amount = (0..args.debits).map(amount_units).sum();
+    let funded = Amount::whole(1_000_000).checked_mul_int(args.accounts as u32).unwrap_or(Amount::ZERO);
+    let expected = funded - debited;
+    println!(
+        "conservation: total balance {total}, expected {expected}: {}",
+        if total == expected { "ok" } else { "MISMATCH" }
+    );
+    let node = Arc::into_inner(node).ok_or("node still shared")?;
+    node.shutdown().await;
+    if total != expected || refused > 0 {
+        return Err(format!("{refused} debits refused; conservation {}", total == expected));
+    }
+    Ok(())
+}
+
+/// For the crash test: four concurrent callers run mixed money operations
+/// on a few accounts until the process is killed, printing
+/// `ack <account> <key>` once each operation is acknowledged (durable).
+pub async fn crash_child(data_dir: PathBuf, seed: u64) -> Result<(), String> {
+    let mut cfg = NodeConfig::default();
+    cfg.node.data_dir = data_dir;
+    cfg.node.shards = 16;
+    let node = Arc::new(Node::start(cfg, Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?);
+    let ids: Arc<Vec<AccountId>> =
+        Arc::new((0..20).map(|i| AccountId::new(&format!("org_{i}")).expect("valid")).collect());
+    for id in ids.iter() {
+        node.execute(open(id)).await.map_err(|e| e.to_string())?;
+    }
+    println!("ready");
+    let callers: Vec<_> = (0..4u64)
+        .map(|caller| {
+            let (node, ids) = (Arc::clone(&node), Arc::clone(&ids));
+            tokio::spawn(async move {
+                let mut rng = (seed ^ (caller << 32)) | 1;
+                for n in 0u64.. {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let id = &ids[(rng % ids.len() as u64) as usize];
+                    let amount = Amount::cents((1 + (rng >> 8) % 2_000) as i64);
+                    let command = match (rng >> 20) % 5 {
+                        0 => Command::Purchase { amount: Amount::whole(5) + amount, reference: None },
+                        1 => Command::Debit {
+                            amount,
+                            mode: DebitMode::Metered,
+                            service: Service::ApiRequest,
+                            reference: None,
+                        },
+                        2 => Command::Hold { amount, service: Service::FineTuning, reference: None, timeout_ms: None },
+                        _ => Command::Debit {
+                            amount,
+                            mode: DebitMode::Strict,
+                            service: Service::ApiRequest,
+                            reference: None,
+                        },
+                    };
+                    let key = format!("s{seed}c{caller}-{n}");
+                    if node.execute(keyed(id, key.clone(), command)).await.is_ok() {
+                        println!("ack {id} {key}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `prepaid` — the command line.
+//!
+//! `prepaid demo` walks through every rule of the billing FAQ on the ledger
+//! core, then runs a short load on an embedded node. `prepaid bench
+//! --embedded` measures the authorization workload in-process.
+
+mod load;
+mod tour;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use prepaid::Durability;
+
+const USAGE: &str = "\
+usage: prepaid <command>
+
+commands:
+  demo [--accounts N] [--debits N] [--data-dir DIR]
+                                     walk through the billing FAQ's rules, then run
+                                     strict debits on an embedded node with RocksDB
+                                     (defaults: 10000 accounts, 200000 debits,
+                                     a temporary data dir)
+  bench --embedded [--accounts N] [--debits N] [--hot N] [--callers N]
+        [--batch N] [--durability sync|async] [--data-dir DIR]
+                                     the authorization workload on an embedded node
+                                     (defaults: 100000 accounts, 1000000 debits,
+                                     64 callers, batch 1, sync, a temporary dir)
+  crash-child --data-dir DIR --seed N
+                                     load for the crash test, until killed
+  help                               this text";
+
+/// Bounds on what the command line accepts: enough to measure, never
+/// enough to exhaust the machine by a typo.
+const MAX_ACCOUNTS: u64 = 10_000_000;
+const MAX_DEBITS: u64 = 1_000_000_000;
+const MAX_CALLERS: u64 = 4_096;
+const MAX_BATCH: u64 = 10_000;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => parse(&args[1..]).and_then(|f| {
+            let bench = load::BenchArgs {
+                accounts: f.number("--accounts", 10_000, 1, 1_000_000)?,
+                debits: f.number("--debits", 200_000, 1, 100_000_000)?,
+                hot: 0,
+                callers: 64,
+                batch: 1,
+                durability: Durability::Sync,
+                data_dir: f.text("--data-dir").map(PathBuf::from).unwrap_or_default(),
+            };
+            f.done()?;
+            tour::run(&mut std::io::stdout().lock()).map_err(|e| Failure::Run(e.to_string()))?;
+            println!("\nLoad on an embedded node (RocksDB, sync durability: every debit durable before its reply)");
+            runtime()?.block_on(load::bench(bench)).map_err(Failure::Run)
+        }),
+        Some("bench") => parse(&args[1..]).and_then(|f| {
+            if !f.flag("--embedded") {
+                return Err(Failure::Usage(
+                    "bench needs --embedded (the served bench comes with `prepaid serve`)".into(),
+                ));
+            }
+            let bench = load::BenchArgs {
+                accounts: f.number("--accounts", 100_000, 1, MAX_ACCOUNTS)?,
+                debits: f.number("--debits", 1_000_000, 1, MAX_DEBITS)?,
+                hot: f.number("--hot", 0, 0, MAX_ACCOUNTS)?,
+                callers: f.number("--callers", 64, 1, MAX_CALLERS)?,
+                batch: f.number("--batch", 1, 1, MAX_BATCH)?,
+                durability: match f.text("--durability").as_deref() {
+                    None | Some("sync") => Durability::Sync,
+                    Some("async") => Durability::Async,
+                    Some(other) => return Err(Failure::Usage(format!("--durability is sync or async, not {other:?}"))),
+                },
+                data_dir: f.text("--data-dir").map(PathBuf::from).unwrap_or_default(),
+            };
+            f.done()?;
+            runtime()?.block_on(load::bench(bench)).map_err(Failure::Run)
+        }),
+        Some("crash-child") => parse(&args[1..]).and_then(|f| {
+            let dir = f.text("--data-dir").ok_or_else(|| Failure::Usage("crash-child needs --data-dir".into()))?;
+            let seed = f.number("--seed", 1, 0, u64::MAX)?;
+            f.done()?;
+            runtime()?.block_on(load::crash_child(PathBuf::from(dir), seed)).map_err(Failure::Run)
+        }),
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(Failure::Usage(format!("unknown command {other:?}"))),
+        None => Err(Failure::Usage("no command given".into())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("prepaid: {e}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("prepaid: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Run(String),
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Failure::Run(e.to_string()))
+}
+
+/// `--name value` pairs and bare `--flag`s, each used at most once.
+struct Flags(std::cell::RefCell<Vec<(String, Option<String>)>>);
+
+fn parse(args: &[String]) -> Result<Flags, Failure> {
+    let mut out = Vec::new();
+    let mut it = args.iter().peekable();
+    while let Some(arg) = it.next() {
+        if !arg.starts_with("--") {
+            return Err(Failure::Usage(format!("unexpected argument {arg:?}")));
+        }
+        let value = match it.peek() {
+            Some(v) if !v.starts_with("--") => it.next().cloned(),
+            _ => None,
+        };
+        out.push((arg.clone(), value));
+    }
+    Ok(Flags(std::cell::RefCell::new(out)))
+}
+
+impl Flags {
+    fn take(&self, name: &str) -> Option<Option<String>> {
+        let mut flags = self.0.borrow_mut();
+        let i = flags.iter().position(|(n, _)| n == name)?;
+        Some(flags.remove(i).1)
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.take(name).is_some()
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        self.take(name).flatten()
+    }
+
+    fn number(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, Failure> {
+        match self.take(name) {
+            None => Ok(default),
+            Some(None) => Err(Failure::Usage(format!("{name} needs a value"))),
+            Some(Some(v)) => match v.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                Ok(_) => Err(Failure::Usage(format!("{name} is {min} to {max}"))),
+                Err(_) => Err(Failure::Usage(format!("{name} takes a whole number, not {v:?}"))),
+            },
+        }
+    }
+
+    /// Anything not taken is a mistake.
+    fn done(&self) -> Result<(), Failure> {
+        match self.0.borrow().first() {
+            Some((name, _)) => Err(Failure::Usage(format!("unknown flag {name:?}"))),
+            None => Ok(()),
+        }
+    }
+}

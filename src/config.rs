@@ -1,0 +1,153 @@
+//! A node's configuration: every field documented, every default in
+//! `config/default.toml` (a test keeps the two equal), environment overrides
+//! for what an operator changes per machine.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::LedgerConfig;
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// After the group holding it is synced to disk (group commit).
+    #[default]
+    Sync,
+    /// After it is applied in memory; groups are synced at most every
+    /// `flush_interval_ms`, so a crash can lose that long a window of usage
+    /// debits. Money in (purchases, grants, payments, recharges) is always
+    /// synced before it is acknowledged.
+    Async,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Where the node keeps its RocksDB database. Empty: a new temporary
+    /// directory, removed when the node stops (for demos and tests).
+    pub data_dir: PathBuf,
+    /// Shards accounts are spread over (`stable_hash(id) mod shards`). Today
+    /// a shard groups actors; once shards move between nodes, the number is
+    /// fixed when a cluster is created.
+    pub shards: u32,
+    pub durability: Durability,
+    /// `async` mode: the longest time between syncs.
+    pub flush_interval_ms: u64,
+    /// Most accounts written in one group (one WriteBatch, one sync).
+    pub group_max_accounts: usize,
+    /// Submissions waiting for the journal writer before senders wait.
+    pub writer_queue: usize,
+    /// Requests waiting for one account before it answers `overloaded`.
+    pub account_queue_max: usize,
+    /// Most requests in one batch call.
+    pub max_batch: usize,
+    /// Accounts kept in memory; past it, the least recently used idle ones
+    /// are passivated (their state is on disk; the next request reloads it).
+    pub max_resident_accounts: usize,
+    /// An account untouched this long is passivated.
+    pub idle_passivate_ms: u64,
+    /// How often timers (hold and grant expiry, notices, past due, recharge
+    /// retries) are checked.
+    pub timer_poll_ms: u64,
+}
+
+impl Default for NodeSettings {
+    fn default() -> NodeSettings {
+        NodeSettings {
+            data_dir: PathBuf::new(),
+            shards: 256,
+            durability: Durability::Sync,
+            flush_interval_ms: 10,
+            group_max_accounts: 4_096,
+            writer_queue: 65_536,
+            account_queue_max: 10_000,
+            max_batch: 10_000,
+            max_resident_accounts: 1_000_000,
+            idle_passivate_ms: 60_000,
+            timer_poll_ms: 100,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSettings,
+    pub ledger: LedgerConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a file, then applies environment overrides.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { path: path.display().to_string(), error })?;
+        let mut config = NodeConfig::from_toml(&text)?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// `PREPAID_DATA_DIR`, `PREPAID_DURABILITY` (`sync` or `async`),
+    /// `PREPAID_SHARDS`, `PREPAID_FLUSH_INTERVAL_MS`,
+    /// `PREPAID_MAX_RESIDENT_ACCOUNTS` override the file.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
+            value.parse().map_err(|_| ConfigError::Invalid(format!("{name}={value:?} is not a whole number")))
+        }
+        if let Some(v) = var("PREPAID_DATA_DIR") {
+            self.node.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("PREPAID_DURABILITY") {
+            self.node.durability = match v.as_str() {
+                "sync" => Durability::Sync,
+                "async" => Durability::Async,
+                _ => return Err(ConfigError::Invalid(format!("PREPAID_DURABILITY={v:?}: sync or async"))),
+            };
+        }
+        if let Some(v) = var("PREPAID_SHARDS") {
+            self.node.shards = number("PREPAID_SHARDS", &v)?;
+        }
+        if let Some(v) = var("PREPAID_FLUSH_INTERVAL_MS") {
+            self.node.flush_interval_ms = number("PREPAID_FLUSH_INTERVAL_MS", &v)?;
+        }
+        if let Some(v) = var("PREPAID_MAX_RESIDENT_ACCOUNTS") {
+            self.node.max_resident_accounts = number("PREPAID_MAX_RESIDENT_ACCOUNTS", &v)?;
+        }
+        self.validate()
+    }
+
+    /// Bounds that make the node unable to run are refused up front.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = &self.node;
+        let bad = |what: &str| Err(ConfigError::Invalid(what.to_string()));
+        if !(1..=65_536).contains(&n.shards) {
+            return bad("node.shards is 1 to 65536");
+        }
+        if n.group_max_accounts == 0 || n.writer_queue == 0 || n.account_queue_max == 0 || n.max_batch == 0 {
+            return bad("node.group_max_accounts, writer_queue, account_queue_max and max_batch are at least 1");
+        }
+        if n.max_resident_accounts == 0 {
+            return bad("node.max_resident_accounts is at least 1");
+        }
+        if n.flush_interval_ms == 0 || n.timer_poll_ms == 0 || n.idle_passivate_ms == 0 {
+            return bad("node.flush_interval_ms, timer_poll_ms and idle_passivate_ms are at least 1");
+        }
+        Ok(())
+    }
+}

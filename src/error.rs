@@ -1,0 +1,45 @@
+//! What a node answers when it does not answer with a reply: the ledger's
+//! refusal, or a condition of the node itself. Every case has a stable code
+//! (docs/errors.md) and a sentence.
+
+use crate::ledger::Reason;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The ledger refused the request; nothing was applied.
+    #[error("{0}")]
+    Refused(#[from] Reason),
+    /// A write or sync failed: nothing is acknowledged from then on, and the
+    /// request's outcome is unknown if it was in the failing group.
+    #[error("storage is unavailable ({0}); no write is acknowledged until the node restarts")]
+    StorageUnavailable(String),
+    /// The account's queue is full: nothing was applied; retry later.
+    #[error("the node is overloaded; nothing was applied, retry later")]
+    Overloaded,
+    /// The node is stopping: nothing was applied.
+    #[error("the node is shutting down; nothing was applied")]
+    ShuttingDown,
+    #[error("a batch holds at most {max} requests")]
+    BatchTooLarge { max: usize },
+    /// A bug: the request's outcome is unknown (retry with the same
+    /// idempotency key).
+    #[error("internal error ({0}); the outcome is unknown, retry with the same idempotency key")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Refused(reason) => reason.code(),
+            Error::StorageUnavailable(_) => "storage_unavailable",
+            Error::Overloaded => "overloaded",
+            Error::ShuttingDown => "shutting_down",
+            Error::BatchTooLarge { .. } => "batch_too_large",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The node's own codes, for docs/errors.md.
+    pub const NODE_CODES: &'static [&'static str] =
+        &["storage_unavailable", "overloaded", "shutting_down", "batch_too_large", "internal"];
+}

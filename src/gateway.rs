@@ -1,0 +1,133 @@
+//! The payment gateway auto-recharge charges, behind a trait.
+//!
+//! Every charge carries an idempotency key (`account:attempt`), so a charge
+//! retried after a timeout is charged at most once: the gateway returns the
+//! first outcome again. `SimulatedGateway` behaves that way in memory, with
+//! configurable latency, declines and timeouts, and keeps a ledger of what it
+//! charged so tests can prove nothing was charged twice.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::ledger::hash::stable_hash;
+use crate::ledger::{AccountId, Amount};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChargeRequest {
+    /// `account:attempt`: the gateway's idempotency key.
+    pub idempotency_key: String,
+    pub account: AccountId,
+    pub attempt_id: u64,
+    pub amount: Amount,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Charged,
+    /// Definitely not charged (card declined, no payment method, …).
+    Declined(String),
+}
+
+/// The outcome is unknown: retry with the same key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the payment gateway did not answer: {0}")]
+pub struct GatewayUnavailable(pub String);
+
+pub type ChargeFuture = Pin<Box<dyn Future<Output = Result<ChargeOutcome, GatewayUnavailable>> + Send>>;
+
+pub trait PaymentGateway: Send + Sync + 'static {
+    fn charge(&self, request: ChargeRequest) -> ChargeFuture;
+}
+
+/// In-memory gateway for demos and tests.
+#[derive(Default)]
+pub struct SimulatedGateway {
+    pub latency: Duration,
+    /// Out of 1,000 first attempts of a key, how many are declined.
+    pub decline_per_mille: u32,
+    /// Out of 1,000 calls, how many time out (the charge may or may not
+    /// have happened — here it has, as the worst case).
+    pub timeout_per_mille: u32,
+    charges: Mutex<HashMap<String, Record>>,
+}
+
+#[derive(Clone, Debug)]
+struct Record {
+    outcome: ChargeOutcome,
+    amount: Amount,
+    calls: u32,
+    money_moved: u32,
+}
+
+impl SimulatedGateway {
+    pub fn new() -> SimulatedGateway {
+        SimulatedGateway::default()
+    }
+
+    /// Keys whose money moved more than once: must always be empty.
+    pub fn charged_twice(&self) -> Vec<String> {
+        let charges = self.charges.lock().unwrap_or_else(|e| e.into_inner());
+        charges.iter().filter(|(_, r)| r.money_moved > 1).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Total charged, per key.
+    pub fn charged(&self) -> HashMap<String, Amount> {
+        let charges = self.charges.lock().unwrap_or_else(|e| e.into_inner());
+        charges
+            .iter()
+            .filter(|(_, r)| r.outcome == ChargeOutcome::Charged)
+            .map(|(k, r)| (k.clone(), r.amount))
+            .collect()
+    }
+
+    /// How many times the gateway was called, all keys together.
+    pub fn calls(&self) -> u32 {
+        let charges = self.charges.lock().unwrap_or_else(|e| e.into_inner());
+        charges.values().map(|r| r.calls).sum()
+    }
+
+    fn decide(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayUnavailable> {
+        let mut charges = self.charges.lock().unwrap_or_else(|e| e.into_inner());
+        let calls = charges.get(&request.idempotency_key).map_or(0, |r| r.calls);
+        let roll = |salt: u32| {
+            let mut bytes = request.idempotency_key.as_bytes().to_vec();
+            bytes.extend_from_slice(&salt.to_le_bytes());
+            (stable_hash(&bytes) % 1_000) as u32
+        };
+        let record = charges.entry(request.idempotency_key.clone()).or_insert_with(|| Record {
+            outcome: if roll(u32::MAX) < self.decline_per_mille {
+                ChargeOutcome::Declined("card_declined".into())
+            } else {
+                ChargeOutcome::Charged
+            },
+            amount: request.amount,
+            calls: 0,
+            money_moved: 0,
+        });
+        record.calls += 1;
+        // Idempotent: money moves on the first call only, whatever follows.
+        if calls == 0 && record.outcome == ChargeOutcome::Charged {
+            record.money_moved += 1;
+        }
+        if roll(calls) < self.timeout_per_mille {
+            return Err(GatewayUnavailable("timed out".into()));
+        }
+        Ok(record.outcome.clone())
+    }
+}
+
+impl PaymentGateway for SimulatedGateway {
+    fn charge(&self, request: ChargeRequest) -> ChargeFuture {
+        let result = self.decide(&request);
+        let latency = self.latency;
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            result
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! The journal writer: group commit.
+//!
+//! Actors apply requests in memory and hand their writes here without
+//! waiting (pipelining). The writer takes whatever has arrived while the
+//! previous group was being written, writes it as one `WriteSet` (one RocksDB
+//! WriteBatch) with one sync, and only then sends that group's replies, in
+//! order, publishes its events and hands its recharge requests to the
+//! recharge worker. Because the queue is ordered, no reply can depend on an
+//! effect that is not yet durable.
+//!
+//! After a failed write nothing more is written or acknowledged: memory is
+//! ahead of disk, so the node answers `storage_unavailable` until restarted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::Durability;
+use crate::error::Error;
+use crate::health::Health;
+use crate::ledger::{AccountId, Event, EventRecord, Reply};
+use crate::store::{AccountWrite, Store, WriteSet};
+
+pub type ReplyTo = oneshot::Sender<Result<Reply, Error>>;
+
+/// An event, durable, as subscribers receive it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountEvent {
+    pub account: AccountId,
+    pub record: EventRecord,
+}
+
+/// A recharge the ledger decided on, durable, for the recharge worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChargeOrder {
+    pub account: AccountId,
+    pub attempt_id: u64,
+    pub amount: crate::ledger::Amount,
+}
+
+/// What an actor hands the writer.
+pub struct Submission {
+    pub write: Option<AccountWrite>,
+    /// Sent once the write (and everything before it) is durable.
+    pub replies: Vec<(ReplyTo, Result<Reply, Error>)>,
+    /// Sync this group even in `async` mode (money in, recharge requests).
+    pub force_sync: bool,
+    /// The account's durable-sequence cell, and the last sequence number this
+    /// submission makes durable.
+    pub durable: Option<(Arc<AtomicU64>, u64)>,
+    /// Completed once everything before it is durable (passivation,
+    /// shutdown).
+    pub barrier: Option<oneshot::Sender<()>>,
+    /// The writer stops after this submission's group (shutdown).
+    pub stop: bool,
+}
+
+impl Submission {
+    pub fn barrier(done: oneshot::Sender<()>) -> Submission {
+        Submission {
+            write: None,
+            replies: Vec::new(),
+            force_sync: true,
+            durable: None,
+            barrier: Some(done),
+            stop: false,
+        }
+    }
+
+    /// The last submission: everything before it is made durable, then the
+    /// writer thread ends.
+    pub fn stop(done: oneshot::Sender<()>) -> Submission {
+        Submission { stop: true, ..Submission::barrier(done) }
+    }
+}
+
+pub struct WriterConfig {
+    pub durability: Durability,
+    pub flush_interval: Duration,
+    pub group_max_accounts: usize,
+}
+
+/// Runs the writer on its own thread until every sender is dropped.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    cfg: WriterConfig,
+    rx: mpsc::Receiver<Submission>,
+    events: broadcast::Sender<AccountEvent>,
+    charges: mpsc::UnboundedSender<ChargeOrder>,
+    health: Arc<Health>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("prepaid-journal".into())
+        .spawn(move || Writer { store, cfg, events, charges, health, runtime }.run(rx))
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    cfg: WriterConfig,
+    events: broadcast::Sender<AccountEvent>,
+    charges: mpsc::UnboundedSender<ChargeOrder>,
+    health: Arc<Health>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<Submission>) {
+        let mut group: Vec<Submission> = Vec::new();
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            // Wait for the first submission; in async mode wake up to sync.
+            let first = match self.cfg.durability {
+                Durability::Sync => rx.blocking_recv(),
+                Durability::Async => {
+                    let wait = self.cfg.flush_interval.saturating_sub(last_sync.elapsed());
+                    match self.runtime.block_on(tokio::time::timeout(wait, rx.recv())) {
+                        Ok(next) => next,
+                        Err(_elapsed) => {
+                            if unsynced {
+                                self.sync();
+                                unsynced = false;
+                            }
+                            last_sync = Instant::now();
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(first) = first else { break };
+            group.push(first);
+            let mut writes = usize::from(group[0].write.is_some());
+            while writes < self.cfg.group_max_accounts {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        writes += usize::from(next.write.is_some());
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let due = last_sync.elapsed() >= self.cfg.flush_interval;
+            let sync = self.cfg.durability == Durability::Sync || group.iter().any(|s| s.force_sync) || due;
+            let stop = group.iter().any(|s| s.stop);
+            self.commit(&mut group, sync);
+            if stop {
+                return;
+            }
+            if sync {
+                last_sync = Instant::now();
+                unsynced = false;
+            } else {
+                unsynced = true;
+            }
+        }
+        if unsynced {
+            self.sync();
+        }
+    }
+
+    fn sync(&self) {
+        if let Err(e) = self.store.sync() {
+            self.health.fail(&e.to_string());
+        }
+    }
+
+    fn commit(&self, group: &mut Vec<Submission>, sync: bool) {
+        let mut set = WriteSet::default();
+        for s in group.iter_mut() {
+            if let Some(w) = s.write.take() {
+                set.accounts.push(w);
+            }
+        }
+        let result = match self.health.failure() {
+            Some(reason) => Err(reason),
+            None if set.accounts.is_empty() && !sync => Ok(()),
+            None if set.accounts.is_empty() => self.store.sync().map_err(|e| e.to_string()),
+            None => self.store.write(&set, sync).map_err(|e| e.to_string()),
+        };
+        if let Err(reason) = &result {
+            self.health.fail(reason);
+        }
+        // Publish what became durable, then answer, in order.
+        if result.is_ok() {
+            for w in &set.accounts {
+                for record in &w.records {
+                    if let Event::RechargeRequested { attempt_id, amount } = record.event {
+                        let order = ChargeOrder { account: w.id.clone(), attempt_id, amount };
+                        // The worker is gone only when the node is stopping;
+                        // recovery resumes the attempt from the store.
+                        let _ = self.charges.send(order);
+                    }
+                    // No subscriber is not an error.
+                    let _ = self.events.send(AccountEvent { account: w.id.clone(), record: record.clone() });
+                }
+            }
+        }
+        for s in group.drain(..) {
+            if result.is_ok()
+                && let Some((cell, seq)) = &s.durable
+            {
+                cell.fetch_max(*seq, Ordering::Release);
+            }
+            for (reply_to, reply) in s.replies {
+                let answer = match &result {
+                    Ok(()) => reply,
+                    Err(reason) => Err(Error::StorageUnavailable(reason.clone())),
+                };
+                // A caller that stopped waiting is not an error.
+                let _ = reply_to.send(answer);
+            }
+            if let Some(done) = s.barrier {
+                let _ = done.send(());
+            }
+        }
+    }
+}

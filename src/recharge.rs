@@ -1,0 +1,64 @@
+//! The recharge worker: charges what the ledger decided, outside the actors.
+//!
+//! The ledger's `recharge_started { attempt_id }` is durable before the
+//! writer hands the order here. The worker calls the gateway with the key
+//! `account:attempt`; a definite answer goes back to the account as
+//! `recharge_succeeded` or `recharge_failed`; no answer (timeout, gateway
+//! down) is retried with the same key, so the card is charged at most once.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway};
+use crate::journal::ChargeOrder;
+use crate::ledger::{Command, IdemKey, Text};
+use crate::node::Inner;
+
+/// Longest wait for one gateway call.
+const CHARGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wait before asking again after no answer.
+const RETRY_UNKNOWN: Duration = Duration::from_secs(2);
+
+pub(crate) async fn worker(
+    node: Weak<Inner>,
+    mut orders: mpsc::UnboundedReceiver<ChargeOrder>,
+    gateway: Arc<dyn PaymentGateway>,
+) {
+    while let Some(order) = orders.recv().await {
+        tokio::spawn(charge(node.clone(), order, Arc::clone(&gateway)));
+    }
+}
+
+async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentGateway>) {
+    let key = format!("{}:{}", order.account, order.attempt_id);
+    let request = ChargeRequest {
+        idempotency_key: key.clone(),
+        account: order.account.clone(),
+        attempt_id: order.attempt_id,
+        amount: order.amount,
+    };
+    let outcome = loop {
+        match tokio::time::timeout(CHARGE_TIMEOUT, gateway.charge(request.clone())).await {
+            Ok(Ok(outcome)) => break outcome,
+            Ok(Err(_)) | Err(_) => tokio::time::sleep(RETRY_UNKNOWN).await,
+        }
+        if node.strong_count() == 0 {
+            return;
+        }
+    };
+    let command = match outcome {
+        ChargeOutcome::Charged => Command::RechargeSucceeded { attempt_id: order.attempt_id },
+        ChargeOutcome::Declined(reason) => {
+            let error = Text::new("error", &reason).unwrap_or_else(|_| Text::new("error", "declined").expect("valid"));
+            Command::RechargeFailed { attempt_id: order.attempt_id, error }
+        }
+    };
+    let Some(node) = node.upgrade() else { return };
+    // The key makes a second delivery of the same outcome harmless.
+    let idem = IdemKey::new(&format!("recharge:{key}")).ok();
+    // A refusal (`recharge_not_in_flight`) means the outcome was already
+    // applied; a node error means it stops, and recovery resumes the attempt.
+    let _ = node.command(&order.account, idem, command).await;
+}

@@ -1,0 +1,98 @@
+//! The store contract in memory: ordered maps instead of column families.
+//! Used by tests; fault injection for the simulation tests builds on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use super::{Loaded, Store, StoreError, WriteSet};
+use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
+
+#[derive(Default)]
+struct Maps {
+    accounts: BTreeMap<AccountId, AccountState>,
+    journal: BTreeMap<(AccountId, u64), EventRecord>,
+    dedup: BTreeMap<(AccountId, IdemKey), DedupRecord>,
+    timers: BTreeSet<(u64, AccountId)>,
+    in_flight: BTreeMap<AccountId, (u64, Amount)>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    maps: Mutex<Maps>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // A panic while holding the lock leaves whole writes only (each write
+        // is applied under one lock), so the data is still consistent.
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn write(&self, set: &WriteSet, _sync: bool) -> Result<(), StoreError> {
+        let mut m = self.maps();
+        for w in &set.accounts {
+            for r in &w.records {
+                m.journal.insert((w.id.clone(), r.seq), r.clone());
+            }
+            m.accounts.insert(w.id.clone(), (*w.snapshot).clone());
+            for (k, d) in &w.dedup {
+                m.dedup.insert((w.id.clone(), k.clone()), d.clone());
+            }
+            if let Some(at) = w.timer_before {
+                m.timers.remove(&(at, w.id.clone()));
+            }
+            if let Some(at) = w.timer_after {
+                m.timers.insert((at, w.id.clone()));
+            }
+            match w.in_flight() {
+                Some(attempt) => m.in_flight.insert(w.id.clone(), attempt),
+                None => m.in_flight.remove(&w.id),
+            };
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError> {
+        let m = self.maps();
+        let Some(state) = m.accounts.get(id).cloned() else { return Ok(None) };
+        let mut dedup: Vec<_> = m
+            .dedup
+            .range((id.clone(), IdemKey::new("!").expect("valid"))..)
+            .take_while(|((a, _), _)| a == id)
+            .filter(|(_, d)| d.at_ms >= dedup_since_ms)
+            .map(|((_, k), d)| (k.clone(), d.clone()))
+            .collect();
+        dedup.sort_by_key(|(_, d)| d.at_ms);
+        Ok(Some(Loaded { state, dedup }))
+    }
+
+    fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        let m = self.maps();
+        Ok(m.journal
+            .range((id.clone(), after_seq.saturating_add(1))..)
+            .take_while(|((a, _), _)| a == id)
+            .take(limit as usize)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn due(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, AccountId)>, StoreError> {
+        let m = self.maps();
+        Ok(m.timers.iter().take_while(|(at, _)| *at <= until_ms).take(limit).cloned().collect())
+    }
+
+    fn in_flight_recharges(&self) -> Result<Vec<(AccountId, u64, Amount)>, StoreError> {
+        let m = self.maps();
+        Ok(m.in_flight.iter().map(|(id, (attempt, amount))| (id.clone(), *attempt, *amount)).collect())
+    }
+}

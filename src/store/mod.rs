@@ -1,0 +1,88 @@
+//! Storage behind a small trait: what a shard needs from disk, and nothing
+//! about actors or rules.
+//!
+//! A node writes in groups: one `WriteSet` holds, for every account a group
+//! touched, its new journal records, its new snapshot, the idempotency records
+//! it made and the change to its timer. `Store::write` applies a set
+//! atomically (one RocksDB WriteBatch) and, when asked, durably (one sync).
+//! Reads are for activation (`load`), `history`, timers (`due`) and recovery
+//! (`in_flight_recharges`).
+//!
+//! `RocksStore` is the real implementation; `MemoryStore` keeps the same
+//! contract in memory for tests, and is where fault injection will live.
+
+use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
+
+mod memory;
+mod rocks;
+
+pub use memory::MemoryStore;
+pub use rocks::RocksStore;
+
+/// Everything one group writes for one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountWrite {
+    pub id: AccountId,
+    /// New journal records, in order.
+    pub records: Vec<EventRecord>,
+    /// The account's state after them.
+    pub snapshot: Box<AccountState>,
+    /// Idempotency records made by the group's requests.
+    pub dedup: Vec<(IdemKey, DedupRecord)>,
+    /// The account's next deadline as last written, and as it is now: the
+    /// timer index moves from one to the other.
+    pub timer_before: Option<u64>,
+    pub timer_after: Option<u64>,
+}
+
+impl AccountWrite {
+    /// The recharge attempt this account has in flight after the write.
+    pub fn in_flight(&self) -> Option<(u64, Amount)> {
+        self.snapshot.auto_recharge.in_flight.as_ref().map(|a| (a.id, a.amount))
+    }
+}
+
+/// One group: written atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteSet {
+    pub accounts: Vec<AccountWrite>,
+}
+
+/// An account as activation reads it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub state: AccountState,
+    /// Idempotency records still inside the window, oldest first.
+    pub dedup: Vec<(IdemKey, DedupRecord)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failed: {0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Applies the whole set or nothing; with `sync`, durable on return.
+    fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError>;
+
+    /// Makes everything written so far durable.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// The account's snapshot and its idempotency records written at or after
+    /// `dedup_since_ms`, or `None` if the account was never written.
+    fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError>;
+
+    /// Journal records after `after_seq`, at most `limit`, oldest first.
+    fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Accounts whose next deadline is at or before `until_ms`, soonest
+    /// first, at most `limit`.
+    fn due(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, AccountId)>, StoreError>;
+
+    /// Accounts with a recharge attempt requested and not yet answered:
+    /// recovery resumes them with the same attempt id.
+    fn in_flight_recharges(&self) -> Result<Vec<(AccountId, u64, Amount)>, StoreError>;
+}

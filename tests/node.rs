@@ -1,0 +1,360 @@
+//! The embedded node end to end: actors, the RocksDB journal with group
+//! commit, restart, timers, auto-recharge through the simulated gateway,
+//! events. Time is a manual clock; every wait is a bounded loop that ends as
+//! soon as the expected state is there.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prepaid::ledger::*;
+use prepaid::store::{RocksStore, Store};
+use prepaid::{ManualClock, Node, NodeConfig, SimulatedGateway};
+
+const T0: u64 = 1_767_225_600_000;
+
+fn amt(s: &str) -> Amount {
+    Amount::parse(s).unwrap()
+}
+
+fn id(s: &str) -> AccountId {
+    AccountId::new(s).unwrap()
+}
+
+fn config() -> NodeConfig {
+    let mut cfg = NodeConfig::default();
+    cfg.node.shards = 8;
+    cfg.node.timer_poll_ms = 5;
+    cfg
+}
+
+struct Fixture {
+    dir: tempdir::Dir,
+    clock: ManualClock,
+    gateway: Arc<SimulatedGateway>,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(name: &str) -> Dir {
+            let path = std::env::temp_dir().join(format!("prepaid-test-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        Fixture { dir: tempdir::Dir::new(name), clock: ManualClock::at(T0), gateway: Arc::new(SimulatedGateway::new()) }
+    }
+
+    async fn start(&self) -> Node {
+        self.start_with(config()).await
+    }
+
+    async fn start_with(&self, cfg: NodeConfig) -> Node {
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(&self.dir.0).unwrap());
+        Node::start_with(cfg, store, Arc::new(self.clock.clone()), self.gateway.clone()).await.unwrap()
+    }
+}
+
+fn req(account: &str, key: Option<&str>, command: Command) -> Request {
+    Request { account: id(account), key: key.map(|k| IdemKey::new(k).unwrap()), command }
+}
+
+fn open(account: &str) -> Request {
+    req(
+        account,
+        None,
+        Command::Open { mode: Mode::Prepaid, currency: Currency::USD, past_due_suspends: None, credit_limit: None },
+    )
+}
+
+fn purchase(account: &str, key: &str, a: &str) -> Request {
+    req(account, Some(key), Command::Purchase { amount: amt(a), reference: None })
+}
+
+fn strict(account: &str, key: &str, a: &str) -> Request {
+    req(
+        account,
+        Some(key),
+        Command::Debit { amount: amt(a), mode: DebitMode::Strict, service: Service::ApiRequest, reference: None },
+    )
+}
+
+async fn balance(node: &Node, account: &str) -> BalanceView {
+    match node.execute(req(account, None, Command::Balance)).await.unwrap().detail {
+        Detail::Balance(view) => *view,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Polls until `check` holds, at most `tries` times, 10 ms apart.
+async fn eventually<F, Fut>(tries: u32, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..tries {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn journal_checks(dir: &Path, accounts: &[String]) {
+    let store = RocksStore::open(dir).unwrap();
+    for name in accounts {
+        let account = id(name);
+        let Some(loaded) = store.load(&account, 0).unwrap() else { continue };
+        let journal = store.history(&account, 0, u32::MAX).unwrap();
+        let sum: Amount = journal.iter().map(|r| r.event.balance_delta()).sum();
+        assert_eq!(sum, loaded.state.balance(), "{name}: ledger sum = balance");
+        let replayed = AccountState::from_records(account.clone(), &journal).unwrap().unwrap();
+        assert_eq!(replayed, loaded.state, "{name}: replay(journal) = snapshot");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_applied_and_durable_across_restart() {
+    let f = Fixture::new("restart");
+    let names: Vec<String> = (0..40).map(|i| format!("org_{i}")).collect();
+    let mut replies: HashMap<String, (Request, Result<Reply, prepaid::Error>)> = HashMap::new();
+    {
+        let node = f.start().await;
+        for name in &names {
+            node.execute(open(name)).await.unwrap();
+            node.execute(purchase(name, &format!("{name}-buy"), "100")).await.unwrap();
+        }
+        let mut rng = Rng(0x5eed);
+        for n in 0..3_000 {
+            let name = &names[rng.below(names.len() as u64) as usize];
+            let key = format!("{name}-op{n}");
+            let cents = 1 + rng.below(500);
+            let a = format!("{}.{:02}", cents / 100, cents % 100);
+            let request = match rng.below(6) {
+                0 => purchase(name, &key, "5"),
+                1 => req(
+                    name,
+                    Some(&key),
+                    Command::Hold { amount: amt(&a), service: Service::FineTuning, reference: None, timeout_ms: None },
+                ),
+                2 => req(
+                    name,
+                    Some(&key),
+                    Command::Debit {
+                        amount: amt(&a),
+                        mode: DebitMode::Metered,
+                        service: Service::Evaluation,
+                        reference: None,
+                    },
+                ),
+                _ => strict(name, &key, &a),
+            };
+            let result = node.execute(request.clone()).await;
+            replies.insert(key, (request, result));
+            if n % 500 == 0 {
+                f.clock.advance(1_000);
+            }
+        }
+        // A batch, split by account, answered in order.
+        let batch: Vec<Request> = (0..20).map(|i| strict(&names[i % 3], &format!("batch-{i}"), "0.01")).collect();
+        let results = node.execute_batch(batch.clone()).await.unwrap();
+        assert_eq!(results.len(), 20);
+        for (request, result) in batch.into_iter().zip(results) {
+            replies.insert(request.key.as_ref().unwrap().as_str().to_string(), (request, result));
+        }
+        node.shutdown().await;
+    }
+    journal_checks(&f.dir.0, &names);
+    let before: Vec<BalanceView>;
+    {
+        let node = f.start().await;
+        before = futures_balances(&node, &names).await;
+        // Every accepted request, sent again with its key, gets its first reply
+        // and changes nothing. (Refused ones were not recorded: sent again they
+        // would be decided anew, by design.)
+        for (request, first) in replies.values().filter(|(_, first)| first.is_ok()) {
+            let again = node.execute(request.clone()).await;
+            assert_eq!(&again, first, "{:?}", request.key);
+        }
+        let after = futures_balances(&node, &names).await;
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(b, a, "resends applied nothing to {}", b.account);
+        }
+        node.shutdown().await;
+    }
+    let accepted = replies.values().filter(|(_, r)| r.is_ok()).count();
+    assert!(accepted > 1_000, "the load mostly succeeded: {accepted}");
+}
+
+async fn futures_balances(node: &Node, names: &[String]) -> Vec<BalanceView> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push(balance(node, name).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_above_balance_recharges_through_the_gateway_exactly_once_each() {
+    let f = Fixture::new("recharge");
+    let node = f.start().await;
+    node.execute(open("org_r")).await.unwrap();
+    node.execute(purchase("org_r", "buy", "10")).await.unwrap();
+    let set = Command::SetAutoRecharge { enabled: true, amount: Some(amt("25")), threshold: amt("60") };
+    node.execute(req("org_r", None, set)).await.unwrap();
+    let reached = eventually(500, || async { balance(&node, "org_r").await.balance >= amt("60") }).await;
+    assert!(reached, "two recharges bring 10.00 to 60.00");
+    let view = balance(&node, "org_r").await;
+    assert_eq!(view.balance, amt("60"));
+    assert_eq!(view.auto_recharge.attempt_in_flight, None);
+    assert_eq!(f.gateway.charged().len(), 2);
+    assert!(f.gateway.charged_twice().is_empty());
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_expires_while_the_node_is_down_and_fires_on_start() {
+    let f = Fixture::new("timers");
+    {
+        let node = f.start().await;
+        node.execute(open("org_t")).await.unwrap();
+        node.execute(purchase("org_t", "buy", "30")).await.unwrap();
+        let hold = Command::Hold {
+            amount: amt("30"),
+            service: Service::FineTuning,
+            reference: None,
+            timeout_ms: Some(60_000),
+        };
+        node.execute(req("org_t", Some("hold"), hold)).await.unwrap();
+        assert_eq!(balance(&node, "org_t").await.available, Amount::ZERO);
+        node.shutdown().await;
+    }
+    f.clock.advance(60_000);
+    let node = f.start().await;
+    let mut events = node.subscribe();
+    let fired = eventually(500, || async {
+        // Read-only probe through the store, so the probe does not settle it.
+        node.history(&id("org_t"), 0, 100).unwrap().iter().any(|r| r.event.name() == "hold_expired")
+    })
+    .await;
+    assert!(fired, "the timer index woke the account");
+    let e = events.recv().await.unwrap();
+    assert_eq!((e.account.as_str(), e.record.event.name()), ("org_t", "hold_expired"));
+    assert_eq!(balance(&node, "org_t").await.available, amt("30"));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_each_accounts_events_in_order() {
+    let f = Fixture::new("events");
+    let node = f.start().await;
+    let mut events = node.subscribe();
+    node.execute(open("org_e")).await.unwrap();
+    node.execute(purchase("org_e", "p1", "10")).await.unwrap();
+    node.execute(strict("org_e", "d1", "10")).await.unwrap();
+    node.execute(purchase("org_e", "p2", "5")).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let e = events.recv().await.unwrap();
+        seen.push((e.record.seq, e.record.event.name()));
+    }
+    assert_eq!(
+        seen,
+        [
+            (1, "opened"),
+            (2, "credited"),
+            (3, "activated"),
+            (4, "debited"),
+            (5, "suspended"),
+            (6, "credited"),
+            (7, "reactivated")
+        ]
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_on_batches_and_queues_answer_instead_of_growing() {
+    let f = Fixture::new("bounds");
+    let mut cfg = config();
+    cfg.node.max_batch = 3;
+    let node = f.start_with(cfg).await;
+    let batch: Vec<Request> = (0..4).map(|i| strict("org_b", &format!("k{i}"), "1")).collect();
+    assert_eq!(node.execute_batch(batch).await.unwrap_err().code(), "batch_too_large");
+    let three: Vec<Request> = (0..3).map(|i| strict("org_b", &format!("k{i}"), "1")).collect();
+    let results = node.execute_batch(three).await.unwrap();
+    assert!(results.iter().all(|r| r.as_ref().unwrap_err().code() == "unknown_account"));
+    assert_eq!(node.history(&id("org_b"), 0, 0).unwrap_err().code(), "invalid_page");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passivation_and_reactivation_are_invisible_to_callers() {
+    let f = Fixture::new("passivate");
+    let mut cfg = config();
+    cfg.node.idle_passivate_ms = 1_000;
+    let node = f.start_with(cfg).await;
+    node.execute(open("org_p")).await.unwrap();
+    node.execute(purchase("org_p", "buy", "10")).await.unwrap();
+    let first = node.execute(strict("org_p", "d1", "1.25")).await;
+    assert!(first.is_ok());
+    let before = balance(&node, "org_p").await;
+    f.clock.advance(5_000);
+    assert!(eventually(500, || async { node.resident_accounts() == 0 }).await, "the idle account was passivated");
+    // Reactivated from disk: same figures, same idempotency records.
+    assert_eq!(balance(&node, "org_p").await, before);
+    assert_eq!(node.execute(strict("org_p", "d1", "1.25")).await, first, "the first reply, from the reloaded table");
+    assert_eq!(node.execute(strict("org_p", "d1", "9")).await.unwrap_err().code(), "idempotency_conflict");
+    node.execute(strict("org_p", "d2", "1")).await.unwrap();
+    assert_eq!(balance(&node, "org_p").await.balance, amt("7.75"));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resident_cap_keeps_memory_bounded_and_every_account_serviceable() {
+    let f = Fixture::new("cap");
+    let mut cfg = config();
+    cfg.node.max_resident_accounts = 5;
+    let node = f.start_with(cfg).await;
+    let names: Vec<String> = (0..30).map(|i| format!("org_c{i}")).collect();
+    for name in &names {
+        node.execute(open(name)).await.unwrap();
+        node.execute(purchase(name, "buy", "10")).await.unwrap();
+    }
+    assert!(eventually(500, || async { node.resident_accounts() <= 5 }).await, "{} resident", node.resident_accounts());
+    for name in &names {
+        node.execute(strict(name, "d", "2.50")).await.unwrap();
+    }
+    for name in &names {
+        assert_eq!(balance(&node, name).await.balance, amt("7.5"), "{name}");
+    }
+    node.shutdown().await;
+}
