@@ -117,7 +117,8 @@ impl Writer {
                 Durability::Sync => rx.blocking_recv(),
                 Durability::Async => {
                     let wait = self.cfg.flush_interval.saturating_sub(last_sync.elapsed());
-                    match self.runtime.block_on(tokio::time::timeout(wait, rx.recv())) {
+                    // The timer must be made inside the runtime's context.
+                    match self.runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                         Ok(next) => next,
                         Err(_elapsed) => {
                             if unsynced {

@@ -358,3 +358,93 @@ async fn the_resident_cap_keeps_memory_bounded_and_every_account_serviceable() {
     }
     node.shutdown().await;
 }
+
+/// A store whose writes start failing when told to.
+struct FailingStore {
+    inner: prepaid::store::MemoryStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Store for FailingStore {
+    fn write(&self, set: &prepaid::store::WriteSet, sync: bool) -> Result<(), prepaid::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(prepaid::store::StoreError::Io("disk full".into()));
+        }
+        self.inner.write(set, sync)
+    }
+    fn sync(&self) -> Result<(), prepaid::store::StoreError> {
+        self.inner.sync()
+    }
+    fn load(&self, id: &AccountId, since: u64) -> Result<Option<prepaid::store::Loaded>, prepaid::store::StoreError> {
+        self.inner.load(id, since)
+    }
+    fn history(&self, id: &AccountId, after: u64, limit: u32) -> Result<Vec<EventRecord>, prepaid::store::StoreError> {
+        self.inner.history(id, after, limit)
+    }
+    fn due(&self, until: u64, limit: usize) -> Result<Vec<(u64, AccountId)>, prepaid::store::StoreError> {
+        self.inner.due(until, limit)
+    }
+    fn in_flight_recharges(&self) -> Result<Vec<(AccountId, u64, Amount)>, prepaid::store::StoreError> {
+        self.inner.in_flight_recharges()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_never_acknowledged_and_stops_all_writes() {
+    let store = Arc::new(FailingStore { inner: prepaid::store::MemoryStore::new(), fail: Default::default() });
+    let clock = ManualClock::at(T0);
+    let node =
+        Node::start_with(config(), store.clone(), Arc::new(clock), Arc::new(SimulatedGateway::new())).await.unwrap();
+    node.execute(open("org_f")).await.unwrap();
+    node.execute(purchase("org_f", "buy", "10")).await.unwrap();
+    assert_eq!(node.storage_failure(), None);
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = node.execute(strict("org_f", "d1", "1")).await.unwrap_err();
+    assert_eq!(failed.code(), "storage_unavailable", "{failed}");
+    assert!(node.storage_failure().unwrap().contains("disk full"));
+    // Even once the disk is back, this node acknowledges nothing more: its
+    // memory is ahead of the disk. A restart reloads what is durable.
+    store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(node.execute(strict("org_f", "d2", "1")).await.unwrap_err().code(), "storage_unavailable");
+    assert_eq!(node.execute(req("org_f", None, Command::Balance)).await.unwrap_err().code(), "storage_unavailable");
+    let durable = store.inner.load(&id("org_f"), 0).unwrap().unwrap();
+    assert_eq!(durable.state.balance(), amt("10"), "the failed debit is not on disk");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_account_queue_answers_overloaded_and_applies_nothing() {
+    let f = Fixture::new("overload");
+    let mut cfg = config();
+    cfg.node.account_queue_max = 2;
+    let node = f.start_with(cfg).await;
+    node.execute(open("org_o")).await.unwrap();
+    node.execute(purchase("org_o", "buy", "10")).await.unwrap();
+    let three: Vec<Request> = (0..3).map(|i| strict("org_o", &format!("d{i}"), "1")).collect();
+    let results = node.execute_batch(three).await.unwrap();
+    assert!(results.iter().all(|r| r.as_ref().unwrap_err().code() == "overloaded"));
+    assert_eq!(balance(&node, "org_o").await.balance, amt("10"));
+    let two: Vec<Request> = (0..2).map(|i| strict("org_o", &format!("d{i}"), "1")).collect();
+    assert!(node.execute_batch(two).await.unwrap().iter().all(Result::is_ok));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_durability_acknowledges_first_and_shutdown_makes_it_durable() {
+    let f = Fixture::new("async");
+    let mut cfg = config();
+    cfg.node.durability = prepaid::Durability::Async;
+    {
+        let node = f.start_with(cfg.clone()).await;
+        node.execute(open("org_a")).await.unwrap();
+        node.execute(purchase("org_a", "buy", "10")).await.unwrap();
+        for i in 0..50 {
+            node.execute(strict("org_a", &format!("d{i}"), "0.10")).await.unwrap();
+        }
+        node.shutdown().await;
+    }
+    let node = f.start_with(cfg).await;
+    assert_eq!(balance(&node, "org_a").await.balance, amt("5"));
+    node.shutdown().await;
+    journal_checks(&f.dir.0, &["org_a".to_string()]);
+}
