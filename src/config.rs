@@ -51,6 +51,11 @@ pub struct NodeSettings {
     /// How often timers (hold and grant expiry, notices, past due, recharge
     /// retries) are checked.
     pub timer_poll_ms: u64,
+    /// Longest wait for one payment-gateway call before its outcome counts
+    /// as unknown.
+    pub recharge_charge_timeout_ms: u64,
+    /// Wait before asking the gateway again (same key) after no answer.
+    pub recharge_retry_unknown_ms: u64,
 }
 
 impl Default for NodeSettings {
@@ -67,6 +72,8 @@ impl Default for NodeSettings {
             max_resident_accounts: 1_000_000,
             idle_passivate_ms: 60_000,
             timer_poll_ms: 100,
+            recharge_charge_timeout_ms: 30_000,
+            recharge_retry_unknown_ms: 2_000,
         }
     }
 }
@@ -145,8 +152,18 @@ impl NodeConfig {
         if n.max_resident_accounts == 0 {
             return bad("node.max_resident_accounts is at least 1");
         }
-        if n.flush_interval_ms == 0 || n.timer_poll_ms == 0 || n.idle_passivate_ms == 0 {
-            return bad("node.flush_interval_ms, timer_poll_ms and idle_passivate_ms are at least 1");
+        if [
+            n.flush_interval_ms,
+            n.timer_poll_ms,
+            n.idle_passivate_ms,
+            n.recharge_charge_timeout_ms,
+            n.recharge_retry_unknown_ms,
+        ]
+        .contains(&0)
+        {
+            return bad(
+                "node durations (flush_interval_ms, timer_poll_ms, idle_passivate_ms, recharge_*_ms) are at least 1",
+            );
         }
         Ok(())
     }

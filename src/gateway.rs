@@ -45,12 +45,12 @@ pub trait PaymentGateway: Send + Sync + 'static {
 /// In-memory gateway for demos and tests.
 #[derive(Default)]
 pub struct SimulatedGateway {
-    pub latency: Duration,
-    /// Out of 1,000 first attempts of a key, how many are declined.
-    pub decline_per_mille: u32,
+    latency: Duration,
+    /// Out of 1,000 keys, how many are declined.
+    decline_per_mille: u32,
     /// Out of 1,000 calls, how many time out (the charge may or may not
     /// have happened — here it has, as the worst case).
-    pub timeout_per_mille: u32,
+    timeout_per_mille: u32,
     charges: Mutex<HashMap<String, Record>>,
 }
 
@@ -65,6 +65,25 @@ struct Record {
 impl SimulatedGateway {
     pub fn new() -> SimulatedGateway {
         SimulatedGateway::default()
+    }
+
+    /// Each call takes this long.
+    pub fn with_latency(mut self, latency: Duration) -> SimulatedGateway {
+        self.latency = latency;
+        self
+    }
+
+    /// Declines this many keys out of 1,000 (decided per key, so a retry of
+    /// the same key gets the same answer).
+    pub fn with_declines(mut self, per_mille: u32) -> SimulatedGateway {
+        self.decline_per_mille = per_mille.min(1_000);
+        self
+    }
+
+    /// Times out this many calls out of 1,000, after charging.
+    pub fn with_timeouts(mut self, per_mille: u32) -> SimulatedGateway {
+        self.timeout_per_mille = per_mille.min(1_000);
+        self
     }
 
     /// Keys whose money moved more than once: must always be empty.

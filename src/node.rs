@@ -137,9 +137,13 @@ impl Node {
         });
         let inner =
             Arc::new(Inner { shared, shards, resident: AtomicUsize::new(0), events, stopping: AtomicBool::new(false) });
+        let timing = recharge::Timing {
+            charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),
+            retry_unknown: Duration::from_millis(inner.shared.cfg.node.recharge_retry_unknown_ms),
+        };
         let tasks = vec![
             tokio::spawn(timers(Arc::clone(&inner))),
-            tokio::spawn(recharge::worker(Arc::downgrade(&inner), charges_rx, gateway)),
+            tokio::spawn(recharge::worker(Arc::downgrade(&inner), charges_rx, gateway, timing)),
         ];
         Ok(Node { inner, writer: Some(writer), tasks, temp_dir: None })
     }

@@ -16,22 +16,25 @@ use crate::journal::ChargeOrder;
 use crate::ledger::{Command, IdemKey, Text};
 use crate::node::Inner;
 
-/// Longest wait for one gateway call.
-const CHARGE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Wait before asking again after no answer.
-const RETRY_UNKNOWN: Duration = Duration::from_secs(2);
+/// Waits of the worker, from `NodeSettings`.
+#[derive(Clone, Copy)]
+pub(crate) struct Timing {
+    pub charge_timeout: Duration,
+    pub retry_unknown: Duration,
+}
 
 pub(crate) async fn worker(
     node: Weak<Inner>,
     mut orders: mpsc::UnboundedReceiver<ChargeOrder>,
     gateway: Arc<dyn PaymentGateway>,
+    timing: Timing,
 ) {
     while let Some(order) = orders.recv().await {
-        tokio::spawn(charge(node.clone(), order, Arc::clone(&gateway)));
+        tokio::spawn(charge(node.clone(), order, Arc::clone(&gateway), timing));
     }
 }
 
-async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentGateway>) {
+async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentGateway>, timing: Timing) {
     let key = format!("{}:{}", order.account, order.attempt_id);
     let request = ChargeRequest {
         idempotency_key: key.clone(),
@@ -40,9 +43,9 @@ async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentG
         amount: order.amount,
     };
     let outcome = loop {
-        match tokio::time::timeout(CHARGE_TIMEOUT, gateway.charge(request.clone())).await {
+        match tokio::time::timeout(timing.charge_timeout, gateway.charge(request.clone())).await {
             Ok(Ok(outcome)) => break outcome,
-            Ok(Err(_)) | Err(_) => tokio::time::sleep(RETRY_UNKNOWN).await,
+            Ok(Err(_)) | Err(_) => tokio::time::sleep(timing.retry_unknown).await,
         }
         if node.strong_count() == 0 {
             return;

@@ -448,3 +448,46 @@ async fn async_durability_acknowledges_first_and_shutdown_makes_it_durable() {
     node.shutdown().await;
     journal_checks(&f.dir.0, &["org_a".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declining_gateway_backs_off_and_pauses_auto_recharge() {
+    let mut f = Fixture::new("declines");
+    f.gateway = Arc::new(SimulatedGateway::new().with_declines(1_000));
+    let node = f.start().await;
+    node.execute(open("org_d")).await.unwrap();
+    node.execute(purchase("org_d", "buy", "5")).await.unwrap();
+    let set = Command::SetAutoRecharge { enabled: true, amount: Some(amt("25")), threshold: amt("10") };
+    node.execute(req("org_d", None, set)).await.unwrap();
+    for failures in 1..=3u32 {
+        let failed =
+            eventually(500, || async { balance(&node, "org_d").await.auto_recharge.failures == failures }).await;
+        assert!(failed, "failure {failures} recorded");
+        // The next attempt waits for its backoff on the (manual) clock.
+        f.clock.advance(3_600_000);
+    }
+    let view = balance(&node, "org_d").await;
+    assert_eq!(view.auto_recharge.paused, Some(PauseCause::Failures));
+    assert_eq!(view.balance, amt("5"), "nothing credited");
+    assert_eq!(f.gateway.charged().len(), 0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_times_out_is_asked_again_with_the_same_key_and_charges_once() {
+    let mut f = Fixture::new("timeouts");
+    f.gateway = Arc::new(SimulatedGateway::new().with_timeouts(700));
+    let mut cfg = config();
+    cfg.node.recharge_retry_unknown_ms = 1;
+    let node = f.start_with(cfg).await;
+    node.execute(open("org_slow")).await.unwrap();
+    node.execute(purchase("org_slow", "buy", "5")).await.unwrap();
+    let set = Command::SetAutoRecharge { enabled: true, amount: Some(amt("25")), threshold: amt("80") };
+    node.execute(req("org_slow", None, set)).await.unwrap();
+    let reached = eventually(1_000, || async { balance(&node, "org_slow").await.balance >= amt("80") }).await;
+    assert!(reached, "three recharges land despite timeouts");
+    assert_eq!(balance(&node, "org_slow").await.balance, amt("80"));
+    assert_eq!(f.gateway.charged().len(), 3, "three attempts, one charge each");
+    assert!(f.gateway.calls() > 3, "some calls timed out and were asked again");
+    assert!(f.gateway.charged_twice().is_empty(), "money moved once per key");
+    node.shutdown().await;
+}
