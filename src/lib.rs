@@ -25,7 +25,7 @@ pub mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, NodeConfig};
 pub use error::Error;
-pub use gateway::{PaymentGateway, SimulatedGateway};
+pub use gateway::{HttpGateway, PaymentGateway, SimulatedGateway};
 pub use journal::AccountEvent;
 pub use node::{Node, StartError};
 
