@@ -52,6 +52,8 @@ pub struct SimulatedGateway {
     /// have happened — here it has, as the worst case).
     timeout_per_mille: u32,
     charges: Mutex<HashMap<String, Record>>,
+    /// Where first outcomes are kept across restarts, like a real gateway's.
+    log: Option<Mutex<std::fs::File>>,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +62,8 @@ struct Record {
     amount: Amount,
     calls: u32,
     money_moved: u32,
+    /// Already in the log file.
+    logged: bool,
 }
 
 impl SimulatedGateway {
@@ -84,6 +88,29 @@ impl SimulatedGateway {
     pub fn with_timeouts(mut self, per_mille: u32) -> SimulatedGateway {
         self.timeout_per_mille = per_mille.min(1_000);
         self
+    }
+
+    /// Keeps every key's first outcome in a file (appended and synced before
+    /// the outcome is returned) and reads it back: a gateway that outlives a
+    /// crash of the node, for the crash test.
+    pub fn with_log(mut self, path: &std::path::Path) -> std::io::Result<SimulatedGateway> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut charges = self.charges.lock().unwrap_or_else(|e| e.into_inner());
+        for line in text.lines() {
+            let mut parts = line.splitn(3, '\t');
+            let (Some(key), Some(units), Some(outcome)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let amount = Amount::from_units(units.parse().unwrap_or(0));
+            let outcome = match outcome.strip_prefix("declined:") {
+                Some(reason) => ChargeOutcome::Declined(reason.to_string()),
+                None => ChargeOutcome::Charged,
+            };
+            let money_moved = u32::from(outcome == ChargeOutcome::Charged);
+            charges.insert(key.to_string(), Record { outcome, amount, calls: 0, money_moved, logged: true });
+        }
+        drop(charges);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        self.log = Some(Mutex::new(file));
+        Ok(self)
     }
 
     /// Keys whose money moved more than once: must always be empty.
@@ -125,11 +152,28 @@ impl SimulatedGateway {
             amount: request.amount,
             calls: 0,
             money_moved: 0,
+            logged: false,
         });
         record.calls += 1;
-        // Idempotent: money moves on the first call only, whatever follows.
-        if calls == 0 && record.outcome == ChargeOutcome::Charged {
+        // Idempotent: money moves on a key's first call only, whatever follows.
+        if calls == 0 && record.money_moved == 0 && record.outcome == ChargeOutcome::Charged {
             record.money_moved += 1;
+        }
+        if !record.logged
+            && let Some(log) = &self.log
+        {
+            use std::io::Write;
+            let outcome = match &record.outcome {
+                ChargeOutcome::Charged => "charged".to_string(),
+                ChargeOutcome::Declined(reason) => format!("declined:{reason}"),
+            };
+            let line = format!("{}\t{}\t{outcome}\n", request.idempotency_key, record.amount.units());
+            let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
+            if file.write_all(line.as_bytes()).and_then(|()| file.sync_data()).is_err() {
+                charges.remove(&request.idempotency_key);
+                return Err(GatewayUnavailable("the gateway's log failed".into()));
+            }
+            record.logged = true;
         }
         if roll(calls) < self.timeout_per_mille {
             return Err(GatewayUnavailable("timed out".into()));

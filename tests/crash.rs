@@ -66,7 +66,11 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         verify(&dir, &acked, cycle, this_cycle);
     }
     assert!(acked.len() as u64 >= cycles, "the children acknowledged work: {}", acked.len());
-    eprintln!("crash test: {cycles} SIGKILL cycles, {} acknowledged operations all found", acked.len());
+    let (charged, credited) = settle_and_compare_recharges(&dir);
+    eprintln!(
+        "crash test: {cycles} SIGKILL cycles, {} acknowledged operations all found, {charged} recharges charged and {credited} credited",
+        acked.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -96,4 +100,41 @@ fn verify(dir: &std::path::Path, acked: &HashMap<String, (String, u64)>, cycle: 
             );
         }
     }
+}
+
+/// One last child lets recovery finish every recharge left in flight; then
+/// what the gateway charged and what the ledger credited must be the same
+/// attempts, each once. Returns (charged, credited).
+fn settle_and_compare_recharges(dir: &std::path::Path) -> (usize, usize) {
+    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["crash-child", "--data-dir", dir.to_str().unwrap(), "--settle"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("settled"), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+    let mut charged: Vec<String> = Vec::new();
+    for line in log.lines() {
+        let mut parts = line.split('\t');
+        if let (Some(key), Some(_), Some("charged")) = (parts.next(), parts.next(), parts.next()) {
+            charged.push(key.to_string());
+        }
+    }
+    let unique: std::collections::BTreeSet<&String> = charged.iter().collect();
+    assert_eq!(unique.len(), charged.len(), "the gateway charged a key twice");
+    let store = RocksStore::open(dir).unwrap();
+    let mut credited = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let id = AccountId::new(&format!("org_{i}")).unwrap();
+        for record in store.history(&id, 0, u32::MAX).unwrap() {
+            if let Event::RechargeSucceeded { attempt_id, .. } = record.event {
+                assert!(credited.insert(format!("{id}:{attempt_id}")), "{id}:{attempt_id} credited twice");
+            }
+        }
+        if let Some(loaded) = store.load(&id, 0).unwrap() {
+            assert_eq!(loaded.state.auto_recharge.in_flight, None, "{id}: a recharge still in flight after settling");
+        }
+    }
+    let charged: std::collections::BTreeSet<String> = charged.into_iter().collect();
+    assert_eq!(charged, credited, "every charge credited exactly once, and nothing credited that was not charged");
+    (charged.len(), credited.len())
 }

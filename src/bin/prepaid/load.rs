@@ -188,15 +188,50 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
 /// For the crash test: four concurrent callers run mixed money operations
 /// on a few accounts until the process is killed, printing
 /// `ack <account> <key>` once each operation is acknowledged (durable).
-pub async fn crash_child(data_dir: PathBuf, seed: u64) -> Result<(), String> {
+/// The first five accounts auto-recharge through a simulated gateway whose
+/// record of charges (`gateway.log` in the data dir) outlives the process,
+/// as a real gateway's would. With `settle`, it runs no load: it lets
+/// recovery finish the recharges left in flight, then stops cleanly.
+pub async fn crash_child(data_dir: PathBuf, seed: u64, settle: bool) -> Result<(), String> {
+    let gateway = SimulatedGateway::new().with_declines(100).with_timeouts(200);
+    let gateway = gateway.with_log(&data_dir.join("gateway.log")).map_err(|e| e.to_string())?;
     let mut cfg = NodeConfig::default();
     cfg.node.data_dir = data_dir;
     cfg.node.shards = 16;
-    let node = Arc::new(Node::start(cfg, Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?);
+    cfg.node.recharge_retry_unknown_ms = 5;
+    let node = Arc::new(Node::start(cfg, Arc::new(gateway)).await.map_err(|e| e.to_string())?);
     let ids: Arc<Vec<AccountId>> =
         Arc::new((0..20).map(|i| AccountId::new(&format!("org_{i}")).expect("valid")).collect());
-    for id in ids.iter() {
+    for (i, id) in ids.iter().enumerate() {
         node.execute(open(id)).await.map_err(|e| e.to_string())?;
+        if i < 5 && !settle {
+            let auto = Command::SetAutoRecharge {
+                enabled: true,
+                amount: Some(Amount::whole(25)),
+                threshold: Amount::whole(50),
+            };
+            node.execute(Request { account: id.clone(), key: None, command: auto }).await.map_err(|e| e.to_string())?;
+        }
+    }
+    if settle {
+        // Recovery resumed the in-flight attempts; wait (bounded) until none is left.
+        for _ in 0..1_000 {
+            let mut in_flight = 0;
+            for id in ids.iter() {
+                let reply = node.execute(Request { account: id.clone(), key: None, command: Command::Balance }).await;
+                if let Ok(Reply { detail: Detail::Balance(view), .. }) = reply {
+                    in_flight += view.auto_recharge.attempt_in_flight.is_some() as u32;
+                }
+            }
+            if in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let node = Arc::into_inner(node).ok_or("node still shared")?;
+        node.shutdown().await;
+        println!("settled");
+        return Ok(());
     }
     println!("ready");
     let callers: Vec<_> = (0..4u64)

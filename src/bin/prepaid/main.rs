@@ -26,8 +26,9 @@ commands:
                                      the authorization workload on an embedded node
                                      (defaults: 100000 accounts, 1000000 debits,
                                      64 callers, batch 1, sync, a temporary dir)
-  crash-child --data-dir DIR --seed N
+  crash-child --data-dir DIR --seed N [--settle]
                                      load for the crash test, until killed
+                                     (--settle: finish in-flight recharges, stop)
   help                               this text";
 
 /// Bounds on what the command line accepts: enough to measure, never
@@ -80,8 +81,9 @@ fn main() -> ExitCode {
         Some("crash-child") => parse(&args[1..]).and_then(|f| {
             let dir = f.text("--data-dir").ok_or_else(|| Failure::Usage("crash-child needs --data-dir".into()))?;
             let seed = f.number("--seed", 1, 0, u64::MAX)?;
+            let settle = f.flag("--settle");
             f.done()?;
-            runtime()?.block_on(load::crash_child(PathBuf::from(dir), seed)).map_err(Failure::Run)
+            runtime()?.block_on(load::crash_child(PathBuf::from(dir), seed, settle)).map_err(Failure::Run)
         }),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
