@@ -56,6 +56,9 @@ pub struct NodeSettings {
     pub recharge_charge_timeout_ms: u64,
     /// Wait before asking the gateway again (same key) after no answer.
     pub recharge_retry_unknown_ms: u64,
+    /// Events kept for subscribers; one that falls further behind is told
+    /// how many it missed.
+    pub event_buffer: usize,
 }
 
 impl Default for NodeSettings {
@@ -74,6 +77,7 @@ impl Default for NodeSettings {
             timer_poll_ms: 100,
             recharge_charge_timeout_ms: 30_000,
             recharge_retry_unknown_ms: 2_000,
+            event_buffer: 65_536,
         }
     }
 }
@@ -146,8 +150,10 @@ impl NodeConfig {
         if !(1..=65_536).contains(&n.shards) {
             return bad("node.shards is 1 to 65536");
         }
-        if n.group_max_accounts == 0 || n.writer_queue == 0 || n.account_queue_max == 0 || n.max_batch == 0 {
-            return bad("node.group_max_accounts, writer_queue, account_queue_max and max_batch are at least 1");
+        if [n.group_max_accounts, n.writer_queue, n.account_queue_max, n.max_batch, n.event_buffer].contains(&0) {
+            return bad(
+                "node.group_max_accounts, writer_queue, account_queue_max, max_batch and event_buffer are at least 1",
+            );
         }
         if n.max_resident_accounts == 0 {
             return bad("node.max_resident_accounts is at least 1");

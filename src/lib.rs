@@ -19,6 +19,7 @@ mod health;
 mod journal;
 pub mod ledger;
 mod node;
+mod node_ops;
 mod recharge;
 pub mod store;
 

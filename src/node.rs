@@ -29,8 +29,8 @@ use crate::ledger::{AccountId, Command, EventRecord, Reply, Request};
 use crate::recharge;
 use crate::store::{RocksStore, Store};
 
-/// Events buffered per subscriber before it is told it lagged.
-const EVENT_BUFFER: usize = 65_536;
+/// How long shutdown waits (in 5 ms steps) for stopped actors to let go.
+const SHUTDOWN_WAIT_STEPS: u32 = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -106,7 +106,7 @@ impl Node {
         config.validate()?;
         let health = Arc::new(Health::default());
         let (writer_tx, writer_rx) = mpsc::channel(config.node.writer_queue);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (events, _) = broadcast::channel(config.node.event_buffer);
         let (charges_tx, charges_rx) = mpsc::unbounded_channel::<ChargeOrder>();
         let writer_cfg = WriterConfig {
             durability: config.node.durability,
@@ -184,7 +184,8 @@ impl Node {
     }
 
     /// Every durable event, in order per account. A subscriber that falls
-    /// more than 65,536 events behind is told how many it missed.
+    /// more than `node.event_buffer` events behind is told how many it
+    /// missed (`RecvError::Lagged`) and goes on from the oldest kept.
     pub fn subscribe(&self) -> broadcast::Receiver<AccountEvent> {
         self.inner.events.subscribe()
     }
@@ -203,8 +204,10 @@ impl Node {
     /// it durable, and stops every task.
     pub async fn shutdown(mut self) {
         self.inner.stopping.store(true, Ordering::Release);
-        for task in &self.tasks {
+        for task in self.tasks.drain(..) {
             task.abort();
+            // Returns once the task is gone and has let go of the node.
+            let _ = task.await;
         }
         for shard in &self.inner.shards {
             let residents: Vec<_> = shard.accounts.lock().await.resident.drain().map(|(_, r)| r).collect();
@@ -221,6 +224,15 @@ impl Node {
         }
         if let Some(writer) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        // Stopped actors drop their state (and with it the store) as their
+        // tasks end; wait for that, boundedly, so the data directory is free
+        // for the next node when this returns.
+        for _ in 0..SHUTDOWN_WAIT_STEPS {
+            if Arc::strong_count(&self.inner.shared) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let temp_dir = self.temp_dir.take();
         drop(self);

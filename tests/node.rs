@@ -491,3 +491,56 @@ async fn a_gateway_that_times_out_is_asked_again_with_the_same_key_and_charges_o
     assert!(f.gateway.charged_twice().is_empty(), "money moved once per key");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_is_told_how_much_it_missed() {
+    let f = Fixture::new("lag");
+    let mut cfg = config();
+    cfg.node.event_buffer = 4;
+    let node = f.start_with(cfg).await;
+    let mut events = node.subscribe();
+    node.execute(open("org_l")).await.unwrap();
+    node.execute(purchase("org_l", "p", "100")).await.unwrap();
+    for i in 0..10 {
+        node.execute(strict("org_l", &format!("d{i}"), "1")).await.unwrap();
+    }
+    // 13 events went out; the buffer keeps 4.
+    match events.recv().await {
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => assert_eq!(missed, 9),
+        other => panic!("expected a lag report, got {other:?}"),
+    }
+    assert_eq!(events.recv().await.unwrap().record.seq, 10, "then the oldest kept, in order");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_methods_cover_a_jobs_life() {
+    let f = Fixture::new("typed");
+    let node = f.start().await;
+    let acct = id("org_typed");
+    let key = |k: &str| IdemKey::new(k).unwrap();
+    node.open_account(&acct, Mode::Prepaid, Currency::USD).await.unwrap();
+    assert_eq!(node.check_access(&acct).await.unwrap_err().code(), "not_activated");
+    node.purchase(&acct, &key("p"), amt("50"), None).await.unwrap();
+    let reference = Some(Text::new("reference", "ft-job-9").unwrap());
+    let held = node.hold(&acct, &key("h"), amt("40"), Service::FineTuning, reference, None).await.unwrap();
+    let Detail::HoldPlaced { hold_id, .. } = held.detail else { panic!("{held:?}") };
+    assert_eq!(
+        node.debit(&acct, &key("d"), amt("11"), DebitMode::Strict, Service::ApiRequest, None).await.unwrap_err().code(),
+        "insufficient_funds"
+    );
+    node.capture(&acct, &key("c"), hold_id, amt("32.5")).await.unwrap();
+    node.grant(&acct, &key("g"), amt("2"), None, None).await.unwrap();
+    node.adjust(&acct, &key("a"), amt("-0.5"), Text::new("reason", "rounding").unwrap()).await.unwrap();
+    let view = node.balance(&acct).await.unwrap();
+    assert_eq!((view.balance, view.free, view.purchased), (amt("19"), amt("1.5"), amt("17.5")));
+    node.freeze(&acct, Text::new("reason", "review").unwrap()).await.unwrap();
+    assert_eq!(node.check_access(&acct).await.unwrap_err().code(), "frozen");
+    node.unfreeze(&acct, Text::new("reason", "ok").unwrap()).await.unwrap();
+    node.set_auto_recharge(&acct, false, None, amt("5")).await.unwrap();
+    node.close(&acct, Text::new("reason", "bye").unwrap()).await.unwrap();
+    assert_eq!(node.check_access(&acct).await.unwrap_err().code(), "closed");
+    let history = node.history(&acct, 0, 100).unwrap();
+    assert_eq!(history.last().unwrap().event.name(), "closed");
+    node.shutdown().await;
+}
