@@ -62,6 +62,7 @@ fn group(n: usize, round: u64) -> WriteSet {
             records: outcome.records,
             snapshot: Box::new(account.state.clone().unwrap()),
             dedup: vec![(key.clone(), account.dedup.get(&key).unwrap().clone())],
+            dedup_expired: Vec::new(),
             timer_before: None,
             timer_after: None,
         });

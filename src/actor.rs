@@ -168,6 +168,7 @@ impl ActorState {
                     records,
                     snapshot: Box::new(account.clone()),
                     dedup,
+                    dedup_expired: self.account.dedup.take_pruned(),
                     timer_before: self.timer_written,
                     timer_after,
                 };

@@ -544,3 +544,18 @@ async fn the_typed_methods_cover_a_jobs_life() {
     assert_eq!(history.last().unwrap().event.name(), "closed");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_records_past_the_window_leave_the_store_too() {
+    let f = Fixture::new("dedup-window");
+    let node = f.start().await;
+    node.execute(open("org_w")).await.unwrap();
+    node.execute(purchase("org_w", "old-key", "10")).await.unwrap();
+    f.clock.advance(NodeConfig::default().ledger.idempotency_window_ms);
+    node.execute(purchase("org_w", "new-key", "10")).await.unwrap();
+    node.shutdown().await;
+    let store = RocksStore::open(&f.dir.0).unwrap();
+    let keys: Vec<String> =
+        store.load(&id("org_w"), 0).unwrap().unwrap().dedup.iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(keys, ["new-key"]);
+}

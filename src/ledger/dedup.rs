@@ -36,20 +36,22 @@ pub struct Dedup {
     records: HashMap<IdemKey, DedupRecord, SeededState>,
     /// Keys in the order they were recorded, for pruning.
     order: VecDeque<(u64, IdemKey)>,
+    /// Keys pruned from memory and not yet from the store.
+    pruned: Vec<IdemKey>,
 }
 
 impl Dedup {
     /// An empty table whose hash is seeded with `seed` (the shell passes a
     /// per-process random number; `Default` uses 0).
     pub fn with_seed(seed: u64) -> Dedup {
-        Dedup { records: HashMap::with_hasher(SeededState(seed)), order: VecDeque::new() }
+        Dedup { records: HashMap::with_hasher(SeededState(seed)), order: VecDeque::new(), pruned: Vec::new() }
     }
 
     /// What a request with this key and fingerprint gets without running —
     /// the recorded reply or a conflict — or, for a new key, the place to
     /// record its first result (one hash and probe for both).
     pub fn lookup(&mut self, key: &IdemKey, fingerprint: u64) -> Lookup<'_> {
-        let Dedup { records, order } = self;
+        let Dedup { records, order, .. } = self;
         match records.entry(key.clone()) {
             Entry::Occupied(seen) => Lookup::Seen(if seen.get().fingerprint == fingerprint {
                 Ok(seen.get().reply.clone())
@@ -83,8 +85,14 @@ impl Dedup {
             }
             if let Some((_, key)) = self.order.pop_front() {
                 self.records.remove(&key);
+                self.pruned.push(key);
             }
         }
+    }
+
+    /// The keys pruned since the last call, for the store to delete too.
+    pub fn take_pruned(&mut self) -> Vec<IdemKey> {
+        std::mem::take(&mut self.pruned)
     }
 
     pub fn len(&self) -> usize {

@@ -41,6 +41,9 @@ impl Store for MemoryStore {
                 m.journal.insert((w.id.clone(), r.seq), r.clone());
             }
             m.accounts.insert(w.id.clone(), (*w.snapshot).clone());
+            for k in &w.dedup_expired {
+                m.dedup.remove(&(w.id.clone(), k.clone()));
+            }
             for (k, d) in &w.dedup {
                 m.dedup.insert((w.id.clone(), k.clone()), d.clone());
             }

@@ -29,6 +29,8 @@ pub struct AccountWrite {
     pub snapshot: Box<AccountState>,
     /// Idempotency records made by the group's requests.
     pub dedup: Vec<(IdemKey, DedupRecord)>,
+    /// Idempotency records past the window, to delete.
+    pub dedup_expired: Vec<IdemKey>,
     /// The account's next deadline as last written, and as it is now: the
     /// timer index moves from one to the other.
     pub timer_before: Option<u64>,

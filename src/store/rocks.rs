@@ -109,6 +109,11 @@ impl Store for RocksStore {
                 batch.put_cf(journal, journal_key(&w.id, r.seq), codec::encode(&Stored::Event(r.clone())));
             }
             batch.put_cf(accounts, w.id.as_str(), codec::encode(&Stored::Snapshot(w.snapshot.clone())));
+            for k in &w.dedup_expired {
+                let mut key = account_prefix(&w.id);
+                key.extend_from_slice(k.as_str().as_bytes());
+                batch.delete_cf(dedup, key);
+            }
             for (k, d) in &w.dedup {
                 let mut key = account_prefix(&w.id);
                 key.extend_from_slice(k.as_str().as_bytes());

@@ -52,10 +52,18 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 /// debits of 1..100 µ$ from `callers` concurrent callers, optionally in
 /// batches, `hot` accounts taking half the traffic when set.
 pub async fn bench(args: BenchArgs) -> Result<(), String> {
+    // A data directory of our own when none is given, so the restart at
+    // the end finds the data; removed at the end.
+    let own_dir = args.data_dir.as_os_str().is_empty();
+    let data_dir = if own_dir {
+        std::env::temp_dir().join(format!("prepaid-bench-{}", std::process::id()))
+    } else {
+        args.data_dir.clone()
+    };
     let mut cfg = NodeConfig::default();
     cfg.node.durability = args.durability;
-    cfg.node.data_dir = args.data_dir.clone();
-    let node = Arc::new(Node::start(cfg, Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?);
+    cfg.node.data_dir = data_dir.clone();
+    let node = Arc::new(Node::start(cfg.clone(), Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?);
     let ids: Vec<AccountId> =
         (0..args.accounts).map(|i| AccountId::new(&format!("acct_{i:08}")).expect("valid id")).collect();
     eprintln!("prepaid bench: funding {} accounts ({:?} durability)", args.accounts, args.durability);
@@ -179,6 +187,20 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     );
     let node = Arc::into_inner(node).ok_or("node still shared")?;
     node.shutdown().await;
+    // Restart: open the data directory again and serve one request.
+    let started = Instant::now();
+    let node = Node::start(cfg, Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?;
+    let first = Request { account: ids[ids.len() / 2].clone(), key: None, command: Command::Balance };
+    node.execute(first).await.map_err(|e| e.to_string())?;
+    println!(
+        "restart: first request served {:.1} ms after start, with {} accounts on disk",
+        started.elapsed().as_secs_f64() * 1e3,
+        args.accounts
+    );
+    node.shutdown().await;
+    if own_dir {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
     if total != expected || refused > 0 {
         return Err(format!("{refused} debits refused; conservation {}", total == expected));
     }
