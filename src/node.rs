@@ -225,6 +225,12 @@ impl Node {
         if let Some(writer) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
+        // Everything is durable in the log; putting it in tables makes the
+        // next start fast. A failure here loses nothing.
+        if self.inner.shared.health.failure().is_none() {
+            let store = Arc::clone(&self.inner.shared.store);
+            let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+        }
         // Stopped actors drop their state (and with it the store) as their
         // tasks end; wait for that, boundedly, so the data directory is free
         // for the next node when this returns.

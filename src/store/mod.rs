@@ -73,6 +73,12 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Before a clean stop: moves what is only in the write-ahead log into
+    /// tables, so the next start need not replay it.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The account's snapshot and its idempotency records written at or after
     /// `dedup_since_ms`, or `None` if the account was never written.
     fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError>;

@@ -145,6 +145,13 @@ impl Store for RocksStore {
         self.db.flush_wal(true).map_err(io)
     }
 
+    fn flush(&self) -> Result<(), StoreError> {
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name)?).map_err(io)?;
+        }
+        Ok(())
+    }
+
     fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError> {
         let Some(bytes) = self.db.get_cf(self.cf(CF_ACCOUNTS)?, id.as_str()).map_err(io)? else {
             return Ok(None);
