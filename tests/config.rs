@@ -4,7 +4,7 @@
 use prepaid::config::{ConfigError, Durability, NodeConfig};
 
 fn default_file() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).unwrap()
+    std::fs::read_to_string(repo_file("config/default.toml")).unwrap()
 }
 
 #[test]
@@ -68,4 +68,12 @@ fn bounds_are_checked_at_and_past_their_limits() {
     assert!(with("account_queue_max = 0").is_err());
     assert!(with("max_resident_accounts = 0").is_err());
     assert!(with("flush_interval_ms = 0").is_err());
+}
+
+/// A file of the checkout under test. Read at run time (cargo sets
+/// CARGO_MANIFEST_DIR for tests): a test binary reused from another clone
+/// through a shared target directory must not read that clone's files.
+fn repo_file(path: &str) -> std::path::PathBuf {
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    std::path::Path::new(&root).join(path)
 }

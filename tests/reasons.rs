@@ -195,7 +195,7 @@ fn every_reason_code_is_reached_and_listed() {
 
 /// The codes in the table of one section of docs/errors.md.
 fn documented(section: &str) -> BTreeSet<String> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/errors.md")).unwrap();
+    let doc = std::fs::read_to_string(common::repo_file("docs/errors.md")).unwrap();
     let start = doc.find(&format!("## {section}\n")).unwrap_or_else(|| panic!("no section {section}"));
     let body = &doc[start + section.len() + 4..];
     let body = &body[..body.find("\n## ").unwrap_or(body.len())];

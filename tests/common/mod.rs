@@ -175,3 +175,11 @@ pub fn hold_id(reply: &Reply) -> u64 {
         ref other => panic!("not a hold: {other:?}"),
     }
 }
+
+/// A file of the checkout under test. Read at run time (cargo sets
+/// CARGO_MANIFEST_DIR for tests): a test binary reused from another clone
+/// through a shared target directory must not read that clone's files.
+pub fn repo_file(path: &str) -> std::path::PathBuf {
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    std::path::Path::new(&root).join(path)
+}
