@@ -61,6 +61,8 @@ pub struct ActorState {
     /// made durable.
     submitted_seq: u64,
     durable_seq: Arc<AtomicU64>,
+    /// Idempotency keys past the window, to delete with the next write.
+    dedup_expired: Vec<crate::ledger::IdemKey>,
 }
 
 impl Actor for AccountActor {
@@ -90,6 +92,7 @@ impl Actor for AccountActor {
             timer_written,
             submitted_seq: last_seq,
             durable_seq: Arc::new(AtomicU64::new(last_seq)),
+            dedup_expired: Vec::new(),
         })
     }
 
@@ -147,6 +150,7 @@ impl ActorState {
             let money_in = job.req.command.is_money_in() && !outcome.records.is_empty();
             let starts_recharge = outcome.records.iter().any(|r| matches!(r.event, Event::RechargeRequested { .. }));
             force_sync |= money_in || starts_recharge;
+            self.dedup_expired.extend(outcome.expired);
             records.extend(outcome.records);
             let result = outcome.result.map_err(Error::Refused);
             match job.reply {
@@ -168,7 +172,9 @@ impl ActorState {
                     records,
                     snapshot: Box::new(account.clone()),
                     dedup,
-                    dedup_expired: self.account.dedup.take_pruned(),
+                    // Kept until a write carries them: a batch that writes
+                    // nothing leaves them for the next one.
+                    dedup_expired: std::mem::take(&mut self.dedup_expired),
                     timer_before: self.timer_written,
                     timer_after,
                 };

@@ -110,6 +110,8 @@ fn keys_are_forgotten_after_the_window() {
     h.advance(1);
     let after = h.run_keyed(Some(key), strict("1"));
     assert!(!after.replayed, "the window has passed: the key is new again");
+    let expired: Vec<&str> = after.expired.iter().map(IdemKey::as_str).collect();
+    assert!(expired.contains(&"req-1"), "the outcome names the expired key for the store: {expired:?}");
     assert_eq!(h.account.dedup.len(), 1, "only the new record is kept");
     assert_eq!(h.balance(), amt("98"));
 }

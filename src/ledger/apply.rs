@@ -40,11 +40,14 @@ pub struct Outcome {
     pub recorded: Option<IdemKey>,
     /// The reply is the first result of this key, given again.
     pub replayed: bool,
+    /// Idempotency keys that left the window before this request: the store
+    /// deletes them with the records. (No allocation when there are none.)
+    pub expired: Vec<IdemKey>,
 }
 
 impl Outcome {
     fn refused(reason: Reason) -> Outcome {
-        Outcome { result: Err(reason), records: Vec::new(), recorded: None, replayed: false }
+        Outcome { result: Err(reason), records: Vec::new(), recorded: None, replayed: false, expired: Vec::new() }
     }
 }
 
@@ -60,7 +63,8 @@ impl Account {
             return Outcome::refused(reason);
         }
         // 2. Idempotency: a key seen before answers without running.
-        self.dedup.prune(now_ms, cfg.idempotency_window_ms);
+        let mut expired = Vec::new();
+        self.dedup.prune(now_ms, cfg.idempotency_window_ms, &mut expired);
         let key = req.key.as_ref().filter(|_| !req.command.is_query());
         // The table is the account's own, so the command alone identifies
         // the request.
@@ -70,7 +74,7 @@ impl Account {
             match self.dedup.lookup(key, fingerprint) {
                 Lookup::Seen(first) => {
                     let replayed = first.is_ok();
-                    return Outcome { result: first, records: Vec::new(), recorded: None, replayed };
+                    return Outcome { result: first, records: Vec::new(), recorded: None, replayed, expired };
                 }
                 Lookup::New(slot) => new_key = Some((key, fingerprint, slot)),
             }
@@ -88,7 +92,7 @@ impl Account {
             }
             _ => None,
         };
-        Outcome { result, records, recorded, replayed: false }
+        Outcome { result, records, recorded, replayed: false, expired }
     }
 }
 

@@ -36,22 +36,20 @@ pub struct Dedup {
     records: HashMap<IdemKey, DedupRecord, SeededState>,
     /// Keys in the order they were recorded, for pruning.
     order: VecDeque<(u64, IdemKey)>,
-    /// Keys pruned from memory and not yet from the store.
-    pruned: Vec<IdemKey>,
 }
 
 impl Dedup {
     /// An empty table whose hash is seeded with `seed` (the shell passes a
     /// per-process random number; `Default` uses 0).
     pub fn with_seed(seed: u64) -> Dedup {
-        Dedup { records: HashMap::with_hasher(SeededState(seed)), order: VecDeque::new(), pruned: Vec::new() }
+        Dedup { records: HashMap::with_hasher(SeededState(seed)), order: VecDeque::new() }
     }
 
     /// What a request with this key and fingerprint gets without running —
     /// the recorded reply or a conflict — or, for a new key, the place to
     /// record its first result (one hash and probe for both).
     pub fn lookup(&mut self, key: &IdemKey, fingerprint: u64) -> Lookup<'_> {
-        let Dedup { records, order, .. } = self;
+        let Dedup { records, order } = self;
         match records.entry(key.clone()) {
             Entry::Occupied(seen) => Lookup::Seen(if seen.get().fingerprint == fingerprint {
                 Ok(seen.get().reply.clone())
@@ -76,23 +74,19 @@ impl Dedup {
         self.records.get(key)
     }
 
-    /// Forgets records at or past the window. Keys arrive in time order per
-    /// account, so this looks at the front only.
-    pub fn prune(&mut self, now_ms: u64, window_ms: u64) {
+    /// Forgets records at or past the window, adding their keys to
+    /// `expired` (for the store to delete too). Keys arrive in time order
+    /// per account, so this looks at the front only.
+    pub fn prune(&mut self, now_ms: u64, window_ms: u64, expired: &mut Vec<IdemKey>) {
         while let Some((at_ms, _)) = self.order.front() {
             if at_ms.saturating_add(window_ms) > now_ms {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front() {
                 self.records.remove(&key);
-                self.pruned.push(key);
+                expired.push(key);
             }
         }
-    }
-
-    /// The keys pruned since the last call, for the store to delete too.
-    pub fn take_pruned(&mut self) -> Vec<IdemKey> {
-        std::mem::take(&mut self.pruned)
     }
 
     pub fn len(&self) -> usize {
