@@ -25,6 +25,7 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     pub writer: mpsc::Sender<Submission>,
     pub health: Arc<Health>,
+    pub stats: Arc<crate::stats::NodeStats>,
     /// Seeds the idempotency tables' hash (see `ledger::hash`).
     pub dedup_seed: u64,
 }

@@ -82,12 +82,127 @@ impl Default for NodeSettings {
     }
 }
 
+/// What an API token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Check access, debit, hold, capture, release, read balances: what a
+    /// platform service authorizing usage needs, and nothing that mints money.
+    Authorize,
+    /// Everything.
+    Admin,
+}
+
+/// One API token. The secret is never logged (`Debug` hides it).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    /// Who holds it, for logs and metrics.
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+impl std::fmt::Debug for TokenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSpec").field("name", &self.name).field("role", &self.role).field("token", &"***").finish()
+    }
+}
+
+/// `prepaid serve`: the two listeners and their bounds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The gRPC API. Env: PREPAID_GRPC_ADDR.
+    pub grpc_addr: String,
+    /// The HTTP ops side: /health, /metrics, the JSON admin API. Env:
+    /// PREPAID_HTTP_ADDR.
+    pub http_addr: String,
+    /// Largest request message, in bytes (gRPC and admin JSON bodies).
+    pub max_message_bytes: usize,
+    /// Open connections per listener; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Batches in flight on one `Authorize` stream; a client that does not
+    /// read its replies stops being read from once this many are pending.
+    pub stream_in_flight: usize,
+    /// On shutdown, how long calls in flight may take before connections
+    /// still open are dropped.
+    pub shutdown_grace_ms: u64,
+    /// API tokens. Env: PREPAID_TOKENS="name:role:token,…" adds to them.
+    pub tokens: Vec<TokenSpec>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> ServerSettings {
+        ServerSettings {
+            grpc_addr: "127.0.0.1:7070".into(),
+            http_addr: "127.0.0.1:7071".into(),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_connections: 1_024,
+            stream_in_flight: 64,
+            shutdown_grace_ms: 10_000,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Webhooks: every durable event POSTed to each URL, signed, in order per
+/// account, at least once.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Receivers (`http://host:port/path`; TLS belongs to a local proxy).
+    pub urls: Vec<String>,
+    /// HMAC-SHA256 key for the `Prepaid-Signature` header. Env:
+    /// PREPAID_WEBHOOK_SECRET.
+    pub secret: String,
+    /// Tries per event before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First wait between tries; doubles each time, up to `backoff_max_ms`.
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Longest wait for one delivery.
+    pub timeout_ms: u64,
+    /// Dead letters kept for the admin API (oldest dropped first).
+    pub dead_letters_kept: usize,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("urls", &self.urls)
+            .field("secret", &"***")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_ms", &self.backoff_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("dead_letters_kept", &self.dead_letters_kept)
+            .finish()
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> WebhookSettings {
+        WebhookSettings {
+            urls: Vec::new(),
+            secret: String::new(),
+            max_attempts: 8,
+            backoff_ms: 200,
+            backoff_max_ms: 30_000,
+            timeout_ms: 5_000,
+            dead_letters_kept: 10_000,
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     pub node: NodeSettings,
     pub ledger: LedgerConfig,
+    pub server: ServerSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +231,9 @@ impl NodeConfig {
 
     /// `PREPAID_DATA_DIR`, `PREPAID_DURABILITY` (`sync` or `async`),
     /// `PREPAID_SHARDS`, `PREPAID_FLUSH_INTERVAL_MS`,
-    /// `PREPAID_MAX_RESIDENT_ACCOUNTS` override the file.
+    /// `PREPAID_MAX_RESIDENT_ACCOUNTS`, `PREPAID_GRPC_ADDR`,
+    /// `PREPAID_HTTP_ADDR`, `PREPAID_WEBHOOK_SECRET` override the file;
+    /// `PREPAID_TOKENS` adds tokens.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
             value.parse().map_err(|_| ConfigError::Invalid(format!("{name}={value:?} is not a whole number")))
@@ -139,6 +256,33 @@ impl NodeConfig {
         }
         if let Some(v) = var("PREPAID_MAX_RESIDENT_ACCOUNTS") {
             self.node.max_resident_accounts = number("PREPAID_MAX_RESIDENT_ACCOUNTS", &v)?;
+        }
+        if let Some(v) = var("PREPAID_GRPC_ADDR") {
+            self.server.grpc_addr = v;
+        }
+        if let Some(v) = var("PREPAID_HTTP_ADDR") {
+            self.server.http_addr = v;
+        }
+        if let Some(v) = var("PREPAID_TOKENS") {
+            for spec in v.split(',').filter(|s| !s.is_empty()) {
+                let mut parts = spec.splitn(3, ':');
+                let (Some(name), Some(role), Some(token)) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err(ConfigError::Invalid("PREPAID_TOKENS is name:role:token, comma separated".into()));
+                };
+                let role = match role {
+                    "admin" => Role::Admin,
+                    "authorize" => Role::Authorize,
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "PREPAID_TOKENS: role {role:?} is admin or authorize"
+                        )));
+                    }
+                };
+                self.server.tokens.push(TokenSpec { name: name.into(), role, token: token.into() });
+            }
+        }
+        if let Some(v) = var("PREPAID_WEBHOOK_SECRET") {
+            self.webhooks.secret = v;
         }
         self.validate()
     }
@@ -170,6 +314,32 @@ impl NodeConfig {
             return bad(
                 "node durations (flush_interval_ms, timer_poll_ms, idle_passivate_ms, recharge_*_ms) are at least 1",
             );
+        }
+        let s = &self.server;
+        if [s.max_message_bytes, s.max_connections, s.stream_in_flight].contains(&0) {
+            return bad("server.max_message_bytes, max_connections and stream_in_flight are at least 1");
+        }
+        if s.stream_in_flight > 65_536 {
+            return bad("server.stream_in_flight is at most 65536");
+        }
+        for t in &s.tokens {
+            if t.token.len() < 16 {
+                return bad("every server token is at least 16 characters");
+            }
+        }
+        let w = &self.webhooks;
+        if !w.urls.is_empty() && w.secret.len() < 16 {
+            return bad("webhooks.secret is at least 16 characters when webhooks.urls is set");
+        }
+        if w.max_attempts == 0 || w.backoff_ms == 0 || w.timeout_ms == 0 || w.backoff_max_ms < w.backoff_ms {
+            return bad(
+                "webhooks.max_attempts, backoff_ms, timeout_ms are at least 1 and backoff_max_ms >= backoff_ms",
+            );
+        }
+        for url in &w.urls {
+            if !url.starts_with("http://") {
+                return bad("webhooks.urls are http:// URLs (TLS belongs to a local proxy)");
+            }
         }
         Ok(())
     }

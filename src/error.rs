@@ -25,6 +25,14 @@ pub enum Error {
     /// idempotency key).
     #[error("internal error ({0}); the outcome is unknown, retry with the same idempotency key")]
     Internal(String),
+    /// The request is not well formed for the wire (a missing operation, an
+    /// unknown enum value, malformed JSON): nothing was applied.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("no valid API token was given")]
+    Unauthenticated,
+    #[error("the token's role may not {0}")]
+    Forbidden(&'static str),
 }
 
 impl Error {
@@ -36,10 +44,21 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::BatchTooLarge { .. } => "batch_too_large",
             Error::Internal(_) => "internal",
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::Unauthenticated => "unauthenticated",
+            Error::Forbidden(_) => "forbidden",
         }
     }
 
     /// The node's own codes, for docs/errors.md.
-    pub const NODE_CODES: &'static [&'static str] =
-        &["storage_unavailable", "overloaded", "shutting_down", "batch_too_large", "internal"];
+    pub const NODE_CODES: &'static [&'static str] = &[
+        "storage_unavailable",
+        "overloaded",
+        "shutting_down",
+        "batch_too_large",
+        "internal",
+        "invalid_request",
+        "unauthenticated",
+        "forbidden",
+    ];
 }

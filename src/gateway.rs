@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::httpc::Target;
 use crate::ledger::hash::stable_hash;
 use crate::ledger::{AccountId, Amount};
 
@@ -212,62 +213,31 @@ impl PaymentGateway for SimulatedGateway {
 /// `http://` only (no TLS here: put a local proxy in front of a remote HTTPS
 /// gateway).
 pub struct HttpGateway {
-    host_port: String,
-    path: String,
+    target: Target,
     timeout: Duration,
 }
-
-/// Longest response read from the gateway.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 impl HttpGateway {
     /// `url` is `http://host:port/path`.
     pub fn new(url: &str, timeout: Duration) -> Result<HttpGateway, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
-        let (host_port, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if host_port.is_empty() || !host_port.contains(':') {
-            return Err(format!("{url:?}: give host:port"));
-        }
-        Ok(HttpGateway { host_port: host_port.to_string(), path: path.to_string(), timeout })
+        Ok(HttpGateway { target: Target::parse(url)?, timeout })
     }
 
-    async fn post(
-        host_port: String,
-        path: String,
-        request: ChargeRequest,
-    ) -> Result<ChargeOutcome, GatewayUnavailable> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let unavailable = |e: std::io::Error| GatewayUnavailable(e.to_string());
+    async fn post(target: Target, request: ChargeRequest) -> Result<ChargeOutcome, GatewayUnavailable> {
         let body = format!(
             "{{\"idempotency_key\":\"{}\",\"account\":\"{}\",\"attempt_id\":{},\"amount\":\"{}\"}}",
             request.idempotency_key, request.account, request.attempt_id, request.amount
         );
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\nIdempotency-Key: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            request.idempotency_key,
-            body.len()
-        );
-        let mut stream = tokio::net::TcpStream::connect(&host_port).await.map_err(unavailable)?;
-        stream.write_all(head.as_bytes()).await.map_err(unavailable)?;
-        stream.write_all(body.as_bytes()).await.map_err(unavailable)?;
-        let mut response = Vec::new();
-        (&mut stream).take(MAX_RESPONSE_BYTES as u64).read_to_end(&mut response).await.map_err(unavailable)?;
-        let text = String::from_utf8_lossy(&response);
-        let status: u16 = text
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.get(2..5))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| GatewayUnavailable("the gateway's answer is not HTTP".into()))?;
+        let (status, answer) = target
+            .post(&[("Idempotency-Key", &request.idempotency_key)], &body)
+            .await
+            .map_err(|e| GatewayUnavailable(e.to_string()))?;
         let reason = || {
-            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
-            let mut end = body.len().min(200);
-            while !body.is_char_boundary(end) {
+            let mut end = answer.len().min(200);
+            while !answer.is_char_boundary(end) {
                 end -= 1;
             }
-            if body.is_empty() { "declined".to_string() } else { body[..end].to_string() }
+            if answer.is_empty() { "declined".to_string() } else { answer[..end].to_string() }
         };
         match status {
             200..=299 => Ok(ChargeOutcome::Charged),
@@ -280,9 +250,9 @@ impl HttpGateway {
 
 impl PaymentGateway for HttpGateway {
     fn charge(&self, request: ChargeRequest) -> ChargeFuture {
-        let (host_port, path, timeout) = (self.host_port.clone(), self.path.clone(), self.timeout);
+        let (target, timeout) = (self.target.clone(), self.timeout);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, HttpGateway::post(host_port, path, request)).await {
+            match tokio::time::timeout(timeout, HttpGateway::post(target, request)).await {
                 Ok(result) => result,
                 Err(_) => Err(GatewayUnavailable("timed out".into())),
             }

@@ -21,6 +21,7 @@ use crate::config::Durability;
 use crate::error::Error;
 use crate::health::Health;
 use crate::ledger::{AccountId, Event, EventRecord, Reply};
+use crate::stats::NodeStats;
 use crate::store::{AccountWrite, Store, WriteSet};
 
 pub type ReplyTo = oneshot::Sender<Result<Reply, Error>>;
@@ -80,6 +81,8 @@ pub struct WriterConfig {
     pub durability: Durability,
     pub flush_interval: Duration,
     pub group_max_accounts: usize,
+    /// Mark writes for webhook delivery.
+    pub webhooks: bool,
 }
 
 /// Runs the writer on its own thread until every sender is dropped.
@@ -90,11 +93,12 @@ pub fn spawn(
     events: broadcast::Sender<AccountEvent>,
     charges: mpsc::UnboundedSender<ChargeOrder>,
     health: Arc<Health>,
+    stats: Arc<NodeStats>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("prepaid-journal".into())
-        .spawn(move || Writer { store, cfg, events, charges, health, runtime }.run(rx))
+        .spawn(move || Writer { store, cfg, events, charges, health, stats, runtime }.run(rx))
 }
 
 struct Writer {
@@ -103,6 +107,7 @@ struct Writer {
     events: broadcast::Sender<AccountEvent>,
     charges: mpsc::UnboundedSender<ChargeOrder>,
     health: Arc<Health>,
+    stats: Arc<NodeStats>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -169,11 +174,14 @@ impl Writer {
     }
 
     fn commit(&self, group: &mut Vec<Submission>, sync: bool) {
-        let mut set = WriteSet::default();
+        let mut set = WriteSet { webhooks: self.cfg.webhooks, ..WriteSet::default() };
         for s in group.iter_mut() {
             if let Some(w) = s.write.take() {
                 set.accounts.push(w);
             }
+        }
+        if !set.accounts.is_empty() {
+            self.stats.record_group(set.accounts.len());
         }
         let result = match self.health.failure() {
             Some(reason) => Err(reason),

@@ -10,19 +10,25 @@
 //! `node` (the embedded entry point).
 
 mod actor;
+pub mod client;
 pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod gateway;
 mod health;
+mod httpc;
 mod journal;
 pub mod ledger;
 mod node;
 mod node_ops;
 mod recharge;
+pub mod server;
+pub mod stats;
 pub mod store;
+pub mod wire;
 
+pub use client::{Client, ClientError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, NodeConfig};
 pub use error::Error;

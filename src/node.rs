@@ -27,6 +27,7 @@ use crate::journal::{self, AccountEvent, ChargeOrder, Submission, WriterConfig};
 use crate::ledger::hash::stable_hash;
 use crate::ledger::{AccountId, Command, EventRecord, Reply, Request};
 use crate::recharge;
+use crate::stats::NodeStats;
 use crate::store::{RocksStore, Store};
 
 /// How long shutdown waits (in 5 ms steps) for stopped actors to let go.
@@ -62,7 +63,7 @@ struct Accounts {
 }
 
 pub(crate) struct Inner {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     shards: Vec<Shard>,
     resident: AtomicUsize,
     events: broadcast::Sender<AccountEvent>,
@@ -83,7 +84,12 @@ impl Node {
     pub async fn start(config: NodeConfig, gateway: Arc<dyn PaymentGateway>) -> Result<Node, StartError> {
         config.validate()?;
         let (dir, temp_dir) = if config.node.data_dir.as_os_str().is_empty() {
-            let dir = std::env::temp_dir().join(format!("prepaid-{}-{}", std::process::id(), SystemClock.now_ms()));
+            // Unique within the process too: two nodes may start in the same
+            // millisecond.
+            static STARTED: AtomicU64 = AtomicU64::new(0);
+            let n = STARTED.fetch_add(1, Ordering::Relaxed);
+            let name = format!("prepaid-{}-{}-{n}", std::process::id(), SystemClock.now_ms());
+            let dir = std::env::temp_dir().join(name);
             (dir.clone(), Some(dir))
         } else {
             (config.node.data_dir.clone(), None)
@@ -105,6 +111,7 @@ impl Node {
     ) -> Result<Node, StartError> {
         config.validate()?;
         let health = Arc::new(Health::default());
+        let stats = Arc::new(NodeStats::default());
         let (writer_tx, writer_rx) = mpsc::channel(config.node.writer_queue);
         let (events, _) = broadcast::channel(config.node.event_buffer);
         let (charges_tx, charges_rx) = mpsc::unbounded_channel::<ChargeOrder>();
@@ -112,6 +119,7 @@ impl Node {
             durability: config.node.durability,
             flush_interval: Duration::from_millis(config.node.flush_interval_ms),
             group_max_accounts: config.node.group_max_accounts,
+            webhooks: !config.webhooks.urls.is_empty(),
         };
         let writer = journal::spawn(
             Arc::clone(&store),
@@ -120,6 +128,7 @@ impl Node {
             events.clone(),
             charges_tx.clone(),
             Arc::clone(&health),
+            Arc::clone(&stats),
         )?;
         // Recharges requested before a restart and never answered resume with
         // their attempt ids.
@@ -133,6 +142,7 @@ impl Node {
             clock,
             writer: writer_tx,
             health,
+            stats,
             dedup_seed: stable_hash(&SystemClock.now_ms().to_le_bytes()),
         });
         let inner =
@@ -193,6 +203,21 @@ impl Node {
     /// Why storage failed, if it did: writes are refused from then on.
     pub fn storage_failure(&self) -> Option<String> {
         self.inner.shared.health.failure()
+    }
+
+    /// Group commit sizes and recharge outcomes so far.
+    pub fn stats(&self) -> crate::stats::StatsSnapshot {
+        self.inner.shared.stats.snapshot()
+    }
+
+    /// The store (webhook cursors; read-only uses).
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.inner.shared.store)
+    }
+
+    /// The node's settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.shared.cfg
     }
 
     /// Accounts held in memory now.

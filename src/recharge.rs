@@ -6,6 +6,7 @@
 //! `recharge_succeeded` or `recharge_failed`; no answer (timeout, gateway
 //! down) is retried with the same key, so the card is charged at most once.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -45,7 +46,12 @@ async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentG
     let outcome = loop {
         match tokio::time::timeout(timing.charge_timeout, gateway.charge(request.clone())).await {
             Ok(Ok(outcome)) => break outcome,
-            Ok(Err(_)) | Err(_) => tokio::time::sleep(timing.retry_unknown).await,
+            Ok(Err(_)) | Err(_) => {
+                if let Some(node) = node.upgrade() {
+                    node.shared.stats.recharge_unknown.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(timing.retry_unknown).await
+            }
         }
         if node.strong_count() == 0 {
             return;
@@ -59,6 +65,11 @@ async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentG
         }
     };
     let Some(node) = node.upgrade() else { return };
+    let counter = match command {
+        Command::RechargeSucceeded { .. } => &node.shared.stats.recharge_charged,
+        _ => &node.shared.stats.recharge_declined,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     // The key makes a second delivery of the same outcome harmless.
     let idem = IdemKey::new(&format!("recharge:{key}")).ok();
     // A refusal (`recharge_not_in_flight`) means the outcome was already

@@ -42,7 +42,13 @@ fn bad_arguments_are_refused_with_a_sentence() {
         (vec!["demo", "--debits", "lots"], "takes a whole number"),
         (vec!["demo", "--debits"], "needs a value"),
         (vec!["demo", "--fast", "1"], "unknown flag"),
-        (vec!["serve"], "unknown command"),
+        (vec!["mint"], "unknown command"),
+        (vec!["serve", "--port", "1"], "unknown flag"),
+        (vec!["bench", "--addr"], "--addr needs HOST:PORT"),
+        (vec!["bench"], "needs --embedded or --addr"),
+        (vec!["account"], "account needs an operation"),
+        (vec!["account", "show"], "--account is required"),
+        (vec!["account", "debit", "--account", "a"], "debit needs --amount"),
         (vec![], "usage: prepaid"),
     ] {
         let (code, _, err) = prepaid(&args);

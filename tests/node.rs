@@ -387,6 +387,12 @@ impl Store for FailingStore {
     fn in_flight_recharges(&self) -> Result<Vec<(AccountId, u64, Amount)>, prepaid::store::StoreError> {
         self.inner.in_flight_recharges()
     }
+    fn webhook_pending(&self) -> Result<Vec<(AccountId, u64, u64)>, prepaid::store::StoreError> {
+        self.inner.webhook_pending()
+    }
+    fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), prepaid::store::StoreError> {
+        self.inner.set_webhook_cursor(id, seq)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,8 @@ struct Maps {
     dedup: BTreeMap<(AccountId, IdemKey), DedupRecord>,
     timers: BTreeSet<(u64, AccountId)>,
     in_flight: BTreeMap<AccountId, (u64, Amount)>,
+    /// Webhooks: (last written, last delivered) per account.
+    webhooks: BTreeMap<AccountId, (u64, u64)>,
 }
 
 #[derive(Default)]
@@ -57,6 +59,11 @@ impl Store for MemoryStore {
                 Some(attempt) => m.in_flight.insert(w.id.clone(), attempt),
                 None => m.in_flight.remove(&w.id),
             };
+            if set.webhooks
+                && let Some(last) = w.records.last()
+            {
+                m.webhooks.entry(w.id.clone()).or_default().0 = last.seq;
+            }
         }
         Ok(())
     }
@@ -97,5 +104,17 @@ impl Store for MemoryStore {
     fn in_flight_recharges(&self) -> Result<Vec<(AccountId, u64, Amount)>, StoreError> {
         let m = self.maps();
         Ok(m.in_flight.iter().map(|(id, (attempt, amount))| (id.clone(), *attempt, *amount)).collect())
+    }
+
+    fn webhook_pending(&self) -> Result<Vec<(AccountId, u64, u64)>, StoreError> {
+        let m = self.maps();
+        Ok(m.webhooks.iter().filter(|(_, (w, d))| w > d).map(|(id, (w, d))| (id.clone(), *w, *d)).collect())
+    }
+
+    fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError> {
+        let mut m = self.maps();
+        let entry = m.webhooks.entry(id.clone()).or_default();
+        entry.1 = entry.1.max(seq);
+        Ok(())
     }
 }

@@ -48,6 +48,9 @@ impl AccountWrite {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSet {
     pub accounts: Vec<AccountWrite>,
+    /// Mark each account's last written sequence for webhook delivery, in
+    /// the same atomic write (so a crash cannot lose an event's delivery).
+    pub webhooks: bool,
 }
 
 /// An account as activation reads it back.
@@ -93,4 +96,13 @@ pub trait Store: Send + Sync + 'static {
     /// Accounts with a recharge attempt requested and not yet answered:
     /// recovery resumes them with the same attempt id.
     fn in_flight_recharges(&self) -> Result<Vec<(AccountId, u64, Amount)>, StoreError>;
+
+    /// Accounts whose events are not all delivered to webhooks: (account,
+    /// last sequence written, last sequence delivered).
+    fn webhook_pending(&self) -> Result<Vec<(AccountId, u64, u64)>, StoreError>;
+
+    /// Webhooks delivered (or dead-lettered) the account's events up to
+    /// `seq`. Not synced: after a crash, delivery resumes from an earlier
+    /// point (at least once).
+    fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError>;
 }

@@ -11,6 +11,8 @@
 //! | `dedup` | id 0x00 idempotency key | first result (`Stored::Dedup`) |
 //! | `timers` | deadline(u64 BE) id | empty |
 //! | `inflight` | id | attempt id (u64 BE), amount (i128 BE) |
+//! | `webhooks` | `p` id | last sequence written (u64 BE), when webhooks are on |
+//! | `webhooks` | `c` id | last sequence delivered to webhooks (u64 BE) |
 //! | `meta` | `format` | the format version byte |
 
 use std::path::Path;
@@ -27,7 +29,19 @@ const CF_DEDUP: &str = "dedup";
 const CF_TIMERS: &str = "timers";
 const CF_INFLIGHT: &str = "inflight";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 6] = [CF_ACCOUNTS, CF_JOURNAL, CF_DEDUP, CF_TIMERS, CF_INFLIGHT, CF_META];
+const CF_WEBHOOKS: &str = "webhooks";
+const ALL_CFS: [&str; 7] = [CF_ACCOUNTS, CF_JOURNAL, CF_DEDUP, CF_TIMERS, CF_INFLIGHT, CF_META, CF_WEBHOOKS];
+
+fn webhook_key(kind: u8, id: &AccountId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.as_str().len());
+    key.push(kind);
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn be_u64(bytes: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| corrupt("a webhook mark is not 8 bytes"))?))
+}
 
 pub struct RocksStore {
     db: DB,
@@ -135,6 +149,11 @@ impl Store for RocksStore {
                 }
                 None => batch.delete_cf(inflight, w.id.as_str()),
             }
+            if set.webhooks
+                && let Some(last) = w.records.last()
+            {
+                batch.put_cf(self.cf(CF_WEBHOOKS)?, webhook_key(b'p', &w.id), last.seq.to_be_bytes());
+            }
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
@@ -226,5 +245,30 @@ impl Store for RocksStore {
             out.push((account_id(&key)?, attempt, Amount::from_units(units)));
         }
         Ok(out)
+    }
+
+    fn webhook_pending(&self) -> Result<Vec<(AccountId, u64, u64)>, StoreError> {
+        let cf = self.cf(CF_WEBHOOKS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(b"p", Direction::Forward)) {
+            let (key, value) = item.map_err(io)?;
+            if key.first() != Some(&b'p') {
+                break;
+            }
+            let id = account_id(&key[1..])?;
+            let written = be_u64(&value)?;
+            let delivered = match self.db.get_cf(cf, webhook_key(b'c', &id)).map_err(io)? {
+                Some(v) => be_u64(&v)?,
+                None => 0,
+            };
+            if written > delivered {
+                out.push((id, written, delivered));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError> {
+        self.db.put_cf(self.cf(CF_WEBHOOKS)?, webhook_key(b'c', id), seq.to_be_bytes()).map_err(io)
     }
 }

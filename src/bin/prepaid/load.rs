@@ -296,3 +296,212 @@ pub async fn crash_child(data_dir: PathBuf, seed: u64, settle: bool) -> Result<(
     }
     Ok(())
 }
+
+pub struct RemoteArgs {
+    pub addr: String,
+    pub token: String,
+    pub accounts: u64,
+    pub debits: u64,
+    pub hot: u64,
+    pub conns: u64,
+    pub batch: u64,
+    pub json: bool,
+}
+
+/// Calls in flight per connection when unbatched: the client gathers them
+/// into stream messages.
+const INFLIGHT_PER_CONN: u64 = 32;
+/// Tries of one request whose outcome stayed unknown (same key each time).
+const RETRIES: u32 = 5;
+
+fn remote_debit(account: &str, key: String, n: u64) -> prepaid::wire::pb::request::Op {
+    use prepaid::wire::pb;
+    pb::request::Op::Debit(pb::Debit {
+        account: account.to_string(),
+        idempotency_key: key,
+        amount: amount_units(n).to_string(),
+        ..Default::default()
+    })
+}
+
+/// The same authorization workload as `bench --embedded`, from this process
+/// to a served node over loopback: `conns` connections; unbatched calls
+/// (batch 1) go over each connection's stream, batches as unary calls.
+/// Accounts get names of their own per run, so runs do not collide.
+pub async fn remote(args: RemoteArgs) -> Result<(), String> {
+    use prepaid::wire::pb;
+    use prepaid::{Client, ClientError};
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let ids: Arc<Vec<String>> = Arc::new((0..args.accounts).map(|i| format!("b{run}_{i:08}")).collect());
+    let mut clients = Vec::new();
+    for _ in 0..args.conns {
+        clients.push(Client::connect(&args.addr, &args.token).await.map_err(|e| e.to_string())?);
+    }
+    eprintln!("prepaid bench: funding {} accounts at {}", args.accounts, args.addr);
+    for chunk in ids.chunks(1_000) {
+        let mut requests = Vec::with_capacity(chunk.len() * 2);
+        for id in chunk {
+            let n = requests.len() as u64;
+            requests.push(pb::Request {
+                id: n,
+                op: Some(pb::request::Op::OpenAccount(pb::OpenAccount { account: id.clone(), ..Default::default() })),
+            });
+            requests.push(pb::Request {
+                id: n + 1,
+                op: Some(pb::request::Op::Purchase(pb::Purchase {
+                    account: id.clone(),
+                    idempotency_key: format!("fund-{id}"),
+                    amount: "1000000".into(),
+                    reference: None,
+                })),
+            });
+        }
+        for reply in clients[0].execute(requests).await.map_err(|e| e.to_string())? {
+            if let Some(pb::reply::Result::Refusal(r)) = reply.result {
+                return Err(format!("funding failed: {} ({})", r.message, r.code));
+            }
+        }
+    }
+    eprintln!("prepaid bench: {} debits, {} connections, batch {}", args.debits, args.conns, args.batch);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let callers_per_conn = if args.batch == 1 { INFLIGHT_PER_CONN } else { 2 };
+    for (c, client) in clients.iter().enumerate() {
+        for k in 0..callers_per_conn {
+            let (client, next, ids) = (client.clone(), Arc::clone(&next), Arc::clone(&ids));
+            let (debits, batch, hot) = (args.debits, args.batch, args.hot);
+            tasks.push(tokio::spawn(async move {
+                let mut latencies: Vec<u32> = Vec::new();
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64) << 20 | k);
+                let mut debited = Amount::ZERO;
+                let mut refused = 0u64;
+                loop {
+                    let first = next.fetch_add(batch, Ordering::Relaxed);
+                    if first >= debits {
+                        break;
+                    }
+                    let ops: Vec<(u64, pb::request::Op)> = (first..(first + batch).min(debits))
+                        .map(|n| {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            let slot = if hot > 0 && rng & 1 == 0 { rng % hot } else { rng % ids.len() as u64 };
+                            (n, remote_debit(&ids[slot as usize], format!("d{n}"), n))
+                        })
+                        .collect();
+                    let t = Instant::now();
+                    let mut outcomes: Vec<(u64, Result<(), ClientError>)> = Vec::with_capacity(ops.len());
+                    if ops.len() == 1 {
+                        let (n, op) = ops.into_iter().next().expect("one");
+                        let mut result = client.call(op.clone()).await.map(|_| ());
+                        for _ in 0..RETRIES {
+                            if !matches!(result, Err(ClientError::OutcomeUnknown(_))) {
+                                break;
+                            }
+                            result = client.call(op.clone()).await.map(|_| ());
+                        }
+                        outcomes.push((n, result));
+                    } else {
+                        let requests: Vec<pb::Request> =
+                            ops.iter().map(|(n, op)| pb::Request { id: *n, op: Some(op.clone()) }).collect();
+                        let mut replies = client.execute(requests.clone()).await;
+                        for _ in 0..RETRIES {
+                            if !matches!(replies, Err(ClientError::OutcomeUnknown(_))) {
+                                break;
+                            }
+                            replies = client.execute(requests.clone()).await;
+                        }
+                        match replies {
+                            Ok(replies) => {
+                                for r in replies {
+                                    let result = match r.result {
+                                        Some(pb::reply::Result::Accepted(_)) => Ok(()),
+                                        Some(pb::reply::Result::Refusal(x)) => {
+                                            Err(ClientError::Refused { code: x.code, message: x.message })
+                                        }
+                                        None => Err(ClientError::OutcomeUnknown("empty".into())),
+                                    };
+                                    outcomes.push((r.id, result));
+                                }
+                            }
+                            Err(e) => outcomes.extend(ops.iter().map(|(n, _)| (*n, Err(e.clone())))),
+                        }
+                    }
+                    let per_request = (t.elapsed().as_nanos() as u64).min(u32::MAX as u64) as u32;
+                    for (n, result) in outcomes {
+                        latencies.push(per_request);
+                        match result {
+                            Ok(()) => debited += amount_units(n),
+                            Err(ClientError::Refused { .. }) => refused += 1,
+                            Err(e) => return Err(format!("debit d{n}: {e}")),
+                        }
+                    }
+                }
+                Ok((latencies, debited, refused))
+            }));
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut debited = Amount::ZERO;
+    let mut refused = 0;
+    for t in tasks {
+        let (l, d, r) = t.await.map_err(|e| e.to_string())??;
+        latencies.extend(l);
+        debited += d;
+        refused += r;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    // Conservation: what was bought minus what was accepted is what is left.
+    let mut total = Amount::ZERO;
+    for chunk in ids.chunks(1_000) {
+        let requests = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| pb::Request {
+                id: i as u64,
+                op: Some(pb::request::Op::Balance(pb::Balance { account: id.clone() })),
+            })
+            .collect();
+        for r in clients[0].execute(requests).await.map_err(|e| e.to_string())? {
+            match r.result {
+                Some(pb::reply::Result::Accepted(a)) => {
+                    total += Amount::parse(&a.balance).map_err(|e| e.to_string())?
+                }
+                other => return Err(format!("balance failed: {other:?}")),
+            }
+        }
+    }
+    let funded = Amount::whole(1_000_000).checked_mul_int(args.accounts as u32).unwrap_or(Amount::ZERO);
+    let expected = funded - debited;
+    let throughput = args.debits as f64 / elapsed.as_secs_f64().max(1e-9);
+    let (p50, p99, p999) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99), percentile(&latencies, 0.999));
+    let ok = total == expected;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "debits": args.debits, "refused": refused, "elapsed_s": elapsed.as_secs_f64(),
+                "throughput_per_s": throughput, "p50_us": p50, "p99_us": p99, "p999_us": p999,
+                "conns": args.conns, "batch": args.batch, "accounts": args.accounts, "hot": args.hot,
+                "conservation": if ok { "ok" } else { "mismatch" },
+            })
+        );
+    } else {
+        println!(
+            "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1}  conns {}  batch {}",
+            args.debits,
+            refused,
+            elapsed.as_secs_f64(),
+            throughput,
+            p50,
+            p99,
+            p999,
+            args.conns,
+            args.batch
+        );
+        println!("conservation: total balance {total}, expected {expected}: {}", if ok { "ok" } else { "MISMATCH" });
+    }
+    if ok { Ok(()) } else { Err("conservation failed".into()) }
+}

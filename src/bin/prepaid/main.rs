@@ -4,6 +4,7 @@
 //! core, then runs a short load on an embedded node. `prepaid bench
 //! --embedded` measures the authorization workload in-process.
 
+mod cli;
 mod load;
 mod tour;
 
@@ -26,6 +27,15 @@ commands:
                                      the authorization workload on an embedded node
                                      (defaults: 100000 accounts, 1000000 debits,
                                      64 callers, batch 1, sync, a temporary dir)
+  serve [--config FILE] [--gateway-url http://HOST:PORT/PATH]
+                                     a served node: gRPC API and HTTP ops side
+                                     (config/default.toml; SIGTERM stops it cleanly)
+  account <operation> --account ID [--addr HOST:PORT] [--token T] [--json] ...
+                                     operate on an account of a served node
+                                     (`prepaid account help` lists operations)
+  bench --addr HOST:PORT --token T [--accounts N] [--debits N] [--hot N]
+        [--conns N] [--batch N] [--json]
+                                     the same workload against a served node
   crash-child --data-dir DIR --seed N [--settle]
                                      load for the crash test, until killed
                                      (--settle: finish in-flight recharges, stop)
@@ -56,11 +66,25 @@ fn main() -> ExitCode {
             println!("\nLoad on an embedded node (RocksDB, sync durability: every debit durable before its reply)");
             runtime()?.block_on(load::bench(bench)).map_err(Failure::Run)
         }),
+        Some("serve") => parse(&args[1..]).and_then(|f| cli::serve(&f)),
+        Some("account") => cli::account(&args[1..]),
+        Some("bench") if args.iter().any(|a| a == "--addr") => parse(&args[1..]).and_then(|f| {
+            let bench = load::RemoteArgs {
+                addr: f.text("--addr").ok_or_else(|| Failure::Usage("--addr needs HOST:PORT".into()))?,
+                token: f.text("--token").or_else(|| std::env::var("PREPAID_TOKEN").ok()).unwrap_or_default(),
+                accounts: f.number("--accounts", 10_000, 1, MAX_ACCOUNTS)?,
+                debits: f.number("--debits", 1_000_000, 1, MAX_DEBITS)?,
+                hot: f.number("--hot", 0, 0, MAX_ACCOUNTS)?,
+                conns: f.number("--conns", 64, 1, MAX_CALLERS)?,
+                batch: f.number("--batch", 1, 1, MAX_BATCH)?,
+                json: f.flag("--json"),
+            };
+            f.done()?;
+            runtime()?.block_on(load::remote(bench)).map_err(Failure::Run)
+        }),
         Some("bench") => parse(&args[1..]).and_then(|f| {
             if !f.flag("--embedded") {
-                return Err(Failure::Usage(
-                    "bench needs --embedded (the served bench comes with `prepaid serve`)".into(),
-                ));
+                return Err(Failure::Usage("bench needs --embedded or --addr HOST:PORT".into()));
             }
             let bench = load::BenchArgs {
                 accounts: f.number("--accounts", 100_000, 1, MAX_ACCOUNTS)?,

@@ -1,0 +1,281 @@
+//! `prepaid::Client`: the async Rust client of a served node.
+//!
+//! One connection (HTTP/2, reused by every call). Single operations go over
+//! the `Authorize` stream: concurrent calls are gathered into one batch per
+//! stream message (up to `max_batch`), each tagged with an id, and replies
+//! are matched back by id — so many unbatched callers share a few messages.
+//! `execute` sends a batch you built yourself as one unary call.
+//!
+//! Deadlines never guess: a call that gets no reply in time, or whose
+//! stream breaks after it was sent, fails with `ClientError::OutcomeUnknown`
+//! — the request may or may not have been applied; send it again with the
+//! same idempotency key, which is always safe.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::wire::pb;
+use crate::wire::pb::ledger_client::LedgerClient;
+use crate::wire::pb::request::Op;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The node refused the request (or the whole call): nothing was
+    /// applied. `code` is stable (docs/errors.md).
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+    /// No reply in time, or the connection broke after the request was sent:
+    /// it may have been applied. Retry with the same idempotency key.
+    #[error("outcome unknown ({0}); retry with the same idempotency key")]
+    OutcomeUnknown(String),
+    /// The request was not sent (cannot connect, bad address).
+    #[error("not sent: {0}")]
+    Unavailable(String),
+}
+
+impl ClientError {
+    /// The stable code of a refusal, `outcome_unknown` or `unavailable`.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Refused { code, .. } => code,
+            ClientError::OutcomeUnknown(_) => "outcome_unknown",
+            ClientError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+fn from_status(s: tonic::Status) -> ClientError {
+    if let Ok(refusal) = <pb::Refusal as prost::Message>::decode(s.details())
+        && !refusal.code.is_empty()
+    {
+        return ClientError::Refused { code: refusal.code, message: refusal.message };
+    }
+    match s.code() {
+        tonic::Code::Unavailable if s.message().contains("connect") => ClientError::Unavailable(s.message().into()),
+        _ => ClientError::OutcomeUnknown(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<pb::Reply, ClientError>>>>>;
+
+struct Call {
+    op: Op,
+    reply: oneshot::Sender<Result<pb::Reply, ClientError>>,
+}
+
+/// A connection to a served node. Cheap to clone; clones share the
+/// connection and the stream.
+#[derive(Clone)]
+pub struct Client {
+    unary: LedgerClient<Channel>,
+    token: MetadataValue<tonic::metadata::Ascii>,
+    calls: mpsc::Sender<Call>,
+    deadline: Duration,
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port` or `http://host:port`) with an API
+    /// token. Calls time out after 10 s unless `with_deadline` says
+    /// otherwise.
+    pub async fn connect(addr: &str, token: &str) -> Result<Client, ClientError> {
+        let url = if addr.starts_with("http://") { addr.to_string() } else { format!("http://{addr}") };
+        let endpoint = Endpoint::from_shared(url).map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        let channel = endpoint
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("cannot connect to {addr}: {e}")))?;
+        let token: MetadataValue<_> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Unavailable("the token is not printable ASCII".into()))?;
+        let unary = LedgerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let (calls, rx) = mpsc::channel(65_536);
+        tokio::spawn(pump(unary.clone(), token.clone(), rx, 10_000));
+        Ok(Client { unary, token, calls, deadline: Duration::from_secs(10) })
+    }
+
+    /// Every later call gives up after `deadline` with `OutcomeUnknown`.
+    pub fn with_deadline(mut self, deadline: Duration) -> Client {
+        self.deadline = deadline;
+        self
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert("authorization", self.token.clone());
+        req.set_timeout(self.deadline);
+        req
+    }
+
+    /// One operation over the stream (batched with concurrent calls).
+    pub async fn call(&self, op: Op) -> Result<pb::Accepted, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call { op, reply: tx })
+            .await
+            .map_err(|_| ClientError::Unavailable("the client's stream task stopped".into()))?;
+        match tokio::time::timeout(self.deadline, rx).await {
+            Err(_) => Err(ClientError::OutcomeUnknown(format!("no reply within {:?}", self.deadline))),
+            Ok(Err(_)) => Err(ClientError::OutcomeUnknown("the stream closed before the reply".into())),
+            Ok(Ok(reply)) => accepted(reply?),
+        }
+    }
+
+    /// A batch of your own as one unary call: one reply per request, in
+    /// order (each `Reply.id` is the request's).
+    pub async fn execute(&self, requests: Vec<pb::Request>) -> Result<Vec<pb::Reply>, ClientError> {
+        let mut unary = self.unary.clone();
+        let replies = unary.execute(self.request(pb::Batch { requests })).await.map_err(from_status)?;
+        Ok(replies.into_inner().replies)
+    }
+
+    /// A page of the account's ledger, oldest first.
+    pub async fn history(
+        &self,
+        account: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<pb::HistoryRecord>, ClientError> {
+        let mut unary = self.unary.clone();
+        let req = pb::HistoryRequest { account: account.into(), after_seq, limit };
+        Ok(unary.history(self.request(req)).await.map_err(from_status)?.into_inner().records)
+    }
+
+    pub async fn check_access(&self, account: &str) -> Result<pb::Accepted, ClientError> {
+        self.call(Op::CheckAccess(pb::CheckAccess { account: account.into() })).await
+    }
+
+    /// A strict debit for an API request.
+    pub async fn debit(&self, account: &str, key: &str, amount: &str) -> Result<pb::Accepted, ClientError> {
+        self.call(Op::Debit(pb::Debit {
+            account: account.into(),
+            idempotency_key: key.into(),
+            amount: amount.into(),
+            ..Default::default()
+        }))
+        .await
+    }
+
+    pub async fn purchase(&self, account: &str, key: &str, amount: &str) -> Result<pb::Accepted, ClientError> {
+        self.call(Op::Purchase(pb::Purchase {
+            account: account.into(),
+            idempotency_key: key.into(),
+            amount: amount.into(),
+            reference: None,
+        }))
+        .await
+    }
+
+    pub async fn open_account(&self, account: &str) -> Result<pb::Accepted, ClientError> {
+        self.call(Op::OpenAccount(pb::OpenAccount { account: account.into(), ..Default::default() })).await
+    }
+
+    pub async fn balance(&self, account: &str) -> Result<pb::BalanceView, ClientError> {
+        let accepted = self.call(Op::Balance(pb::Balance { account: account.into() })).await?;
+        match accepted.detail {
+            Some(pb::accepted::Detail::BalanceView(view)) => Ok(view),
+            _ => Err(ClientError::OutcomeUnknown("the balance reply holds no balance view".into())),
+        }
+    }
+}
+
+fn accepted(reply: pb::Reply) -> Result<pb::Accepted, ClientError> {
+    match reply.result {
+        Some(pb::reply::Result::Accepted(a)) => Ok(a),
+        Some(pb::reply::Result::Refusal(r)) => Err(ClientError::Refused { code: r.code, message: r.message }),
+        None => Err(ClientError::OutcomeUnknown("an empty reply".into())),
+    }
+}
+
+/// Owns the stream: gathers waiting calls into batches, sends them, and
+/// matches replies to callers. Opens the stream when the first call comes
+/// and again after it breaks.
+async fn pump(
+    client: LedgerClient<Channel>,
+    token: MetadataValue<tonic::metadata::Ascii>,
+    mut calls: mpsc::Receiver<Call>,
+    max_batch: usize,
+) {
+    let mut next_id: u64 = 0;
+    let mut stream: Option<(mpsc::Sender<pb::Batch>, Pending)> = None;
+    while let Some(first) = calls.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match calls.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        if stream.as_ref().is_none_or(|(tx, _)| tx.is_closed()) {
+            match open(client.clone(), token.clone()).await {
+                Ok(s) => stream = Some(s),
+                Err(e) => {
+                    for call in batch {
+                        let _ = call.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some((tx, pending)) = &stream else { continue };
+        let mut requests = Vec::with_capacity(batch.len());
+        {
+            let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
+            for call in batch {
+                next_id = next_id.wrapping_add(1);
+                waiting.insert(next_id, call.reply);
+                requests.push(pb::Request { id: next_id, op: Some(call.op) });
+            }
+        }
+        if tx.send(pb::Batch { requests }).await.is_err() {
+            // The stream ended under us: the reader answers what is pending.
+            stream = None;
+        }
+    }
+}
+
+async fn open(
+    mut client: LedgerClient<Channel>,
+    token: MetadataValue<tonic::metadata::Ascii>,
+) -> Result<(mpsc::Sender<pb::Batch>, Pending), ClientError> {
+    let (tx, rx) = mpsc::channel::<pb::Batch>(256);
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut().insert("authorization", token);
+    let mut inbound = client.authorize(req).await.map_err(from_status)?.into_inner();
+    let pending: Pending = Arc::default();
+    let reader_pending = Arc::clone(&pending);
+    tokio::spawn(async move {
+        let failure = loop {
+            match inbound.message().await {
+                Ok(Some(replies)) => {
+                    let mut waiting = reader_pending.lock().unwrap_or_else(|e| e.into_inner());
+                    for reply in replies.replies {
+                        if let Some(to) = waiting.remove(&reply.id) {
+                            let _ = to.send(Ok(reply));
+                        }
+                    }
+                }
+                Ok(None) => break ClientError::OutcomeUnknown("the node closed the stream".into()),
+                Err(status) => break from_status(status),
+            }
+        };
+        // Whatever was sent and not answered has an unknown outcome.
+        let failure = match failure {
+            ClientError::Refused { .. } | ClientError::OutcomeUnknown(_) => {
+                ClientError::OutcomeUnknown(failure.to_string())
+            }
+            other => other,
+        };
+        for (_, to) in reader_pending.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            let _ = to.send(Err(failure.clone()));
+        }
+    });
+    Ok((tx, pending))
+}

@@ -1,0 +1,297 @@
+//! The gRPC API (`proto/prepaid.proto`): unary RPCs that carry batches, and
+//! the `Authorize` stream for the hot path.
+//!
+//! A call is authenticated first (`authorization: Bearer …`), then every
+//! request is checked against the token's role — one forbidden request
+//! refuses the whole call, so nothing is half-applied — then converted and
+//! validated (`crate::wire`); the valid ones go to the node as one batch, the
+//! invalid ones are answered in place with their refusal.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::Bytes;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Api;
+use crate::config::Role;
+use crate::error::Error;
+use crate::ledger::AccountId;
+use crate::wire::{self, pb};
+
+/// A refusal of a whole call as a gRPC status: the stable code in the
+/// `prepaid-code` metadata and an encoded `Refusal` in the details.
+pub fn status(e: &Error) -> Status {
+    use tonic::Code;
+    let code = match e {
+        Error::Unauthenticated => Code::Unauthenticated,
+        Error::Forbidden(_) => Code::PermissionDenied,
+        Error::BatchTooLarge { .. } | Error::Overloaded => Code::ResourceExhausted,
+        Error::ShuttingDown | Error::StorageUnavailable(_) => Code::Unavailable,
+        Error::Internal(_) => Code::Internal,
+        Error::Refused(_) | Error::InvalidRequest(_) => Code::InvalidArgument,
+    };
+    let details = Bytes::from(prost::Message::encode_to_vec(&wire::refusal(e)));
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert("prepaid-code", tonic::metadata::MetadataValue::from_static(e.code()));
+    Status::with_details_and_metadata(code, e.to_string(), details, metadata)
+}
+
+impl Api {
+    fn role<T>(&self, req: &Request<T>) -> Result<Role, Status> {
+        let header = req.metadata().get("authorization").map(|v| v.as_bytes());
+        self.auth.role(header).map_err(|e| {
+            self.metrics.record(&[("call", "unauthenticated")], std::time::Duration::ZERO);
+            status(&e)
+        })
+    }
+
+    /// One batch, start to finish. `Err` refuses the whole batch.
+    pub async fn run_batch(&self, role: Role, reqs: Vec<pb::Request>) -> Result<pb::Replies, Error> {
+        let start = Instant::now();
+        let max = self.node.config().node.max_batch;
+        if reqs.len() > max {
+            return Err(Error::BatchTooLarge { max });
+        }
+        let mut names = Vec::with_capacity(reqs.len());
+        for req in &reqs {
+            let name = req.op.as_ref().map(wire::op_name).unwrap_or("none");
+            // No operation at all is the conversion's `invalid_request`.
+            if req.op.is_some() && !wire::allowed(role, name) {
+                self.metrics.record(&[(name, "forbidden")], start.elapsed());
+                return Err(Error::Forbidden(name));
+            }
+            names.push(name);
+        }
+        let mut valid = Vec::with_capacity(reqs.len());
+        let mut slots = Vec::with_capacity(reqs.len());
+        for req in &reqs {
+            match wire::request(req) {
+                Ok(r) => {
+                    slots.push(Ok(valid.len()));
+                    valid.push(r);
+                }
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        let mut results = if valid.is_empty() { Vec::new() } else { self.node.execute_batch(valid).await? };
+        let mut replies = Vec::with_capacity(reqs.len());
+        let mut codes = Vec::with_capacity(reqs.len());
+        // Results are taken in order; each valid request has exactly one.
+        let mut taken = results.drain(..);
+        for ((req, slot), name) in reqs.iter().zip(slots).zip(names) {
+            let result = match slot {
+                Ok(_) => taken.next().unwrap_or_else(|| Err(Error::Internal("a reply is missing".into()))),
+                Err(e) => Err(e),
+            };
+            codes.push((name, result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code())));
+            replies.push(wire::reply(req.id, result));
+        }
+        self.metrics.record(&codes, start.elapsed());
+        Ok(pb::Replies { replies })
+    }
+
+    async fn unary(&self, role: Role, reqs: Vec<pb::Request>) -> Result<Response<pb::Replies>, Status> {
+        self.run_batch(role, reqs).await.map(Response::new).map_err(|e| status(&e))
+    }
+}
+
+/// One stream batch: a refused batch refuses each of its requests, and the
+/// stream goes on.
+async fn answer(api: &Api, role: Role, batch: pb::Batch) -> pb::Replies {
+    let ids: Vec<u64> = batch.requests.iter().map(|r| r.id).collect();
+    match api.run_batch(role, batch.requests).await {
+        Ok(replies) => replies,
+        Err(e) => pb::Replies {
+            replies: ids
+                .into_iter()
+                .map(|id| pb::Reply { id, result: Some(pb::reply::Result::Refusal(wire::refusal(&e))) })
+                .collect(),
+        },
+    }
+}
+
+/// The service tonic serves; a cheap handle on the shared `Api`.
+#[derive(Clone)]
+pub struct LedgerService(pub Arc<Api>);
+
+/// A per-operation batch message: its requests as wire requests (ids are
+/// the positions in the batch).
+trait OpBatch {
+    fn ops(self) -> Vec<pb::Request>;
+}
+
+macro_rules! op_batch {
+    ($($batch:ty => $variant:ident;)*) => {
+        $(
+            impl OpBatch for $batch {
+                fn ops(self) -> Vec<pb::Request> {
+                    self.requests
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, m)| pb::Request { id: i as u64, op: Some(pb::request::Op::$variant(m)) })
+                        .collect()
+                }
+            }
+        )*
+    };
+}
+
+op_batch! {
+    pb::OpenAccountBatch => OpenAccount;
+    pb::CheckAccessBatch => CheckAccess;
+    pb::DebitBatch => Debit;
+    pb::HoldBatch => Hold;
+    pb::CaptureBatch => Capture;
+    pb::ReleaseBatch => Release;
+    pb::PurchaseBatch => Purchase;
+    pb::GrantBatch => Grant;
+    pb::SetAutoRechargeBatch => SetAutoRecharge;
+    pb::SetGrantExpiryBatch => SetGrantExpiry;
+    pb::ClosePeriodBatch => ClosePeriod;
+    pb::PayInvoiceBatch => PayInvoice;
+    pb::FreezeBatch => Freeze;
+    pb::UnfreezeBatch => Unfreeze;
+    pb::CloseBatch => Close;
+    pb::AdjustBatch => Adjust;
+    pb::BalanceBatch => Balance;
+}
+
+type Unary = Result<Response<pb::Replies>, Status>;
+
+impl LedgerService {
+    async fn per_op<B: OpBatch>(&self, req: Request<B>) -> Unary {
+        let role = self.0.role(&req)?;
+        self.0.unary(role, req.into_inner().ops()).await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerService {
+    async fn execute(&self, req: Request<pb::Batch>) -> Result<Response<pb::Replies>, Status> {
+        let role = self.0.role(&req)?;
+        self.0.unary(role, req.into_inner().requests).await
+    }
+
+    type AuthorizeStream = ReceiverStream<Result<pb::Replies, Status>>;
+
+    async fn authorize(&self, req: Request<Streaming<pb::Batch>>) -> Result<Response<Self::AuthorizeStream>, Status> {
+        let role = self.0.role(&req)?;
+        let mut inbound = req.into_inner();
+        let in_flight = self.0.cfg.server.stream_in_flight;
+        let (tx, rx) = mpsc::channel(in_flight);
+        let api = Arc::clone(&self.0);
+        let mut stopping = self.0.stopping.clone();
+        tokio::spawn(async move {
+            // Bounded: at most `in_flight` batches are being applied or wait
+            // for the client to read their replies; past that, the stream is
+            // not read from (HTTP/2 flow control pushes back on the client).
+            let permits = Arc::new(Semaphore::new(in_flight));
+            loop {
+                if *stopping.borrow_and_update() {
+                    break;
+                }
+                let next = async {
+                    let permit = Arc::clone(&permits).acquire_owned().await.ok()?;
+                    Some((permit, inbound.message().await))
+                };
+                let (permit, message) = tokio::select! {
+                    next = next => match next {
+                        Some(n) => n,
+                        None => break,
+                    },
+                    // The server is stopping: read no more; the batches in
+                    // flight are answered, then the stream ends.
+                    _ = stopping.changed() => break,
+                };
+                match message {
+                    Ok(Some(batch)) => {
+                        let api = Arc::clone(&api);
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let replies = answer(&api, role, batch).await;
+                            let _ = tx.send(Ok(replies)).await;
+                            drop(permit);
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Garbage on the stream: what came before it is
+                        // answered first, then the stream ends with the
+                        // decode error.
+                        drop(permit);
+                        let _ = permits.acquire_many(in_flight as u32).await;
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn open_account(&self, req: Request<pb::OpenAccountBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn check_access(&self, req: Request<pb::CheckAccessBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn debit(&self, req: Request<pb::DebitBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn hold(&self, req: Request<pb::HoldBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn capture(&self, req: Request<pb::CaptureBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn release(&self, req: Request<pb::ReleaseBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn purchase(&self, req: Request<pb::PurchaseBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn grant(&self, req: Request<pb::GrantBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn set_auto_recharge(&self, req: Request<pb::SetAutoRechargeBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn set_grant_expiry(&self, req: Request<pb::SetGrantExpiryBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn close_period(&self, req: Request<pb::ClosePeriodBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn pay_invoice(&self, req: Request<pb::PayInvoiceBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn freeze(&self, req: Request<pb::FreezeBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn unfreeze(&self, req: Request<pb::UnfreezeBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn close(&self, req: Request<pb::CloseBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn adjust(&self, req: Request<pb::AdjustBatch>) -> Unary {
+        self.per_op(req).await
+    }
+    async fn balance(&self, req: Request<pb::BalanceBatch>) -> Unary {
+        self.per_op(req).await
+    }
+
+    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryReply>, Status> {
+        let role = self.0.role(&req)?;
+        if !wire::allowed(role, "history") {
+            return Err(status(&Error::Forbidden("history")));
+        }
+        let m = req.into_inner();
+        let account = AccountId::new(&m.account).map_err(|r| status(&Error::Refused(r)))?;
+        let records = self.0.node.history(&account, m.after_seq, m.limit).map_err(|e| status(&e))?;
+        Ok(Response::new(pb::HistoryReply { records: records.iter().map(wire::history_record).collect() }))
+    }
+}

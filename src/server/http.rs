@@ -1,0 +1,211 @@
+//! The HTTP ops side (axum, HTTP/1): `/health` and `/metrics` for machines,
+//! and a small JSON admin API for people with curl:
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/health` | 200 `{"status":"ok",…}`, or 503 `{"status":"storage_failed","reason":…}` (reads still served) |
+//! | GET | `/metrics` | Prometheus text |
+//! | POST | `/admin/v1/requests` | a ledger request as JSON, or an array of them (≤ `max_batch`); one result each |
+//! | GET | `/admin/v1/accounts/{id}` | the balance view |
+//! | GET | `/admin/v1/accounts/{id}/history?after_seq=&limit=` | a page of the ledger |
+//! | GET | `/admin/v1/webhooks` | delivery figures and dead letters |
+//!
+//! The admin API needs an `admin` token (`Authorization: Bearer …`). Errors
+//! are `{"code": …, "message": …}` with the stable codes of docs/errors.md.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Api;
+use crate::config::Role;
+use crate::error::Error;
+use crate::ledger::{AccountId, Request};
+
+pub fn router(api: Arc<Api>) -> Router {
+    let limit = api.cfg.server.max_message_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/admin/v1/requests", post(requests))
+        .route("/admin/v1/accounts/{id}", get(account))
+        .route("/admin/v1/accounts/{id}/history", get(history))
+        .route("/admin/v1/webhooks", get(webhooks))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(api)
+}
+
+fn http_status(e: &Error) -> StatusCode {
+    match e {
+        Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        Error::ShuttingDown | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Error::Refused(crate::ledger::Reason::UnknownAccount) => StatusCode::NOT_FOUND,
+        Error::Refused(_) | Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn error_json(e: &Error) -> Value {
+    json!({ "code": e.code(), "message": e.to_string() })
+}
+
+fn refuse(e: Error) -> Response {
+    (http_status(&e), axum::Json(error_json(&e))).into_response()
+}
+
+fn admin(api: &Api, headers: &HeaderMap) -> Result<(), Error> {
+    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match api.auth.role(header)? {
+        Role::Admin => Ok(()),
+        Role::Authorize => Err(Error::Forbidden("use the admin API")),
+    }
+}
+
+async fn health(State(api): State<Arc<Api>>) -> Response {
+    let resident = api.node.resident_accounts();
+    match api.node.storage_failure() {
+        None => axum::Json(json!({ "status": "ok", "resident_accounts": resident })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "storage_failed", "reason": reason, "writes": "refused", "reads": "served" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    let text = api.metrics.render(&api.gauges());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let e = Error::InvalidRequest(format!("the body cannot be read ({e}); at most server.max_message_bytes"));
+            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(error_json(&e))).into_response();
+        }
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return refuse(Error::InvalidRequest(format!("the body is not JSON: {e}"))),
+    };
+    let (single, items) = match value {
+        Value::Array(items) => (false, items),
+        other => (true, vec![other]),
+    };
+    let max = api.cfg.node.max_batch;
+    if items.len() > max {
+        return refuse(Error::BatchTooLarge { max });
+    }
+    let mut reqs = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match serde_json::from_value::<Request>(item) {
+            Ok(r) => reqs.push(r),
+            Err(e) => return refuse(Error::InvalidRequest(format!("request {i}: {e}"))),
+        }
+    }
+    let start = Instant::now();
+    let names: Vec<&'static str> = reqs.iter().map(|r| r.command.name()).collect();
+    let results = match api.node.execute_batch(reqs).await {
+        Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    let codes: Vec<_> =
+        names.iter().zip(&results).map(|(n, r)| (*n, r.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code()))).collect();
+    api.metrics.record(&codes, start.elapsed());
+    let out: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(reply) => json!({ "ok": reply }),
+            Err(e) => json!({ "error": error_json(&e) }),
+        })
+        .collect();
+    let body = if single { out.into_iter().next().unwrap_or(Value::Null) } else { Value::Array(out) };
+    axum::Json(body).into_response()
+}
+
+fn account_id(id: &str) -> Result<AccountId, Error> {
+    Ok(AccountId::new(id)?)
+}
+
+async fn account(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let id = match account_id(&id) {
+        Ok(id) => id,
+        Err(e) => return refuse(e),
+    };
+    match api.node.balance(&id).await {
+        Ok(view) => axum::Json(json!(view)).into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let id = match account_id(&id) {
+        Ok(id) => id,
+        Err(e) => return refuse(e),
+    };
+    let Ok(Query(page)) = page else {
+        return refuse(Error::InvalidRequest("after_seq and limit are whole numbers".into()));
+    };
+    match api.node.history(&id, page.after_seq.unwrap_or(0), page.limit.unwrap_or(100)) {
+        Ok(records) => {
+            let out: Vec<Value> = records
+                .iter()
+                .map(|r| {
+                    let (kind, fields) = crate::wire::event_json(r);
+                    json!({ "seq": r.seq, "at_ms": r.at_ms, "balance_after": r.balance_after, "kind": kind, "event": fields })
+                })
+                .collect();
+            axum::Json(Value::Array(out)).into_response()
+        }
+        Err(e) => refuse(e),
+    }
+}
+
+async fn webhooks(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    match &api.webhooks {
+        None => axum::Json(json!({ "enabled": false })).into_response(),
+        Some(w) => axum::Json(json!({
+            "enabled": true,
+            "figures": w.figures(),
+            "dead_letters": w.dead_letters(),
+        }))
+        .into_response(),
+    }
+}

@@ -1,0 +1,189 @@
+//! Request counters and latency histograms for `/metrics`, rendered as
+//! Prometheus text with the node's own figures (resident actors, group
+//! sizes, recharge outcomes) and the webhook backlog.
+//!
+//! Updated once per batch under one short lock: a batch's requests share
+//! its latency.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::stats::{GROUP_BUCKETS, StatsSnapshot};
+
+/// Upper bounds of the latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    count: u64,
+    sum_seconds: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(&'static str, &'static str), u64>,
+    latency: BTreeMap<&'static str, Histogram>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// Figures read from elsewhere when `/metrics` is rendered.
+pub struct Gauges {
+    pub resident_accounts: usize,
+    pub storage_failed: bool,
+    pub node: StatsSnapshot,
+    pub webhook_backlog: u64,
+    pub webhook_delivered: u64,
+    pub webhook_failed_attempts: u64,
+    pub webhook_dead_letters: u64,
+}
+
+impl Metrics {
+    /// One batch: `(op, code)` per request (`code` is "ok" when accepted),
+    /// and the batch's latency.
+    pub fn record(&self, results: &[(&'static str, &'static str)], elapsed: Duration) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(LATENCY_BUCKETS.len());
+        for &(op, code) in results {
+            *inner.requests.entry((op, code)).or_default() += 1;
+            let h = inner.latency.entry(op).or_default();
+            h.buckets[bucket] += 1;
+            h.count += 1;
+            h.sum_seconds += seconds;
+        }
+    }
+
+    /// How many requests of `op` ended with `code` so far.
+    pub fn count(&self, op: &str, code: &str) -> u64 {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.requests.iter().filter(|((o, c), _)| *o == op && *c == code).map(|(_, n)| n).sum()
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(4096);
+        let _ =
+            writeln!(out, "# HELP prepaid_requests_total Requests by operation and result code (\"ok\": accepted).");
+        let _ = writeln!(out, "# TYPE prepaid_requests_total counter");
+        for ((op, code), n) in &inner.requests {
+            let _ = writeln!(out, "prepaid_requests_total{{op=\"{op}\",code=\"{code}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP prepaid_request_seconds Time from a call's arrival to its reply, by operation.");
+        let _ = writeln!(out, "# TYPE prepaid_request_seconds histogram");
+        for (op, h) in &inner.latency {
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i];
+                let _ = writeln!(out, "prepaid_request_seconds_bucket{{op=\"{op}\",le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "prepaid_request_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "prepaid_request_seconds_sum{{op=\"{op}\"}} {}", h.sum_seconds);
+            let _ = writeln!(out, "prepaid_request_seconds_count{{op=\"{op}\"}} {}", h.count);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP prepaid_group_accounts Accounts written per journal group (one WriteBatch, one sync)."
+        );
+        let _ = writeln!(out, "# TYPE prepaid_group_accounts histogram");
+        for (i, bound) in GROUP_BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "prepaid_group_accounts_bucket{{le=\"{bound}\"}} {}", g.node.group_buckets[i]);
+        }
+        let _ = writeln!(out, "prepaid_group_accounts_bucket{{le=\"+Inf\"}} {}", g.node.groups);
+        let _ = writeln!(out, "prepaid_group_accounts_sum {}", g.node.group_accounts);
+        let _ = writeln!(out, "prepaid_group_accounts_count {}", g.node.groups);
+        let gauges: [(&str, &str, &str, u64); 9] = [
+            ("prepaid_resident_accounts", "gauge", "Account actors in memory.", g.resident_accounts as u64),
+            (
+                "prepaid_storage_failed",
+                "gauge",
+                "1 once a write or sync failed (writes refused).",
+                g.storage_failed as u64,
+            ),
+            (
+                "prepaid_recharge_charged_total",
+                "counter",
+                "Recharge attempts the gateway charged.",
+                g.node.recharge_charged,
+            ),
+            (
+                "prepaid_recharge_declined_total",
+                "counter",
+                "Recharge attempts the gateway declined.",
+                g.node.recharge_declined,
+            ),
+            (
+                "prepaid_recharge_unknown_total",
+                "counter",
+                "Gateway calls with no answer (asked again, same key).",
+                g.node.recharge_unknown,
+            ),
+            (
+                "prepaid_webhook_backlog",
+                "gauge",
+                "Events durable but not yet delivered to every receiver.",
+                g.webhook_backlog,
+            ),
+            (
+                "prepaid_webhook_delivered_total",
+                "counter",
+                "Webhook deliveries a receiver accepted.",
+                g.webhook_delivered,
+            ),
+            (
+                "prepaid_webhook_failed_attempts_total",
+                "counter",
+                "Webhook tries that failed (retried).",
+                g.webhook_failed_attempts,
+            ),
+            (
+                "prepaid_webhook_dead_letters_total",
+                "counter",
+                "Webhook events given up on after max_attempts.",
+                g.webhook_dead_letters,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.record(&[("debit", "ok"), ("debit", "insufficient_funds")], Duration::from_micros(300));
+        m.record(&[("debit", "ok")], Duration::from_secs(3));
+        let text = m.render(&Gauges {
+            resident_accounts: 7,
+            storage_failed: false,
+            node: StatsSnapshot { group_buckets: vec![0; GROUP_BUCKETS.len() + 1], ..Default::default() },
+            webhook_backlog: 2,
+            webhook_delivered: 0,
+            webhook_failed_attempts: 0,
+            webhook_dead_letters: 0,
+        });
+        assert!(text.contains("prepaid_requests_total{op=\"debit\",code=\"ok\"} 2"), "{text}");
+        assert!(text.contains("prepaid_requests_total{op=\"debit\",code=\"insufficient_funds\"} 1"));
+        assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"0.0005\"} 2"));
+        assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"1\"} 2"));
+        assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"+Inf\"} 3"));
+        assert!(text.contains("prepaid_resident_accounts 7"));
+        assert!(text.contains("prepaid_webhook_backlog 2"));
+        assert_eq!(m.count("debit", "ok"), 2);
+    }
+}

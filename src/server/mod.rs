@@ -1,0 +1,278 @@
+//! The served node (`prepaid serve`): a `Node` behind two listeners — the
+//! gRPC API (`grpc.rs`, contract in `proto/prepaid.proto`) and the HTTP ops
+//! side (`http.rs`: `/health`, `/metrics`, the JSON admin API) — with API
+//! tokens (`auth.rs`), metrics (`metrics.rs`) and webhooks (`webhooks.rs`).
+//!
+//! Both listeners bound their open connections (`server.max_connections`):
+//! a connection past the bound is closed as soon as it is accepted, so
+//! thousands of idle clients cost file descriptors only up to the bound.
+//! Shutdown (SIGTERM, SIGINT, or the future given to `run`): stop accepting,
+//! let calls in flight finish, stop the node (drain actors, sync, flush),
+//! then return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::config::NodeConfig;
+use crate::node::Node;
+
+pub mod auth;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod webhooks;
+
+/// What both listeners share.
+pub struct Api {
+    pub node: Arc<Node>,
+    pub cfg: NodeConfig,
+    pub auth: auth::Auth,
+    pub metrics: metrics::Metrics,
+    pub webhooks: Option<Arc<webhooks::Webhooks>>,
+    /// Turns true when the server starts stopping: open `Authorize` streams
+    /// stop reading, answer what they hold, and end.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl Api {
+    pub fn gauges(&self) -> metrics::Gauges {
+        let w = self.webhooks.as_ref().map(|w| w.figures()).unwrap_or_default();
+        metrics::Gauges {
+            resident_accounts: self.node.resident_accounts(),
+            storage_failed: self.node.storage_failure().is_some(),
+            node: self.node.stats(),
+            webhook_backlog: w.backlog,
+            webhook_delivered: w.delivered,
+            webhook_failed_attempts: w.failed_attempts,
+            webhook_dead_letters: w.dead_letters,
+        }
+    }
+}
+
+/// A TCP connection that holds one of its listener's connection permits.
+pub struct Conn {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// A listener that keeps at most `max` connections open.
+pub struct Limited {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl Limited {
+    pub fn new(listener: TcpListener, max: usize) -> Limited {
+        Limited { listener, permits: Arc::new(Semaphore::new(max)) }
+    }
+
+    /// The next connection within the bound; those past it are closed.
+    pub async fn next(&mut self) -> (Conn, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => match Arc::clone(&self.permits).try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        return (Conn { stream, _permit: permit }, addr);
+                    }
+                    Err(_) => drop(stream),
+                },
+                // Out of descriptors or a connection reset before accept:
+                // wait a little rather than spin.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for Limited {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        self.next().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
+    #[error("the gRPC server failed: {0}")]
+    Grpc(String),
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Where a running server listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Serves `node` until `shutdown` completes, then stops the node cleanly.
+/// `on_bound` hears the addresses once both listeners are open (port 0 in
+/// the configuration picks a free port).
+pub async fn run(
+    cfg: NodeConfig,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
+    let bind =
+        |addr: String| async move { TcpListener::bind(&addr).await.map_err(|error| ServeError::Bind { addr, error }) };
+    let grpc_listener = bind(cfg.server.grpc_addr.clone()).await?;
+    let http_listener = bind(cfg.server.http_addr.clone()).await?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr().map_err(|e| ServeError::Start(e.to_string()))?,
+        http: http_listener.local_addr().map_err(|e| ServeError::Start(e.to_string()))?,
+    };
+    let node = Arc::new(node);
+    let webhooks = webhooks::Webhooks::start(&cfg, &node).map_err(|e| ServeError::Start(e.to_string()))?;
+    // One signal for both listeners and every stream.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api = Arc::new(Api {
+        node: Arc::clone(&node),
+        auth: auth::Auth::new(&cfg.server.tokens),
+        metrics: metrics::Metrics::default(),
+        webhooks: webhooks.clone(),
+        cfg: cfg.clone(),
+        stopping: stop_rx.clone(),
+    });
+
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        // `wait_for` would hold a guard across the await; `changed` does not.
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+
+    // gRPC: accepted connections flow through a channel from the bounded
+    // listener.
+    let mut grpc_limited = Limited::new(grpc_listener, cfg.server.max_connections);
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
+    let accept_stop = stopped(stop_rx.clone());
+    let acceptor = tokio::spawn(async move {
+        tokio::pin!(accept_stop);
+        loop {
+            tokio::select! {
+                (conn, _) = grpc_limited.next() => {
+                    if conn_tx.send(Ok(conn)).await.is_err() {
+                        break;
+                    }
+                }
+                _ = &mut accept_stop => break,
+            }
+        }
+    });
+    let max = cfg.server.max_message_bytes;
+    let service = crate::wire::pb::ledger_server::LedgerServer::new(grpc::LedgerService(Arc::clone(&api)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max.max(64 * 1024 * 1024));
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
+
+    let app = http::router(Arc::clone(&api));
+    let http_server = axum::serve(Limited::new(http_listener, cfg.server.max_connections), app)
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    on_bound(bound);
+    // Calls in flight get `shutdown_grace_ms` to finish once stopping starts;
+    // then connections still open (a client that never reads) are dropped.
+    let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
+    let mut servers = Box::pin(async { tokio::join!(grpc, http_server.into_future()) });
+    let deadline = stopped(stop_rx.clone());
+    let results = tokio::select! {
+        results = &mut servers => Some(results),
+        _ = async { deadline.await; tokio::time::sleep(grace).await } => None,
+    };
+    drop(servers);
+    acceptor.abort();
+    if let Some(w) = &webhooks {
+        w.stop().await;
+    }
+    drop(api);
+    drop(webhooks);
+    // Every call is answered and every task let go of the node: stop it.
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.shutdown().await,
+        Err(node) => {
+            // A task still holds it (a stream's batch finishing): wait briefly.
+            let mut node = node;
+            for _ in 0..400 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                match Arc::try_unwrap(node) {
+                    Ok(n) => {
+                        n.shutdown().await;
+                        break;
+                    }
+                    Err(n) => node = n,
+                }
+            }
+        }
+    }
+    if let Some((grpc_result, http_result)) = results {
+        grpc_result.map_err(|e| ServeError::Grpc(e.to_string()))?;
+        http_result.map_err(|e| ServeError::Start(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

@@ -1,0 +1,129 @@
+//! `prepaid serve` as a process: the CLI against it, `bench --addr`, and a
+//! clean stop on SIGTERM (exit 0, data on disk, found again on restart).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const ADMIN: &str = "admin-token-0123456789";
+
+struct Server {
+    child: Child,
+    grpc: String,
+    http: String,
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .arg("serve")
+        .env("PREPAID_DATA_DIR", dir)
+        .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")
+        .env("PREPAID_HTTP_ADDR", "127.0.0.1:0")
+        .env("PREPAID_TOKENS", format!("ops:admin:{ADMIN}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    // "prepaid: serving gRPC on A and HTTP on B"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert!(line.starts_with("prepaid: serving gRPC on"), "{line}");
+    let server = Server { child, grpc: words[4].to_string(), http: words[8].to_string() };
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    server
+}
+
+fn cli(server: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .arg("account")
+        .args(args)
+        .args(["--addr", &server.grpc, "--token", ADMIN])
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn sigterm(mut server: Server) -> i32 {
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    server.child.wait().unwrap().code().unwrap_or(-1)
+}
+
+#[test]
+fn cli_against_a_served_node_then_sigterm_stops_it_cleanly() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = start(&dir);
+    let (code, out, err) = cli(&server, &["open", "--account", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("status       inactive"), "{out}");
+    let (code, out, err) = cli(&server, &["purchase", "--account", "acme", "--amount", "25", "--key", "p1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("balance      25.00"), "{out}");
+    let (code, out, err) = cli(&server, &["debit", "--account", "acme", "--amount", "0.25", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"]["balance"], "24.75");
+    assert_eq!(v["ok"]["detail"]["debited"]["amount"], "0.25");
+    let (code, out, _) = cli(&server, &["debit", "--account", "acme", "--amount", "100", "--key", "big", "--json"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("\"code\":\"insufficient_funds\""), "{out}");
+    let (code, out, err) = cli(&server, &["show", "--account", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("purchased 24.75"), "{out}");
+    let (code, out, err) = cli(&server, &["history", "--account", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("debited"), "{out}");
+    let (code, _, err) = cli(&server, &["mint", "--account", "acme"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown account operation"), "{err}");
+    // Without a token the node refuses.
+    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["account", "show", "--account", "acme", "--addr", &server.grpc])
+        .env_remove("PREPAID_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"));
+    // The load generator against it, with conservation checked at the end.
+    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["bench", "--addr", &server.grpc, "--token", ADMIN, "--accounts", "20", "--debits", "3000"])
+        .args(["--conns", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!((v["debits"].as_u64(), v["refused"].as_u64()), (Some(3000), Some(0)));
+    assert_eq!(v["conservation"], "ok");
+    let _ = &server.http;
+    // SIGTERM: stops accepting, drains, flushes, exits 0.
+    assert_eq!(sigterm(server), 0);
+    // Everything acknowledged is there after a restart.
+    let server = start(&dir);
+    let (code, out, err) = cli(&server, &["show", "--account", "acme", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"]["detail"]["balance_view"]["balance"], "24.75");
+    assert_eq!(sigterm(server), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn python_client_generated_from_the_proto_works() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-py-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = start(&dir);
+    let script = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("examples/python/client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["--addr", &server.grpc, "--token", ADMIN])
+        .output()
+        .expect("python3 runs (grpcio and grpcio-tools are installed by .ci/setup)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("balance 9.00 (free 0.00, purchased 9.00)"), "{stdout}");
+    assert!(stdout.contains("refused as expected: insufficient_funds"), "{stdout}");
+    assert_eq!(sigterm(server), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

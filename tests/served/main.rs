@@ -1,0 +1,199 @@
+//! The served node: the gRPC API and the HTTP ops side, in-process on
+//! loopback ports. Bad input of every kind gets its stable code and the
+//! server keeps serving; auth, roles, streams, metrics, webhooks.
+
+mod bad_input;
+mod harness;
+mod webhooks;
+
+use harness::*;
+use prepaid::wire::pb;
+use prepaid::wire::pb::request::Op;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_over_grpc_and_the_client() {
+    let s = Served::start(|_| {}).await;
+    let c = s.admin().await;
+    c.open_account("acme").await.unwrap();
+    let bought = c.purchase("acme", "p1", "50").await.unwrap();
+    assert_eq!(bought.balance, "50.00");
+    let debited = c.debit("acme", "d1", "0.000001").await.unwrap();
+    assert_eq!(debited.balance, "49.999999");
+    // The same key again: the first result, nothing applied twice.
+    let again = c.debit("acme", "d1", "0.000001").await.unwrap();
+    assert_eq!(again, debited);
+    // A hold, captured above its amount: the excess is charged.
+    let held = c
+        .call(Op::Hold(pb::Hold {
+            account: "acme".into(),
+            idempotency_key: "h1".into(),
+            amount: "10".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let Some(pb::accepted::Detail::HoldPlaced(h)) = held.detail else { panic!("{held:?}") };
+    assert_eq!(held.available, "39.999999");
+    let captured = c
+        .call(Op::Capture(pb::Capture {
+            account: "acme".into(),
+            idempotency_key: "c1".into(),
+            hold_id: h.hold_id,
+            amount: "12".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(captured.balance, "37.999999");
+    let view = c.balance("acme").await.unwrap();
+    assert_eq!(
+        (view.purchased.as_str(), view.free.as_str(), view.status),
+        ("37.999999", "0.00", pb::Status::Active as i32)
+    );
+    let records = c.history("acme", 0, 100).await.unwrap();
+    assert!(records.iter().any(|r| r.kind == "debited"), "{records:?}");
+    assert_eq!(records.last().unwrap().balance_after, "37.999999");
+    // Per-operation unary RPCs carry batches.
+    let mut raw = pb::ledger_client::LedgerClient::connect(format!("http://{}", s.grpc)).await.unwrap();
+    let debits = (0..3)
+        .map(|i| pb::Debit {
+            account: "acme".into(),
+            idempotency_key: format!("u{i}"),
+            amount: "1".into(),
+            ..Default::default()
+        })
+        .collect();
+    let replies = raw.debit(authed(pb::DebitBatch { requests: debits }, ADMIN)).await.unwrap().into_inner().replies;
+    assert_eq!(replies.len(), 3);
+    assert_eq!(accepted(&replies[2]).balance, "34.999999");
+    assert_eq!(s.metric("prepaid_requests_total{op=\"debit\",code=\"ok\"}").await, 5);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_client_calls_share_the_stream_and_conserve() {
+    let s = Served::start(|_| {}).await;
+    let c = s.admin().await;
+    for i in 0..10 {
+        let a = format!("acct{i}");
+        c.open_account(&a).await.unwrap();
+        c.purchase(&a, &format!("fund{i}"), "100").await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for t in 0..20 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50 {
+                let a = format!("acct{}", (t + n) % 10);
+                c.debit(&a, &format!("t{t}n{n}"), "0.5").await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut total = prepaid::Amount::ZERO;
+    for i in 0..10 {
+        total += prepaid::Amount::parse(&c.balance(&format!("acct{i}")).await.unwrap().balance).unwrap();
+    }
+    // 1,000 debits of 0.5 from 1,000 funded.
+    assert_eq!(total.to_string(), "500.00");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_limit_what_a_token_may_do() {
+    let s = Served::start(|_| {}).await;
+    s.admin().await.open_account("shop").await.unwrap();
+    s.admin().await.purchase("shop", "p", "20").await.unwrap();
+    let authz = prepaid::Client::connect(&s.grpc.to_string(), AUTHZ).await.unwrap();
+    assert_eq!(authz.debit("shop", "d", "1").await.unwrap().balance, "19.00");
+    assert_eq!(authz.check_access("shop").await.unwrap().status, pb::Status::Active as i32);
+    let e = authz.purchase("shop", "p2", "20").await.unwrap_err();
+    assert_eq!(e.code(), "forbidden");
+    let e = authz.open_account("other").await.unwrap_err();
+    assert_eq!(e.code(), "forbidden");
+    // Nothing half-applied: a batch with one forbidden request applies none.
+    let batch = vec![
+        pb::Request { id: 1, op: Some(debit_op("shop", "d2", "1")) },
+        pb::Request {
+            id: 2,
+            op: Some(Op::Grant(pb::Grant {
+                account: "shop".into(),
+                idempotency_key: "g".into(),
+                amount: "5".into(),
+                ..Default::default()
+            })),
+        },
+    ];
+    assert_eq!(authz.execute(batch).await.unwrap_err().code(), "forbidden");
+    assert_eq!(s.admin().await.balance("shop").await.unwrap().balance, "19.00");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_report_the_node() {
+    let s = Served::start(|_| {}).await;
+    let c = s.admin().await;
+    c.open_account("m").await.unwrap();
+    c.purchase("m", "p", "5").await.unwrap();
+    let _ = c.debit("m", "d", "50").await.unwrap_err();
+    let (status, body) = http_get(s.http, "/health", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    let (status, text) = http_get(s.http, "/metrics", None).await;
+    assert_eq!(status, 200);
+    for needle in [
+        "prepaid_requests_total{op=\"debit\",code=\"insufficient_funds\"} 1",
+        "prepaid_requests_total{op=\"purchase\",code=\"ok\"} 1",
+        "prepaid_request_seconds_bucket{op=\"debit\",le=\"+Inf\"} 1",
+        "prepaid_group_accounts_count",
+        "prepaid_resident_accounts 1",
+        "prepaid_recharge_charged_total 0",
+        "prepaid_webhook_backlog 0",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_json_api_runs_requests_and_reads_accounts() {
+    let s = Served::start(|_| {}).await;
+    let body = r#"[
+        {"account":"j1","key":null,"command":{"open":{"mode":"prepaid","currency":"USD","past_due_suspends":null,"credit_limit":null}}},
+        {"account":"j1","key":"p1","command":{"purchase":{"amount":"30.5","reference":"order 7"}}},
+        {"account":"j1","key":"d1","command":{"debit":{"amount":"40","mode":"strict","service":"api_request","reference":null}}}
+    ]"#;
+    let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), body).await;
+    assert_eq!(status, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[1]["ok"]["balance"], "30.50");
+    assert_eq!(v[2]["error"]["code"], "insufficient_funds");
+    let (status, out) = http_get(s.http, "/admin/v1/accounts/j1", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["purchased"], "30.50");
+    let (status, out) = http_get(s.http, "/admin/v1/accounts/j1/history?after_seq=0&limit=10", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.as_array().unwrap().iter().any(|r| r["kind"] == "credited"), "{out}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_is_an_unknown_outcome_and_the_same_key_is_safe_to_resend() {
+    let s = Served::start(|_| {}).await;
+    let c = s.admin().await;
+    c.open_account("slow").await.unwrap();
+    c.purchase("slow", "p", "10").await.unwrap();
+    // A deadline no call can meet.
+    let hurried = c.clone().with_deadline(std::time::Duration::from_nanos(1));
+    let e = hurried.debit("slow", "k1", "1").await.unwrap_err();
+    assert_eq!(e.code(), "outcome_unknown", "{e}");
+    assert!(e.to_string().contains("retry with the same idempotency key"));
+    // Resending with the same key applies it at most once.
+    c.debit("slow", "k1", "1").await.unwrap();
+    c.debit("slow", "k1", "1").await.unwrap();
+    assert_eq!(c.balance("slow").await.unwrap().balance, "9.00");
+    s.stop().await;
+}
