@@ -28,7 +28,7 @@ use crate::ledger::hash::stable_hash;
 use crate::ledger::{AccountId, Command, EventRecord, Reply, Request};
 use crate::recharge;
 use crate::stats::NodeStats;
-use crate::store::{RocksStore, Store};
+use crate::store::Store;
 
 /// How long shutdown waits (in 5 ms steps) for stopped actors to let go.
 const SHUTDOWN_WAIT_STEPS: u32 = 2_000;
@@ -79,6 +79,7 @@ pub struct Node {
 }
 
 impl Node {
+    #[cfg(feature = "rocksdb")]
     /// Starts a node on RocksDB in `config.node.data_dir` (a new temporary
     /// directory if empty), with the system clock and the given gateway.
     pub async fn start(config: NodeConfig, gateway: Arc<dyn PaymentGateway>) -> Result<Node, StartError> {
@@ -95,7 +96,7 @@ impl Node {
             (config.node.data_dir.clone(), None)
         };
         std::fs::create_dir_all(&dir)?;
-        let store: Arc<dyn Store> = Arc::new(RocksStore::open(&dir)?);
+        let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open(&dir)?);
         let mut node = Node::start_with(config, store, Arc::new(SystemClock), gateway).await?;
         node.temp_dir = temp_dir;
         Ok(node)

@@ -14,9 +14,11 @@
 use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
 
 mod memory;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
 
 /// Everything one group writes for one account.
