@@ -393,6 +393,9 @@ impl Store for FailingStore {
     fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), prepaid::store::StoreError> {
         self.inner.set_webhook_cursor(id, seq)
     }
+    fn webhook_cursor(&self, id: &AccountId) -> Result<u64, prepaid::store::StoreError> {
+        self.inner.webhook_cursor(id)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

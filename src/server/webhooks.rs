@@ -229,6 +229,11 @@ impl Webhooks {
 
     /// Delivers the account's events after `cursor`, in order; the new cursor.
     async fn deliver_account(&self, id: &AccountId, mut cursor: u64) -> u64 {
+        // A slot made afresh by a live event starts at 0; what was already
+        // delivered is in the store.
+        if let Ok(delivered) = self.store.webhook_cursor(id) {
+            cursor = cursor.max(delivered);
+        }
         loop {
             let records = match self.store.history(id, cursor, READ_STEP) {
                 Ok(r) => r,

@@ -117,4 +117,8 @@ impl Store for MemoryStore {
         entry.1 = entry.1.max(seq);
         Ok(())
     }
+
+    fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError> {
+        Ok(self.maps().webhooks.get(id).map_or(0, |(_, delivered)| *delivered))
+    }
 }

@@ -107,4 +107,7 @@ pub trait Store: Send + Sync + 'static {
     /// `seq`. Not synced: after a crash, delivery resumes from an earlier
     /// point (at least once).
     fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError>;
+
+    /// The last sequence delivered to webhooks for the account (0: none).
+    fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError>;
 }

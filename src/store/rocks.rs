@@ -271,4 +271,11 @@ impl Store for RocksStore {
     fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError> {
         self.db.put_cf(self.cf(CF_WEBHOOKS)?, webhook_key(b'c', id), seq.to_be_bytes()).map_err(io)
     }
+
+    fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError> {
+        match self.db.get_cf(self.cf(CF_WEBHOOKS)?, webhook_key(b'c', id)).map_err(io)? {
+            Some(v) => be_u64(&v),
+            None => Ok(0),
+        }
+    }
 }

@@ -235,3 +235,29 @@ async fn undelivered_events_are_delivered_after_a_restart() {
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_that_goes_quiet_and_comes_back_is_not_delivered_twice() {
+    let receiver = Receiver::start(0).await;
+    let url = receiver.url();
+    let s = Served::start(move |c| {
+        c.webhooks.urls = vec![url];
+        c.webhooks.secret = SECRET.into();
+    })
+    .await;
+    let c = s.admin().await;
+    c.open_account("q").await.unwrap();
+    c.purchase("q", "p", "10").await.unwrap();
+    let mut expected = receiver.wait_for(3).await.len();
+    // Each burst is delivered completely (the dispatcher forgets the idle
+    // account) before the next one wakes it up again.
+    for i in 0..10 {
+        c.debit("q", &format!("d{i}"), "0.5").await.unwrap();
+        expected += 1;
+        assert_eq!(receiver.wait_for(expected).await.len(), expected, "burst {i}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seqs = seqs_of(&receiver.accepted(), "q");
+    assert_eq!(seqs, (1..=expected as u64).collect::<Vec<_>>());
+    s.stop().await;
+}
