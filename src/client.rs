@@ -62,6 +62,11 @@ fn from_status(s: tonic::Status) -> ClientError {
     }
 }
 
+/// Most calls gathered into one stream message. A node whose
+/// `node.max_batch` is below this refuses full batches (`batch_too_large`);
+/// the default there is 10,000.
+pub const STREAM_BATCH: usize = 1_000;
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<pb::Reply, ClientError>>>>>;
 
 struct Call {
@@ -97,7 +102,7 @@ impl Client {
             .map_err(|_| ClientError::Unavailable("the token is not printable ASCII".into()))?;
         let unary = LedgerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let (calls, rx) = mpsc::channel(65_536);
-        tokio::spawn(pump(unary.clone(), token.clone(), rx, 10_000));
+        tokio::spawn(pump(unary.clone(), token.clone(), rx, STREAM_BATCH));
         Ok(Client { unary, token, calls, deadline: Duration::from_secs(10) })
     }
 
