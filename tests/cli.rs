@@ -46,6 +46,8 @@ fn bad_arguments_are_refused_with_a_sentence() {
         (vec!["serve", "--port", "1"], "unknown flag"),
         (vec!["bench", "--addr"], "--addr needs HOST:PORT"),
         (vec!["bench"], "needs --embedded or --addr"),
+        (vec!["bench", "--addr", "127.0.0.1:1", "--rate", "lots"], "takes a whole number"),
+        (vec!["bench", "--addr", "127.0.0.1:1", "--rate", "100000001"], "--rate is 0 to 100000000"),
         (vec!["account"], "account needs an operation"),
         (vec!["account", "show"], "--account is required"),
         (vec!["account", "debit", "--account", "a"], "debit needs --amount"),

@@ -305,6 +305,8 @@ pub struct RemoteArgs {
     pub hot: u64,
     pub conns: u64,
     pub batch: u64,
+    /// Debits per second to offer (0: as fast as the node answers).
+    pub rate: u64,
     pub json: bool,
 }
 
@@ -370,7 +372,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
     for (c, client) in clients.iter().enumerate() {
         for k in 0..callers_per_conn {
             let (client, next, ids) = (client.clone(), Arc::clone(&next), Arc::clone(&ids));
-            let (debits, batch, hot) = (args.debits, args.batch, args.hot);
+            let (debits, batch, hot, rate) = (args.debits, args.batch, args.hot, args.rate);
             tasks.push(tokio::spawn(async move {
                 let mut latencies: Vec<u32> = Vec::new();
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64) << 20 | k);
@@ -380,6 +382,11 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                     let first = next.fetch_add(batch, Ordering::Relaxed);
                     if first >= debits {
                         break;
+                    }
+                    if rate > 0 {
+                        // Open loop: debit n is due n/rate seconds after the start.
+                        let due = started + Duration::from_secs_f64(first as f64 / rate as f64);
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
                     }
                     let ops: Vec<(u64, pb::request::Op)> = (first..(first + batch).min(debits))
                         .map(|n| {

@@ -34,7 +34,7 @@ commands:
                                      operate on an account of a served node
                                      (`prepaid account help` lists operations)
   bench --addr HOST:PORT --token T [--accounts N] [--debits N] [--hot N]
-        [--conns N] [--batch N] [--json]
+        [--conns N] [--batch N] [--rate PER_S] [--json]
                                      the same workload against a served node
   crash-child --data-dir DIR --seed N [--settle]
                                      load for the crash test, until killed
@@ -77,6 +77,7 @@ fn main() -> ExitCode {
                 hot: f.number("--hot", 0, 0, MAX_ACCOUNTS)?,
                 conns: f.number("--conns", 64, 1, MAX_CALLERS)?,
                 batch: f.number("--batch", 1, 1, MAX_BATCH)?,
+                rate: f.number("--rate", 0, 0, 100_000_000)?,
                 json: f.flag("--json"),
             };
             f.done()?;
