@@ -238,21 +238,27 @@ pub async fn run(
     }
     drop(api);
     drop(webhooks);
-    // Every call is answered and every task let go of the node: stop it.
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await,
-        Err(node) => {
-            // A task still holds it (a stream's batch finishing): wait briefly.
-            let mut node = node;
-            for _ in 0..400 {
+    // Every call is answered and every task let go of the node: stop it. A
+    // stream's last batch may still hold it briefly; wait up to the grace.
+    let mut node = node;
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match Arc::try_unwrap(node) {
+            Ok(n) => {
+                n.shutdown().await;
+                break;
+            }
+            Err(n) if waited < grace => {
+                node = n;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                match Arc::try_unwrap(node) {
-                    Ok(n) => {
-                        n.shutdown().await;
-                        break;
-                    }
-                    Err(n) => node = n,
-                }
+                waited += std::time::Duration::from_millis(5);
+            }
+            Err(_) => {
+                // Acknowledged writes are durable already (sync mode, and
+                // money in always); what async mode held unsynced is lost
+                // as in a crash.
+                eprintln!("prepaid: the node is still in use after the grace period; stopping without its final sync");
+                break;
             }
         }
     }
