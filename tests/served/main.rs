@@ -186,18 +186,22 @@ async fn a_deadline_is_an_unknown_outcome_and_the_same_key_is_safe_to_resend() {
     let c = s.admin().await;
     c.open_account("slow").await.unwrap();
     c.purchase("slow", "p", "10").await.unwrap();
-    // The account is busy with 5,000 requests queued ahead; a 1 ms deadline
-    // passes before the debit's turn comes.
-    let busy = {
-        let c = c.clone();
-        let checks = (0..5_000)
-            .map(|i| pb::Request { id: i, op: Some(Op::CheckAccess(pb::CheckAccess { account: "slow".into() })) });
-        tokio::spawn(async move { c.execute(checks.collect()).await.unwrap().len() })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let hurried = c.clone().with_deadline(std::time::Duration::from_millis(1));
+    // A node that accepts the connection and never answers: the deadline
+    // passes with the request sent, so its outcome is unknown.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let hurried = prepaid::Client::connect(&silent_addr.to_string(), ADMIN)
+        .await
+        .unwrap()
+        .with_deadline(std::time::Duration::from_millis(200));
     let e = hurried.debit("slow", "k1", "1").await.unwrap_err();
-    assert_eq!(busy.await.unwrap(), 5_000);
+    holder.abort();
     assert_eq!(e.code(), "outcome_unknown", "{e}");
     assert!(e.to_string().contains("retry with the same idempotency key"));
     // Resending with the same key applies it at most once.
