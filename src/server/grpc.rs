@@ -49,14 +49,14 @@ impl Api {
     }
 
     /// One batch, start to finish. `Err` refuses the whole batch.
-    pub async fn run_batch(&self, role: Role, reqs: Vec<pb::Request>) -> Result<pb::Replies, Error> {
+    pub async fn run_batch(&self, role: Role, reqs: &[pb::Request]) -> Result<pb::Replies, Error> {
         let start = Instant::now();
         let max = self.node.config().node.max_batch;
         if reqs.len() > max {
             return Err(Error::BatchTooLarge { max });
         }
         let mut names = Vec::with_capacity(reqs.len());
-        for req in &reqs {
+        for req in reqs {
             let name = req.op.as_ref().map(wire::op_name).unwrap_or("none");
             // No operation at all is the conversion's `invalid_request`.
             if req.op.is_some() && !wire::allowed(role, name) {
@@ -67,7 +67,7 @@ impl Api {
         }
         let mut valid = Vec::with_capacity(reqs.len());
         let mut slots = Vec::with_capacity(reqs.len());
-        for req in &reqs {
+        for req in reqs {
             match wire::request(req) {
                 Ok(r) => {
                     slots.push(Ok(valid.len()));
@@ -94,20 +94,20 @@ impl Api {
     }
 
     async fn unary(&self, role: Role, reqs: Vec<pb::Request>) -> Result<Response<pb::Replies>, Status> {
-        self.run_batch(role, reqs).await.map(Response::new).map_err(|e| status(&e))
+        self.run_batch(role, &reqs).await.map(Response::new).map_err(|e| status(&e))
     }
 }
 
 /// One stream batch: a refused batch refuses each of its requests, and the
 /// stream goes on.
 async fn answer(api: &Api, role: Role, batch: pb::Batch) -> pb::Replies {
-    let ids: Vec<u64> = batch.requests.iter().map(|r| r.id).collect();
-    match api.run_batch(role, batch.requests).await {
+    match api.run_batch(role, &batch.requests).await {
         Ok(replies) => replies,
         Err(e) => pb::Replies {
-            replies: ids
-                .into_iter()
-                .map(|id| pb::Reply { id, result: Some(pb::reply::Result::Refusal(wire::refusal(&e))) })
+            replies: batch
+                .requests
+                .iter()
+                .map(|r| pb::Reply { id: r.id, result: Some(pb::reply::Result::Refusal(wire::refusal(&e))) })
                 .collect(),
         },
     }
