@@ -64,6 +64,8 @@ pub struct ActorState {
     durable_seq: Arc<AtomicU64>,
     /// Idempotency keys past the window, to delete with the next write.
     dedup_expired: Vec<crate::ledger::IdemKey>,
+    /// The health epoch this memory belongs to (see `health.rs`).
+    epoch: u64,
 }
 
 impl Actor for AccountActor {
@@ -76,25 +78,20 @@ impl Actor for AccountActor {
         _myself: ActorRef<AccountMsg>,
         args: ActivateArgs,
     ) -> Result<ActorState, ActorProcessingErr> {
-        let shared = args.shared;
-        let ledger = &shared.cfg.ledger;
-        let since = shared.clock.now_ms().saturating_sub(ledger.idempotency_window_ms);
-        let account = match shared.store.load(&args.id, since)? {
-            Some(loaded) => Account::restore(Some(loaded.state), Dedup::restore(shared.dedup_seed, loaded.dedup)),
-            None => Account::restore(None, Dedup::with_seed(shared.dedup_seed)),
-        };
-        let last_seq = account.state.as_ref().map_or(0, |s| s.next_seq - 1);
-        let timer_written = account.state.as_ref().and_then(|s| s.next_deadline_ms(ledger.expiry_notice_ms));
-        Ok(ActorState {
+        let epoch = args.shared.health.epoch();
+        let mut state = ActorState {
             id: args.id,
-            account,
-            shared,
+            account: Account::default(),
+            shared: args.shared,
             pending: args.pending,
-            timer_written,
-            submitted_seq: last_seq,
-            durable_seq: Arc::new(AtomicU64::new(last_seq)),
+            timer_written: None,
+            submitted_seq: 0,
+            durable_seq: Arc::new(AtomicU64::new(0)),
             dedup_expired: Vec::new(),
-        })
+            epoch,
+        };
+        state.load()?;
+        Ok(state)
     }
 
     async fn handle(
@@ -122,15 +119,72 @@ impl Actor for AccountActor {
 }
 
 impl ActorState {
+    /// (Re)reads the account from the store: on activation, and whenever
+    /// the health epoch moved (memory may be ahead of, or behind, the disk).
+    fn load(&mut self) -> Result<(), crate::store::StoreError> {
+        let shared = &self.shared;
+        let ledger = &shared.cfg.ledger;
+        let since = shared.clock.now_ms().saturating_sub(ledger.idempotency_window_ms);
+        self.account = match shared.store.load(&self.id, since)? {
+            Some(loaded) => Account::restore(Some(loaded.state), Dedup::restore(shared.dedup_seed, loaded.dedup)),
+            None => Account::restore(None, Dedup::with_seed(shared.dedup_seed)),
+        };
+        let last_seq = self.account.state.as_ref().map_or(0, |s| s.next_seq - 1);
+        self.timer_written = self.account.state.as_ref().and_then(|s| s.next_deadline_ms(ledger.expiry_notice_ms));
+        self.submitted_seq = last_seq;
+        // A new cell: a late confirmation for the old memory must not count.
+        self.durable_seq = Arc::new(AtomicU64::new(last_seq));
+        self.dedup_expired.clear();
+        Ok(())
+    }
+
+    /// Brings memory to the current epoch; returns why storage is failed,
+    /// if it is (then only reads are served, from what is durable).
+    fn catch_up(&mut self) -> Result<Option<String>, String> {
+        loop {
+            let epoch = self.shared.health.epoch();
+            if epoch != self.epoch {
+                self.load().map_err(|e| e.to_string())?;
+                self.epoch = epoch;
+            }
+            let failure = self.shared.health.failure();
+            if self.shared.health.epoch() == epoch {
+                return Ok(failure);
+            }
+        }
+    }
+
+    /// While storage is failed: reads are answered from the durable state
+    /// (on a copy, so settling deadlines changes nothing in memory); every
+    /// write is refused.
+    fn serve_reads_only(&self, jobs: Vec<Job>, reason: &str) {
+        let now = self.shared.clock.now_ms();
+        for job in jobs {
+            let Some(reply) = job.reply else { continue };
+            let answer = if job.req.command.is_query() && job.req.command != Command::Tick {
+                let mut scratch = self.account.clone();
+                scratch.execute(&job.req, now, &self.shared.cfg.ledger).result.map_err(Error::Refused)
+            } else {
+                Err(Error::StorageUnavailable(reason.to_string()))
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
     async fn apply(&mut self, jobs: Vec<Job>) {
         let shared = Arc::clone(&self.shared);
-        if let Some(reason) = shared.health.failure() {
-            for job in jobs {
-                if let Some(reply) = job.reply {
-                    let _ = reply.send(Err(Error::StorageUnavailable(reason.clone())));
+        match self.catch_up() {
+            Ok(None) => {}
+            Ok(Some(reason)) => return self.serve_reads_only(jobs, &reason),
+            Err(reason) => {
+                // The store cannot even be read: nothing can be answered.
+                for job in jobs {
+                    if let Some(reply) = job.reply {
+                        let _ = reply.send(Err(Error::StorageUnavailable(reason.clone())));
+                    }
                 }
+                return;
             }
-            return;
         }
         let now = shared.clock.now_ms();
         let ledger = &shared.cfg.ledger;
@@ -196,7 +250,8 @@ impl ActorState {
             return;
         }
         let durable = write.as_ref().map(|_| (Arc::clone(&self.durable_seq), self.submitted_seq));
-        let submission = Submission { write, replies, force_sync, durable, barrier: None, stop: false };
+        let submission =
+            Submission { write, replies, force_sync, durable, barrier: None, stop: false, epoch: self.epoch };
         if let Err(mpsc::error::SendError(lost)) = shared.writer.send(submission).await {
             // The writer is gone: the node is stopping.
             for (reply, _) in lost.replies {

@@ -59,6 +59,17 @@ pub struct NodeSettings {
     /// Events kept for subscribers; one that falls further behind is told
     /// how many it missed.
     pub event_buffer: usize,
+    /// Requests taken and not yet answered, over the whole node; past it a
+    /// request is answered `overloaded` at once (a bound on memory under
+    /// overload, beside `account_queue_max` per account).
+    pub max_in_flight: usize,
+    /// After a storage failure: how often the journal writer asks the store
+    /// whether writing works again (a probe write, synced).
+    pub storage_retry_ms: u64,
+    /// RocksDB's write buffer (memtable) per column family, in MiB: memory
+    /// for recent writes (up to about twice this per column family), and
+    /// the free space RocksDB waits for before it resumes after a full disk.
+    pub memtable_mb: u32,
 }
 
 impl Default for NodeSettings {
@@ -78,6 +89,9 @@ impl Default for NodeSettings {
             recharge_charge_timeout_ms: 30_000,
             recharge_retry_unknown_ms: 2_000,
             event_buffer: 65_536,
+            max_in_flight: 200_000,
+            storage_retry_ms: 1_000,
+            memtable_mb: 64,
         }
     }
 }
@@ -125,6 +139,9 @@ pub struct ServerSettings {
     /// Batches in flight on one `Authorize` stream; a client that does not
     /// read its replies stops being read from once this many are pending.
     pub stream_in_flight: usize,
+    /// Calls (HTTP/2 streams) open at once on one gRPC connection; a client
+    /// waits for one to finish before it may open more.
+    pub max_streams_per_connection: u32,
     /// On shutdown, how long calls in flight may take before connections
     /// still open are dropped.
     pub shutdown_grace_ms: u64,
@@ -140,6 +157,7 @@ impl Default for ServerSettings {
             max_message_bytes: 4 * 1024 * 1024,
             max_connections: 1_024,
             stream_in_flight: 64,
+            max_streams_per_connection: 256,
             shutdown_grace_ms: 10_000,
             tokens: Vec::new(),
         }
@@ -294,10 +312,15 @@ impl NodeConfig {
         if !(1..=65_536).contains(&n.shards) {
             return bad("node.shards is 1 to 65536");
         }
-        if [n.group_max_accounts, n.writer_queue, n.account_queue_max, n.max_batch, n.event_buffer].contains(&0) {
+        if [n.group_max_accounts, n.writer_queue, n.account_queue_max, n.max_batch, n.event_buffer, n.max_in_flight]
+            .contains(&0)
+        {
             return bad(
-                "node.group_max_accounts, writer_queue, account_queue_max, max_batch and event_buffer are at least 1",
+                "node.group_max_accounts, writer_queue, account_queue_max, max_batch, event_buffer and max_in_flight are at least 1",
             );
+        }
+        if !(1..=4_096).contains(&n.memtable_mb) {
+            return bad("node.memtable_mb is 1 to 4096");
         }
         if n.max_resident_accounts == 0 {
             return bad("node.max_resident_accounts is at least 1");
@@ -308,16 +331,21 @@ impl NodeConfig {
             n.idle_passivate_ms,
             n.recharge_charge_timeout_ms,
             n.recharge_retry_unknown_ms,
+            n.storage_retry_ms,
         ]
         .contains(&0)
         {
             return bad(
-                "node durations (flush_interval_ms, timer_poll_ms, idle_passivate_ms, recharge_*_ms) are at least 1",
+                "node durations (flush_interval_ms, timer_poll_ms, idle_passivate_ms, recharge_*_ms, storage_retry_ms) are at least 1",
             );
         }
         let s = &self.server;
-        if [s.max_message_bytes, s.max_connections, s.stream_in_flight].contains(&0) {
-            return bad("server.max_message_bytes, max_connections and stream_in_flight are at least 1");
+        if [s.max_message_bytes, s.max_connections, s.stream_in_flight, s.max_streams_per_connection as usize]
+            .contains(&0)
+        {
+            return bad(
+                "server.max_message_bytes, max_connections, stream_in_flight and max_streams_per_connection are at least 1",
+            );
         }
         if s.stream_in_flight > 65_536 {
             return bad("server.stream_in_flight is at most 65536");

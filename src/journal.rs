@@ -8,8 +8,12 @@
 //! recharge worker. Because the queue is ordered, no reply can depend on an
 //! effect that is not yet durable.
 //!
-//! After a failed write nothing more is written or acknowledged: memory is
-//! ahead of disk, so the node answers `storage_unavailable` until restarted.
+//! After a failed write or sync nothing more is written or acknowledged:
+//! memory is ahead of disk. The failure moves the health epoch (see
+//! `health.rs`); every submission made in an older epoch is refused, so
+//! nothing built on lost memory reaches the disk. While failed, the writer
+//! asks the store every `storage_retry` whether it works again, and on
+//! success marks recovery; actors reload from the store and go on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +60,9 @@ pub struct Submission {
     pub barrier: Option<oneshot::Sender<()>>,
     /// The writer stops after this submission's group (shutdown).
     pub stop: bool,
+    /// The health epoch the actor's memory belongs to: a submission from an
+    /// older epoch is refused, never written.
+    pub epoch: u64,
 }
 
 impl Submission {
@@ -67,6 +74,7 @@ impl Submission {
             durable: None,
             barrier: Some(done),
             stop: false,
+            epoch: 0,
         }
     }
 
@@ -83,6 +91,9 @@ pub struct WriterConfig {
     pub group_max_accounts: usize,
     /// Mark writes for webhook delivery.
     pub webhooks: bool,
+    /// While storage is failed: how often to ask the store whether it works
+    /// again.
+    pub storage_retry: Duration,
 }
 
 /// Runs the writer on its own thread until every sender is dropped.
@@ -115,26 +126,37 @@ impl Writer {
     fn run(self, mut rx: mpsc::Receiver<Submission>) {
         let mut group: Vec<Submission> = Vec::new();
         let mut last_sync = Instant::now();
+        let mut last_probe = Instant::now();
         let mut unsynced = false;
         loop {
-            // Wait for the first submission; in async mode wake up to sync.
-            let first = match self.cfg.durability {
-                Durability::Sync => rx.blocking_recv(),
-                Durability::Async => {
-                    let wait = self.cfg.flush_interval.saturating_sub(last_sync.elapsed());
-                    // The timer must be made inside the runtime's context.
-                    match self.runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                        Ok(next) => next,
-                        Err(_elapsed) => {
-                            if unsynced {
-                                self.sync();
-                                unsynced = false;
-                            }
-                            last_sync = Instant::now();
-                            continue;
+            // Wait for the first submission; wake up to sync (async mode) or
+            // to probe a failed store.
+            let failed = self.health.failure().is_some();
+            let wait = if failed {
+                Some(self.cfg.storage_retry.saturating_sub(last_probe.elapsed()))
+            } else if self.cfg.durability == Durability::Async {
+                Some(self.cfg.flush_interval.saturating_sub(last_sync.elapsed()))
+            } else {
+                None
+            };
+            let first = match wait {
+                None => rx.blocking_recv(),
+                // The timer must be made inside the runtime's context.
+                Some(wait) => match self.runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                    Ok(next) => next,
+                    Err(_elapsed) => {
+                        if failed {
+                            self.probe();
+                            last_probe = Instant::now();
+                            unsynced = false;
+                        } else if unsynced {
+                            self.sync();
+                            unsynced = false;
                         }
+                        last_sync = Instant::now();
+                        continue;
                     }
-                }
+                },
             };
             let Some(first) = first else { break };
             group.push(first);
@@ -161,30 +183,66 @@ impl Writer {
             } else {
                 unsynced = true;
             }
+            if self.health.failure().is_some() && last_probe.elapsed() >= self.cfg.storage_retry {
+                self.probe();
+                last_probe = Instant::now();
+            }
         }
         if unsynced {
             self.sync();
         }
     }
 
+    /// Asks a failed store whether it works again; on success the node
+    /// recovers (and actors reload from the store before writing).
+    fn probe(&self) {
+        if self.health.failure().is_none() || self.store.recover().is_err() {
+            return;
+        }
+        self.health.recover();
+        // A group whose sync failed may have reached the disk after all,
+        // with a recharge request in it that was never handed over: resume
+        // every attempt the store has in flight, as a restart would (the
+        // gateway key makes a second order for a live attempt harmless).
+        match self.store.in_flight_recharges() {
+            Ok(attempts) => {
+                for (account, attempt_id, amount) in attempts {
+                    let _ = self.charges.send(ChargeOrder { account, attempt_id, amount });
+                }
+            }
+            Err(e) => self.health.fail(&e.to_string()),
+        }
+    }
+
     fn sync(&self) {
+        if self.health.failure().is_some() {
+            return;
+        }
         if let Err(e) = self.store.sync() {
             self.health.fail(&e.to_string());
         }
     }
 
     fn commit(&self, group: &mut Vec<Submission>, sync: bool) {
+        // Only submissions made in the current epoch, while storage works,
+        // may be written; the rest are refused whole.
+        let epoch = self.health.epoch();
+        let failure = self.health.failure();
+        let current =
+            |s: &Submission| failure.is_none() && (s.epoch == epoch || s.write.is_none() && s.replies.is_empty());
         let mut set = WriteSet { webhooks: self.cfg.webhooks, ..WriteSet::default() };
         for s in group.iter_mut() {
-            if let Some(w) = s.write.take() {
+            if current(s)
+                && let Some(w) = s.write.take()
+            {
                 set.accounts.push(w);
             }
         }
         if !set.accounts.is_empty() {
             self.stats.record_group(set.accounts.len());
         }
-        let result = match self.health.failure() {
-            Some(reason) => Err(reason),
+        let result = match &failure {
+            Some(reason) => Err(reason.clone()),
             None if set.accounts.is_empty() && !sync => Ok(()),
             None if set.accounts.is_empty() => self.store.sync().map_err(|e| e.to_string()),
             None => self.store.write(&set, sync).map_err(|e| e.to_string()),
@@ -208,14 +266,16 @@ impl Writer {
             }
         }
         for s in group.drain(..) {
-            if result.is_ok()
-                && let Some((cell, seq)) = &s.durable
-            {
+            let accepted = result.is_ok() && current(&s);
+            if accepted && let Some((cell, seq)) = &s.durable {
                 cell.fetch_max(*seq, Ordering::Release);
             }
             for (reply_to, reply) in s.replies {
                 let answer = match &result {
-                    Ok(()) => reply,
+                    Ok(()) if accepted => reply,
+                    Ok(()) => Err(Error::StorageUnavailable(
+                        "storage failed while this request was being applied; it was not recorded".into(),
+                    )),
                     Err(reason) => Err(Error::StorageUnavailable(reason.clone())),
                 };
                 // A caller that stopped waiting is not an error.

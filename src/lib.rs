@@ -10,6 +10,7 @@
 //! `node` (the embedded entry point).
 
 mod actor;
+pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod codec;

@@ -68,6 +68,20 @@ pub(crate) struct Inner {
     resident: AtomicUsize,
     events: broadcast::Sender<AccountEvent>,
     stopping: AtomicBool,
+    /// Requests taken by `execute`/`execute_batch` and not yet answered.
+    in_flight: AtomicUsize,
+}
+
+/// Counts requests against `node.max_in_flight` while they are in the node.
+struct Admitted<'a> {
+    count: &'a AtomicUsize,
+    n: usize,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.n, Ordering::AcqRel);
+    }
 }
 
 pub struct Node {
@@ -96,7 +110,7 @@ impl Node {
             (config.node.data_dir.clone(), None)
         };
         std::fs::create_dir_all(&dir)?;
-        let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open(&dir)?);
+        let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open_with(&dir, config.node.memtable_mb)?);
         let mut node = Node::start_with(config, store, Arc::new(SystemClock), gateway).await?;
         node.temp_dir = temp_dir;
         Ok(node)
@@ -121,6 +135,7 @@ impl Node {
             flush_interval: Duration::from_millis(config.node.flush_interval_ms),
             group_max_accounts: config.node.group_max_accounts,
             webhooks: !config.webhooks.urls.is_empty(),
+            storage_retry: Duration::from_millis(config.node.storage_retry_ms),
         };
         let writer = journal::spawn(
             Arc::clone(&store),
@@ -146,8 +161,14 @@ impl Node {
             stats,
             dedup_seed: stable_hash(&SystemClock.now_ms().to_le_bytes()),
         });
-        let inner =
-            Arc::new(Inner { shared, shards, resident: AtomicUsize::new(0), events, stopping: AtomicBool::new(false) });
+        let inner = Arc::new(Inner {
+            shared,
+            shards,
+            resident: AtomicUsize::new(0),
+            events,
+            stopping: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        });
         let timing = recharge::Timing {
             charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),
             retry_unknown: Duration::from_millis(inner.shared.cfg.node.recharge_retry_unknown_ms),
@@ -161,6 +182,7 @@ impl Node {
 
     /// One request; the reply once it is durable (in `sync` mode).
     pub async fn execute(&self, req: Request) -> Result<Reply, Error> {
+        let Some(_admitted) = self.inner.admit(1) else { return Err(Error::Overloaded) };
         self.inner.execute(req).await
     }
 
@@ -171,6 +193,9 @@ impl Node {
         if reqs.len() > max {
             return Err(Error::BatchTooLarge { max });
         }
+        let Some(_admitted) = self.inner.admit(reqs.len()) else {
+            return Ok(reqs.iter().map(|_| Err(Error::Overloaded)).collect());
+        };
         let mut receivers = Vec::with_capacity(reqs.len());
         let mut by_account: HashMap<AccountId, Vec<Job>> = HashMap::new();
         for req in reqs {
@@ -201,9 +226,20 @@ impl Node {
         self.inner.events.subscribe()
     }
 
-    /// Why storage failed, if it did: writes are refused from then on.
+    /// Why storage is failed, if it is: writes are refused (reads are
+    /// served from what is durable) until a probe write succeeds.
     pub fn storage_failure(&self) -> Option<String> {
         self.inner.shared.health.failure()
+    }
+
+    /// Storage failures and recoveries since start.
+    pub fn storage_events(&self) -> (u64, u64) {
+        self.inner.shared.health.counts()
+    }
+
+    /// Requests in the node now (bounded by `node.max_in_flight`).
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
     }
 
     /// Group commit sizes and recharge outcomes so far.
@@ -275,6 +311,14 @@ impl Node {
 }
 
 impl Inner {
+    /// Counts `n` requests in, or none if that would pass the bound.
+    fn admit(&self, n: usize) -> Option<Admitted<'_>> {
+        let max = self.shared.cfg.node.max_in_flight;
+        let before = self.in_flight.fetch_add(n, Ordering::AcqRel);
+        let admitted = Admitted { count: &self.in_flight, n };
+        (before + n <= max).then_some(admitted)
+    }
+
     async fn execute(&self, req: Request) -> Result<Reply, Error> {
         let (tx, rx) = oneshot::channel();
         let id = req.account.clone();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::error::Error;
 use crate::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway};
 use crate::journal::ChargeOrder;
 use crate::ledger::{Command, IdemKey, Text};
@@ -64,15 +65,30 @@ async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentG
             Command::RechargeFailed { attempt_id: order.attempt_id, error }
         }
     };
-    let Some(node) = node.upgrade() else { return };
-    let counter = match command {
-        Command::RechargeSucceeded { .. } => &node.shared.stats.recharge_charged,
-        _ => &node.shared.stats.recharge_declined,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+    {
+        let Some(node) = node.upgrade() else { return };
+        let counter = match command {
+            Command::RechargeSucceeded { .. } => &node.shared.stats.recharge_charged,
+            _ => &node.shared.stats.recharge_declined,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
     // The key makes a second delivery of the same outcome harmless.
     let idem = IdemKey::new(&format!("recharge:{key}")).ok();
-    // A refusal (`recharge_not_in_flight`) means the outcome was already
-    // applied; a node error means it stops, and recovery resumes the attempt.
-    let _ = node.command(&order.account, idem, command).await;
+    loop {
+        let Some(live) = node.upgrade() else { return };
+        match live.command(&order.account, idem.clone(), command.clone()).await {
+            // A refusal (`recharge_not_in_flight`) means the outcome was
+            // already applied.
+            Ok(_) | Err(Error::Refused(_)) => return,
+            // Stopping: recovery at the next start resumes the attempt.
+            Err(Error::ShuttingDown) => return,
+            // Storage failed (or the account is busy): the outcome is the
+            // gateway's answer and must not be dropped; try again once the
+            // node can write.
+            Err(_) => {}
+        }
+        drop(live);
+        tokio::time::sleep(timing.retry_unknown).await;
+    }
 }

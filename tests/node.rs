@@ -375,6 +375,12 @@ impl Store for FailingStore {
     fn sync(&self) -> Result<(), prepaid::store::StoreError> {
         self.inner.sync()
     }
+    fn recover(&self) -> Result<(), prepaid::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(prepaid::store::StoreError::Io("still full".into()));
+        }
+        Ok(())
+    }
     fn load(&self, id: &AccountId, since: u64) -> Result<Option<prepaid::store::Loaded>, prepaid::store::StoreError> {
         self.inner.load(id, since)
     }
@@ -399,25 +405,67 @@ impl Store for FailingStore {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_write_is_never_acknowledged_and_stops_all_writes() {
+async fn a_failed_write_is_never_acknowledged_reads_go_on_and_writes_resume_when_storage_does() {
     let store = Arc::new(FailingStore { inner: prepaid::store::MemoryStore::new(), fail: Default::default() });
     let clock = ManualClock::at(T0);
-    let node =
-        Node::start_with(config(), store.clone(), Arc::new(clock), Arc::new(SimulatedGateway::new())).await.unwrap();
+    let mut cfg = config();
+    cfg.node.storage_retry_ms = 5;
+    let node = Node::start_with(cfg, store.clone(), Arc::new(clock), Arc::new(SimulatedGateway::new())).await.unwrap();
     node.execute(open("org_f")).await.unwrap();
+    node.execute(open("org_g")).await.unwrap();
     node.execute(purchase("org_f", "buy", "10")).await.unwrap();
     assert_eq!(node.storage_failure(), None);
     store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     let failed = node.execute(strict("org_f", "d1", "1")).await.unwrap_err();
     assert_eq!(failed.code(), "storage_unavailable", "{failed}");
     assert!(node.storage_failure().unwrap().contains("disk full"));
-    // Even once the disk is back, this node acknowledges nothing more: its
-    // memory is ahead of the disk. A restart reloads what is durable.
-    store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Failed: writes are refused, reads are answered from what is durable
+    // (the failed debit applied in memory is gone from the answer).
     assert_eq!(node.execute(strict("org_f", "d2", "1")).await.unwrap_err().code(), "storage_unavailable");
-    assert_eq!(node.execute(req("org_f", None, Command::Balance)).await.unwrap_err().code(), "storage_unavailable");
+    assert_eq!(node.execute(purchase("org_g", "g1", "5")).await.unwrap_err().code(), "storage_unavailable");
+    assert_eq!(balance(&node, "org_f").await.balance, amt("10"));
+    let check = node.execute(req("org_g", None, Command::CheckAccess)).await;
+    assert!(!matches!(&check, Err(e) if e.code() == "storage_unavailable"), "{check:?}");
+    // Storage comes back: a probe write succeeds and the node goes on
+    // (bounded wait for the writer's next probe).
+    store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..2_000 {
+        if node.storage_failure().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(node.storage_failure(), None, "recovered once storage works");
+    assert_eq!(node.storage_events(), (1, 1));
+    // The unanswered debits resent under their keys apply once each.
+    assert_eq!(node.execute(strict("org_f", "d1", "1")).await.unwrap().balance, amt("9"));
+    assert_eq!(node.execute(strict("org_f", "d2", "1")).await.unwrap().balance, amt("8"));
+    assert_eq!(node.execute(strict("org_f", "d1", "1")).await.unwrap().balance, amt("9"), "the first result again");
     let durable = store.inner.load(&id("org_f"), 0).unwrap().unwrap();
-    assert_eq!(durable.state.balance(), amt("10"), "the failed debit is not on disk");
+    assert_eq!(durable.state.balance(), amt("8"));
+    let journal = store.inner.history(&id("org_f"), 0, u32::MAX).unwrap();
+    let sum: Amount = journal.iter().map(|r| r.event.balance_delta()).sum();
+    assert_eq!(sum, amt("8"), "the ledger sums to the balance");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_node_in_flight_bound_are_answered_overloaded() {
+    let mut cfg = config();
+    cfg.node.max_in_flight = 3;
+    let f = Fixture::new("inflight");
+    let node = f.start_with(cfg).await;
+    node.execute(open("org_i")).await.unwrap();
+    node.execute(purchase("org_i", "buy", "10")).await.unwrap();
+    // At the bound: taken.
+    let at = vec![strict("org_i", "a1", "1"), strict("org_i", "a2", "1"), strict("org_i", "a3", "1")];
+    assert!(node.execute_batch(at).await.unwrap().iter().all(|r| r.is_ok()));
+    // Past it: every request answered `overloaded`, none applied.
+    let past = (0..4).map(|i| strict("org_i", &format!("b{i}"), "1")).collect();
+    let results = node.execute_batch(past).await.unwrap();
+    assert!(results.iter().all(|r| r.as_ref().unwrap_err().code() == "overloaded"), "{results:?}");
+    assert_eq!(balance(&node, "org_i").await.balance, amt("7"));
+    assert_eq!(node.in_flight(), 0, "answered requests no longer count");
     node.shutdown().await;
 }
 

@@ -59,7 +59,7 @@ impl Account {
 
     pub fn execute(&mut self, req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Outcome {
         // 1. Validation: the request alone.
-        if let Err(reason) = decide::validate(req, now_ms, cfg) {
+        if let Err(reason) = decide::validate(req, cfg) {
             return Outcome::refused(reason);
         }
         // 2. Idempotency: a key seen before answers without running.
@@ -78,6 +78,10 @@ impl Account {
                 }
                 Lookup::New(slot) => new_key = Some((key, fingerprint, slot)),
             }
+        }
+        // 2b. Deadlines against the clock: only for requests not seen before.
+        if let Err(reason) = decide::check_deadlines(&req.command, now_ms, cfg) {
+            return Outcome { expired, ..Outcome::refused(reason) };
         }
         // 3. The account's state.
         let mut records = Vec::with_capacity(2);

@@ -17,8 +17,10 @@ use super::reply::{BalanceView, Detail};
 use super::state::{AccountState, Status};
 
 /// Checks what the request alone can tell: keys, amounts against the
-/// configured bounds, timeouts, expiries. Reads no state.
-pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Reason> {
+/// configured bounds, timeouts. Reads no state and no clock: a request
+/// valid once is valid when resent (deadlines against the clock are
+/// `check_deadlines`, after the idempotency lookup).
+pub fn validate(req: &Request, cfg: &LedgerConfig) -> Result<(), Reason> {
     let cmd = &req.command;
     if cmd.needs_key() && req.key.is_none() {
         return Err(Reason::MissingIdempotencyKey);
@@ -63,12 +65,7 @@ pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Re
                 return Err(Reason::BelowMinimumPurchase { minimum: cfg.min_purchase });
             }
         }
-        Command::Grant { amount, expires_at_ms, .. } => {
-            positive(*amount)?;
-            if expires_at_ms.is_some_and(|at| at <= now_ms) {
-                return Err(Reason::InvalidExpiry);
-            }
-        }
+        Command::Grant { amount, .. } => positive(*amount)?,
         Command::SetAutoRecharge { amount, threshold, .. } => {
             let amount = amount.unwrap_or(cfg.recharge_amount_default);
             positive(amount)?;
@@ -79,16 +76,6 @@ pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Re
                 return Err(Reason::InvalidAmount("the threshold is zero or more"));
             }
             within_max(*threshold, cfg)?;
-        }
-        Command::SetGrantExpiry { expires_at_ms, .. } => {
-            if *expires_at_ms < now_ms.saturating_add(cfg.expiry_notice_ms) {
-                return Err(Reason::NoticeTooShort { notice_ms: cfg.expiry_notice_ms });
-            }
-        }
-        Command::ClosePeriod { due_at_ms } => {
-            if due_at_ms.is_some_and(|at| at <= now_ms) {
-                return Err(Reason::InvalidExpiry);
-            }
         }
         Command::Adjust { amount, .. } => {
             if amount.is_zero() {
@@ -103,10 +90,32 @@ pub fn validate(req: &Request, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Re
         | Command::Freeze { .. }
         | Command::Unfreeze { .. }
         | Command::Close { .. }
+        | Command::SetGrantExpiry { .. }
+        | Command::ClosePeriod { .. }
         | Command::Balance
         | Command::Tick => {}
     }
     Ok(())
+}
+
+/// Deadlines a new request sets, against the clock: an expiry or a due
+/// date not in the future, an expiry notice shorter than configured. Run
+/// after the idempotency lookup, so a request applied before is answered
+/// with its first result however late it is resent.
+pub fn check_deadlines(cmd: &Command, now_ms: u64, cfg: &LedgerConfig) -> Result<(), Reason> {
+    match cmd {
+        Command::Grant { expires_at_ms: Some(at), .. } | Command::ClosePeriod { due_at_ms: Some(at) }
+            if *at <= now_ms =>
+        {
+            Err(Reason::InvalidExpiry)
+        }
+        Command::SetGrantExpiry { expires_at_ms, .. }
+            if *expires_at_ms < now_ms.saturating_add(cfg.expiry_notice_ms) =>
+        {
+            Err(Reason::NoticeTooShort { notice_ms: cfg.expiry_notice_ms })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn within_max(a: Amount, cfg: &LedgerConfig) -> Result<(), Reason> {

@@ -214,6 +214,7 @@ pub async fn run(
         .max_encoding_message_size(max.max(64 * 1024 * 1024));
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(Some(cfg.server.max_streams_per_connection))
         .add_service(service)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
 

@@ -1,5 +1,5 @@
 //! The store contract in memory: ordered maps instead of column families.
-//! Used by tests; fault injection for the simulation tests builds on it.
+//! Used by tests; the simulated disk (`sim.rs`) builds on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use super::{Loaded, Store, StoreError, WriteSet};
 use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Maps {
     accounts: BTreeMap<AccountId, AccountState>,
     journal: BTreeMap<(AccountId, u64), EventRecord>,
@@ -26,6 +26,12 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// A copy of everything stored (the simulated disk keeps its synced
+    /// state this way).
+    pub fn snapshot(&self) -> MemoryStore {
+        MemoryStore { maps: Mutex::new(self.maps().clone()) }
     }
 
     fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {

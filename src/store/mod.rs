@@ -9,17 +9,21 @@
 //! (`in_flight_recharges`).
 //!
 //! `RocksStore` is the real implementation; `MemoryStore` keeps the same
-//! contract in memory for tests, and is where fault injection will live.
+//! contract in memory for tests; `SimStore` (over a `SimDisk`) is the memory
+//! store with faults injected from a seed — failed writes and syncs, slow
+//! syncs, crashes that lose what was not synced — for the simulation tests.
 
 use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
 
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+mod sim;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
+pub use sim::{Faults, SimDisk, SimStats, SimStore};
 
 /// Everything one group writes for one account.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +81,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// After a failed write or sync: whether writing works again. Succeeds
+    /// only when a probe write has been made durable; may reopen the
+    /// database. Reads go on working meanwhile where the store allows.
+    fn recover(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
 
     /// Before a clean stop: moves what is only in the write-ahead log into
     /// tables, so the next start need not replay it.

@@ -14,6 +14,7 @@
 //! | `webhooks` | `p` id | last sequence written (u64 BE), when webhooks are on |
 //! | `webhooks` | `c` id | last sequence delivered to webhooks (u64 BE) |
 //! | `meta` | `format` | the format version byte |
+//! | `meta` | `probe` | written by recovery probes after a storage failure |
 
 use std::path::Path;
 
@@ -81,13 +82,29 @@ fn account_id(bytes: &[u8]) -> Result<AccountId, StoreError> {
 }
 
 impl RocksStore {
-    /// Opens (creating if missing) the database under `path`.
+    /// Opens (creating if missing) the database under `path`, with
+    /// RocksDB's default 64 MiB memtables.
     pub fn open(path: &Path) -> Result<RocksStore, StoreError> {
+        RocksStore::open_with(path, 64)
+    }
+
+    /// Opens with memtables of `memtable_mb` MiB per column family. After a
+    /// full disk RocksDB resumes writing by itself once that much space is
+    /// free (its SstFileManager checks every 5 s); `recover` then succeeds.
+    pub fn open_with(path: &Path, memtable_mb: u32) -> Result<RocksStore, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let write_buffer = memtable_mb as usize * 1024 * 1024;
+        opts.set_write_buffer_size(write_buffer);
+        // The unused `default` family too: left out, the binding would open
+        // it with RocksDB's default 64 MiB.
+        let cfs = ALL_CFS.iter().chain(&["default"]).map(|name| {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(write_buffer);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(io)?;
         let store = RocksStore { db };
         let meta = store.cf(CF_META)?;
@@ -162,6 +179,15 @@ impl Store for RocksStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(io)
+    }
+
+    /// A synced write to `meta`: RocksDB refuses writes after an I/O error
+    /// until its own recovery clears the error (for a full disk, once space
+    /// returns), so a probe that lands means writing works again.
+    fn recover(&self) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_META)?, b"probe", [1u8], &wo).map_err(io)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

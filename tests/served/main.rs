@@ -3,6 +3,7 @@
 //! server keeps serving; auth, roles, streams, metrics, webhooks.
 
 mod bad_input;
+mod disk;
 mod harness;
 mod webhooks;
 

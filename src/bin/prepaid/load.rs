@@ -378,6 +378,8 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64) << 20 | k);
                 let mut debited = Amount::ZERO;
                 let mut refused = 0u64;
+                // Answered `overloaded`: how many, and how fast.
+                let mut shed: Vec<u32> = Vec::new();
                 loop {
                     let first = next.fetch_add(batch, Ordering::Relaxed);
                     if first >= debits {
@@ -437,29 +439,39 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                     }
                     let per_request = (t.elapsed().as_nanos() as u64).min(u32::MAX as u64) as u32;
                     for (n, result) in outcomes {
-                        latencies.push(per_request);
                         match result {
-                            Ok(()) => debited += amount_units(n),
-                            Err(ClientError::Refused { .. }) => refused += 1,
+                            Ok(()) => {
+                                latencies.push(per_request);
+                                debited += amount_units(n)
+                            }
+                            Err(ClientError::Refused { code, .. }) if code == "overloaded" => shed.push(per_request),
+                            Err(ClientError::Refused { .. }) => {
+                                latencies.push(per_request);
+                                refused += 1
+                            }
                             Err(e) => return Err(format!("debit d{n}: {e}")),
                         }
                     }
                 }
-                Ok((latencies, debited, refused))
+                Ok((latencies, debited, refused, shed))
             }));
         }
     }
     let mut latencies = Vec::new();
     let mut debited = Amount::ZERO;
     let mut refused = 0;
+    let mut shed = Vec::new();
     for t in tasks {
-        let (l, d, r) = t.await.map_err(|e| e.to_string())??;
+        let (l, d, r, o) = t.await.map_err(|e| e.to_string())??;
         latencies.extend(l);
         debited += d;
         refused += r;
+        shed.extend(o);
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
+    shed.sort_unstable();
+    let overloaded = shed.len() as u64;
     // Conservation: what was bought minus what was accepted is what is left.
     let mut total = Amount::ZERO;
     for chunk in ids.chunks(1_000) {
@@ -483,6 +495,8 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
     let funded = Amount::whole(1_000_000).checked_mul_int(args.accounts as u32).unwrap_or(Amount::ZERO);
     let expected = funded - debited;
     let throughput = args.debits as f64 / elapsed.as_secs_f64().max(1e-9);
+    let accepted_per_s = (args.debits - overloaded - refused) as f64 / elapsed.as_secs_f64().max(1e-9);
+    let shed_p99 = percentile(&shed, 0.99);
     let (p50, p99, p999) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99), percentile(&latencies, 0.999));
     let ok = total == expected;
     if args.json {
@@ -490,6 +504,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             "{}",
             serde_json::json!({
                 "debits": args.debits, "refused": refused, "elapsed_s": elapsed.as_secs_f64(),
+                "overloaded": overloaded, "accepted_per_s": accepted_per_s, "overloaded_p99_us": shed_p99,
                 "throughput_per_s": throughput, "p50_us": p50, "p99_us": p99, "p999_us": p999,
                 "conns": args.conns, "batch": args.batch, "accounts": args.accounts, "hot": args.hot,
                 "conservation": if ok { "ok" } else { "mismatch" },
@@ -508,6 +523,9 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             args.conns,
             args.batch
         );
+        if overloaded > 0 {
+            println!("overloaded {overloaded} (answered in p99 {shed_p99:.1} µs)  accepted {:.0}/s", accepted_per_s);
+        }
         println!("conservation: total balance {total}, expected {expected}: {}", if ok { "ok" } else { "MISMATCH" });
     }
     if ok { Ok(()) } else { Err("conservation failed".into()) }

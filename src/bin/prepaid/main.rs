@@ -6,6 +6,7 @@
 
 mod cli;
 mod load;
+mod torture;
 mod tour;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ commands:
   crash-child --data-dir DIR --seed N [--settle]
                                      load for the crash test, until killed
                                      (--settle: finish in-flight recharges, stop)
+  torture-client --addr HOST:PORT --token T --client K --seed N [--accounts N] [--ops N]
+                                     one client of the crash torture: money operations
+                                     until the node goes away, one line per outcome
   help                               this text";
 
 /// Bounds on what the command line accepts: enough to measure, never
@@ -109,6 +113,18 @@ fn main() -> ExitCode {
             let settle = f.flag("--settle");
             f.done()?;
             runtime()?.block_on(load::crash_child(PathBuf::from(dir), seed, settle)).map_err(Failure::Run)
+        }),
+        Some("torture-client") => parse(&args[1..]).and_then(|f| {
+            let args = torture::TortureArgs {
+                addr: f.text("--addr").ok_or_else(|| Failure::Usage("torture-client needs --addr".into()))?,
+                token: f.text("--token").ok_or_else(|| Failure::Usage("torture-client needs --token".into()))?,
+                client: f.number("--client", 0, 0, 1_000)?,
+                seed: f.number("--seed", 1, 0, u64::MAX)?,
+                accounts: f.number("--accounts", 6, 1, MAX_ACCOUNTS)?,
+                ops: f.number("--ops", 1_000_000, 1, MAX_DEBITS)?,
+            };
+            f.done()?;
+            runtime()?.block_on(torture::client(args)).map_err(Failure::Run)
         }),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");

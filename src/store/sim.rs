@@ -1,0 +1,270 @@
+//! A simulated disk for the fault-injection tests: the store contract in
+//! memory, with faults decided by a seed.
+//!
+//! A `SimDisk` keeps what every write put in the "page cache" (`current`,
+//! what reads see) apart from what a sync made durable (`durable`), with the
+//! writes in between in order (`pending`). Faults, each chosen per call from
+//! the seed and the call's number, so a seed gives the same schedule for the
+//! same sequence of calls:
+//! - a **failed write** applies nothing and returns an error;
+//! - a **failed sync** leaves the writes it covered in the cache but not
+//!   durable (as after a real failed `fsync`: they may or may not survive);
+//! - a **slow sync** sleeps up to `slow_sync_us`;
+//! - a **failed recovery probe** keeps the store failed a while longer.
+//!
+//! `crash` is the power going out: every handle (`SimStore`) of the running
+//! node dies (its calls fail from then on), and of the writes not yet synced
+//! a seeded prefix survives — a torn write-ahead log keeps a prefix, never a
+//! hole. A new node starts on a new handle from the same disk.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::{Loaded, MemoryStore, Store, StoreError, WriteSet};
+use crate::ledger::{AccountId, Amount, EventRecord};
+
+/// Fault rates, in calls per 1,000.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    pub write_fail: u32,
+    pub sync_fail: u32,
+    /// A sync takes up to this long (0: instant).
+    pub slow_sync_us: u64,
+    pub recover_fail: u32,
+}
+
+/// What the disk saw, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub writes: u64,
+    pub syncs: u64,
+    pub failed_writes: u64,
+    pub failed_syncs: u64,
+    pub crashes: u64,
+    /// Unsynced groups dropped by crashes.
+    pub lost_groups: u64,
+    /// Unsynced groups kept by crashes (the torn log's prefix).
+    pub kept_groups: u64,
+}
+
+struct DiskState {
+    seed: u64,
+    calls: u64,
+    faults: Faults,
+    generation: u64,
+    current: MemoryStore,
+    durable: MemoryStore,
+    pending: Vec<WriteSet>,
+    stats: SimStats,
+}
+
+pub struct SimDisk {
+    state: Mutex<DiskState>,
+}
+
+/// One node's handle on the disk; dead after a crash.
+pub struct SimStore {
+    disk: Arc<SimDisk>,
+    generation: u64,
+}
+
+/// SplitMix64: a few lines, good enough to spread a seed.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl DiskState {
+    /// The next random number of this disk's schedule.
+    fn roll(&mut self) -> u64 {
+        self.calls += 1;
+        mix(self.seed ^ mix(self.calls))
+    }
+
+    fn chance(&mut self, per_mille: u32) -> bool {
+        let r = self.roll();
+        per_mille > 0 && r % 1_000 < u64::from(per_mille)
+    }
+
+    /// Everything pending becomes durable.
+    fn settle(&mut self) {
+        for set in self.pending.drain(..) {
+            // The memory store cannot fail.
+            let _ = self.durable.write(&set, true);
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.stats.syncs += 1;
+        if self.faults.slow_sync_us > 0 {
+            let us = self.roll() % self.faults.slow_sync_us;
+            std::thread::sleep(Duration::from_micros(us));
+        }
+        let rate = self.faults.sync_fail;
+        if self.chance(rate) {
+            self.stats.failed_syncs += 1;
+            return Err(StoreError::Io("simulated: fsync failed".into()));
+        }
+        self.settle();
+        Ok(())
+    }
+}
+
+impl SimDisk {
+    pub fn new(seed: u64, faults: Faults) -> Arc<SimDisk> {
+        Arc::new(SimDisk {
+            state: Mutex::new(DiskState {
+                seed,
+                calls: 0,
+                faults,
+                generation: 0,
+                current: MemoryStore::new(),
+                durable: MemoryStore::new(),
+                pending: Vec::new(),
+                stats: SimStats::default(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A handle for the next node to run on this disk.
+    pub fn store(self: &Arc<SimDisk>) -> SimStore {
+        SimStore { disk: Arc::clone(self), generation: self.lock().generation }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    /// The power goes out: handles die, and of the unsynced writes a seeded
+    /// prefix survives. Returns (groups kept, groups lost).
+    pub fn crash(&self) -> (usize, usize) {
+        let mut s = self.lock();
+        s.generation += 1;
+        s.stats.crashes += 1;
+        let pending = std::mem::take(&mut s.pending);
+        let keep = if pending.is_empty() { 0 } else { (s.roll() % (pending.len() as u64 + 1)) as usize };
+        for set in &pending[..keep] {
+            let _ = s.durable.write(set, true);
+        }
+        s.stats.kept_groups += keep as u64;
+        s.stats.lost_groups += (pending.len() - keep) as u64;
+        s.current = s.durable.snapshot();
+        (keep, pending.len() - keep)
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats
+    }
+
+    /// A read-only view of what survives a crash right now.
+    pub fn durable(&self) -> MemoryStore {
+        self.lock().durable.snapshot()
+    }
+}
+
+impl SimStore {
+    fn state(&self) -> Result<MutexGuard<'_, DiskState>, StoreError> {
+        let s = self.disk.lock();
+        if s.generation != self.generation {
+            return Err(StoreError::Io("simulated: the node crashed".into()));
+        }
+        Ok(s)
+    }
+}
+
+impl Store for SimStore {
+    fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError> {
+        let mut s = self.state()?;
+        s.stats.writes += 1;
+        let rate = s.faults.write_fail;
+        if s.chance(rate) {
+            s.stats.failed_writes += 1;
+            return Err(StoreError::Io("simulated: write failed".into()));
+        }
+        s.current.write(set, sync)?;
+        s.pending.push(set.clone());
+        if sync { s.sync() } else { Ok(()) }
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.state()?.sync()
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        let mut s = self.state()?;
+        let rate = s.faults.recover_fail;
+        if s.chance(rate) {
+            return Err(StoreError::Io("simulated: still failing".into()));
+        }
+        s.settle();
+        Ok(())
+    }
+
+    fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError> {
+        self.state()?.current.load(id, dedup_since_ms)
+    }
+
+    fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        self.state()?.current.history(id, after_seq, limit)
+    }
+
+    fn due(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, AccountId)>, StoreError> {
+        self.state()?.current.due(until_ms, limit)
+    }
+
+    fn in_flight_recharges(&self) -> Result<Vec<(AccountId, u64, Amount)>, StoreError> {
+        self.state()?.current.in_flight_recharges()
+    }
+
+    fn webhook_pending(&self) -> Result<Vec<(AccountId, u64, u64)>, StoreError> {
+        self.state()?.current.webhook_pending()
+    }
+
+    fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError> {
+        let s = self.state()?;
+        s.current.set_webhook_cursor(id, seq)?;
+        s.durable.set_webhook_cursor(id, seq)
+    }
+
+    fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError> {
+        self.state()?.current.webhook_cursor(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_keeps_a_prefix_of_what_was_not_synced_and_kills_old_handles() {
+        let disk = SimDisk::new(7, Faults::default());
+        let store = disk.store();
+        for _ in 0..10 {
+            store.write(&WriteSet::default(), false).unwrap();
+        }
+        let (kept, lost) = disk.crash();
+        assert_eq!(kept + lost, 10);
+        assert!(store.sync().is_err(), "the crashed node's handle is dead");
+        let next = disk.store();
+        next.write(&WriteSet::default(), true).unwrap();
+        assert_eq!(disk.stats().crashes, 1);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_fault_schedule() {
+        let run = |seed| {
+            let disk = SimDisk::new(seed, Faults { write_fail: 300, sync_fail: 300, ..Faults::default() });
+            let store = disk.store();
+            (0..200).map(|_| store.write(&WriteSet::default(), true).is_ok()).collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+        assert!(run(42).iter().any(|ok| !ok) && run(42).iter().any(|ok| *ok));
+    }
+}

@@ -1,0 +1,529 @@
+//! Seeded fault simulation: a real `Node` (shards, actors, the journal
+//! writer, the recharge worker) on a simulated disk that fails writes and
+//! syncs, syncs slowly and loses power, with a manual clock and a payment
+//! gateway that declines, times out, is unavailable and answers late. A
+//! driver runs a seeded workload against it — purchases, free grants that
+//! expire, strict and metered debits, holds that are captured, released or
+//! left to expire, auto-recharge — resends every request whose outcome it
+//! did not learn under the same idempotency key, and at the end the auditor
+//! (`prepaid::audit`) checks every account's journal and state against what
+//! the driver was told, and the gateway's charges against the ledgers'
+//! credits: no acknowledged operation lost, nothing applied twice,
+//! conservation exact, no recharge charged twice, holds and grants expired
+//! exactly once.
+//!
+//! `PREPAID_SIM_SEEDS=N` runs seeds 1..=N (200 by default);
+//! `PREPAID_SEED=S` runs seed S alone, to reproduce a failure. The seed
+//! fixes the workload, the disk's fault schedule (per call) and the
+//! gateway's answers (per key and call); what it cannot fix is how the
+//! operating system interleaves the writer thread with the tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prepaid::audit::{Auditor, Told, recharges_match};
+use prepaid::clock::Clock;
+use prepaid::config::Durability;
+use prepaid::gateway::{ChargeFuture, ChargeOutcome, ChargeRequest, GatewayUnavailable, PaymentGateway};
+use prepaid::ledger::*;
+use prepaid::store::{Faults, SimDisk, Store};
+use prepaid::{Error, ManualClock, Node, NodeConfig};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = mix(self.0);
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn cents(&mut self, lo: i64, hi: i64) -> Amount {
+        Amount::cents(lo + self.below((hi - lo) as u64 + 1) as i64)
+    }
+}
+
+/// A gateway with a seeded temper. Idempotent by key like a real one: once
+/// a key is charged, every later call for it answers `Charged`.
+struct SimGateway {
+    seed: u64,
+    state: Mutex<GatewayState>,
+}
+
+#[derive(Default)]
+struct GatewayState {
+    calls: BTreeMap<String, u64>,
+    charged: BTreeSet<String>,
+    declined: BTreeSet<String>,
+    /// Every charge made, in order (a key twice would be a double charge).
+    charges: Vec<String>,
+}
+
+impl PaymentGateway for SimGateway {
+    fn charge(&self, request: ChargeRequest) -> ChargeFuture {
+        let key = request.idempotency_key;
+        let mut s = self.state.lock().unwrap();
+        let n = s.calls.entry(key.clone()).or_default();
+        *n += 1;
+        let roll = mix(self.seed ^ stable(&key) ^ mix(*n)) % 100;
+        let (answer, delay_ms): (Result<ChargeOutcome, GatewayUnavailable>, u64) = if s.charged.contains(&key) {
+            (Ok(ChargeOutcome::Charged), 0)
+        } else if s.declined.contains(&key) {
+            (Ok(ChargeOutcome::Declined("card_declined".into())), 0)
+        } else if roll < 15 {
+            s.declined.insert(key.clone());
+            (Ok(ChargeOutcome::Declined("card_declined".into())), 0)
+        } else if roll < 30 {
+            // Down: not charged, no answer.
+            (Err(GatewayUnavailable("simulated: gateway down".into())), 0)
+        } else {
+            s.charged.insert(key.clone());
+            s.charges.push(key.clone());
+            // Charged; answered at once, late, or after the node stopped
+            // waiting (the node must ask again with the same key).
+            let delay = if roll < 45 {
+                60
+            } else if roll < 60 {
+                5
+            } else {
+                0
+            };
+            (Ok(ChargeOutcome::Charged), delay)
+        };
+        Box::pin(async move {
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            answer
+        })
+    }
+}
+
+fn stable(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn config(durability: Durability) -> NodeConfig {
+    let mut cfg = NodeConfig::default();
+    cfg.node.shards = 4;
+    cfg.node.durability = durability;
+    cfg.node.flush_interval_ms = 2;
+    cfg.node.storage_retry_ms = 2;
+    // The driver settles deadlines with ticks of its own, at set points.
+    cfg.node.timer_poll_ms = 3_600_000;
+    cfg.node.recharge_charge_timeout_ms = 30;
+    cfg.node.recharge_retry_unknown_ms = 3;
+    cfg.ledger.recharge_backoff_base_ms = 1_000;
+    cfg.ledger.recharge_backoff_max_ms = 10_000;
+    cfg
+}
+
+/// A request the driver has sent and must learn the outcome of.
+#[derive(Clone)]
+struct Sent {
+    req: Request,
+    reference: Option<String>,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    disk: Arc<SimDisk>,
+    clock: ManualClock,
+    gateway: Arc<SimGateway>,
+    durability: Durability,
+    node: Option<Node>,
+    auditor: Auditor,
+    accounts: Vec<AccountId>,
+    holds: Vec<(AccountId, u64)>,
+    /// Outcome not learned yet: resent until it is.
+    unknown: Vec<Sent>,
+    n: u64,
+    report: Report,
+}
+
+#[derive(Default, Debug)]
+struct Report {
+    requests: u64,
+    applied: u64,
+    refused: u64,
+    unavailable: u64,
+    crashes: u64,
+    /// References the driver was told were applied (each told so once).
+    told_applied: usize,
+}
+
+impl Sim {
+    async fn start(&mut self) {
+        let node = Node::start_with(
+            config(self.durability),
+            Arc::new(self.disk.store()),
+            Arc::new(self.clock.clone()),
+            self.gateway.clone(),
+        )
+        .await
+        .unwrap();
+        self.node = Some(node);
+    }
+
+    fn node(&self) -> &Node {
+        self.node.as_ref().unwrap()
+    }
+
+    fn key(&mut self) -> IdemKey {
+        self.n += 1;
+        IdemKey::new(&format!("s{}-{}", self.seed, self.n)).unwrap()
+    }
+
+    /// Sends, and tells the auditor what came back. `Unknown` outcomes are
+    /// kept for resending.
+    async fn send(&mut self, sent: Sent) -> Option<Reply> {
+        self.report.requests += 1;
+        let result = self.node().execute(sent.req.clone()).await;
+        self.learn(sent, result)
+    }
+
+    fn learn(&mut self, sent: Sent, result: Result<Reply, Error>) -> Option<Reply> {
+        let money_in = sent.req.command.is_money_in();
+        let told = match &result {
+            // In `async` mode usage is acknowledged before it is durable
+            // (the documented window): a crash may lose it, so it counts as
+            // unknown there; money in is synced first in both modes.
+            Ok(_) if self.durability == Durability::Async && !money_in => Told::Unknown,
+            Ok(reply) => Told::Applied { balance: reply.balance },
+            Err(Error::Refused(_)) => Told::Refused,
+            Err(_) => Told::Unknown,
+        };
+        match &result {
+            Ok(_) => self.report.applied += 1,
+            Err(Error::Refused(_)) => self.report.refused += 1,
+            Err(_) => self.report.unavailable += 1,
+        }
+        if let Some(reference) = &sent.reference {
+            self.report.told_applied += usize::from(matches!(told, Told::Applied { .. }));
+            self.auditor.told(&sent.req.account, reference, told);
+        }
+        if result.as_ref().is_err_and(|e| !matches!(e, Error::Refused(_))) {
+            self.unknown.push(sent);
+        }
+        result.ok()
+    }
+
+    fn referenced(&mut self, account: &AccountId, prefix: &str, command: impl FnOnce(Text) -> Command) -> Sent {
+        let key = self.key();
+        let reference = format!("{prefix}-{}", key.as_str());
+        let command = command(Text::new("reference", &reference).unwrap());
+        Sent { req: Request { account: account.clone(), key: Some(key), command }, reference: Some(reference) }
+    }
+
+    async fn step(&mut self) {
+        let account = self.accounts[self.rng.below(self.accounts.len() as u64) as usize].clone();
+        match self.rng.below(100) {
+            0..=11 => {
+                let amount = self.rng.cents(500, 6_000);
+                let sent = self.referenced(&account, "buy", |r| Command::Purchase { amount, reference: Some(r) });
+                self.send(sent).await;
+            }
+            12..=19 => {
+                let amount = self.rng.cents(100, 2_000);
+                let expires = self.clock.now_ms() + 1 + self.rng.below(600_000);
+                let sent = self.referenced(&account, "free", |r| Command::Grant {
+                    amount,
+                    expires_at_ms: Some(expires),
+                    priority: None,
+                    reference: Some(r),
+                });
+                self.send(sent).await;
+            }
+            20..=44 => {
+                let amount = self.rng.cents(1, 1_500);
+                let mode = if self.rng.below(4) == 0 { DebitMode::Metered } else { DebitMode::Strict };
+                let sent = self.referenced(&account, "use", |r| Command::Debit {
+                    amount,
+                    mode,
+                    service: Service::ApiRequest,
+                    reference: Some(r),
+                });
+                self.send(sent).await;
+            }
+            45..=56 => {
+                let amount = self.rng.cents(100, 2_000);
+                let timeout = 1 + self.rng.below(300_000);
+                let sent = self.referenced(&account, "hold", |r| Command::Hold {
+                    amount,
+                    service: Service::FineTuning,
+                    reference: Some(r),
+                    timeout_ms: Some(timeout),
+                });
+                if let Some(Reply { detail: Detail::HoldPlaced { hold_id, .. }, .. }) = self.send(sent).await {
+                    self.holds.push((account, hold_id));
+                }
+            }
+            57..=66 if !self.holds.is_empty() => {
+                let (account, hold_id) = self.holds.swap_remove(self.rng.below(self.holds.len() as u64) as usize);
+                let command = if self.rng.below(3) == 0 {
+                    Command::Release { hold_id }
+                } else {
+                    Command::Capture { hold_id, amount: self.rng.cents(1, 2_500) }
+                };
+                let key = self.key();
+                self.send(Sent { req: Request { account, key: Some(key), command }, reference: None }).await;
+            }
+            67..=72 => {
+                let enabled = self.rng.below(5) != 0;
+                let amount = Some(self.rng.cents(1_000, 5_000));
+                let threshold = self.rng.cents(0, 3_000);
+                let command = Command::SetAutoRecharge { enabled, amount, threshold };
+                let key = self.key();
+                self.send(Sent { req: Request { account, key: Some(key), command }, reference: None }).await;
+            }
+            73..=82 => self.clock.advance(self.rng.below(120_000)),
+            83..=89 => self.tick_all().await,
+            90..=93 => self.resend().await,
+            94..=95 => self.crash().await,
+            96..=97 => self.burst().await,
+            _ => {
+                // Let the recharge worker and late gateway answers land.
+                tokio::time::sleep(Duration::from_millis(self.rng.below(8))).await;
+            }
+        }
+    }
+
+    /// What the node's timers would do: a tick to every account.
+    async fn tick_all(&mut self) {
+        for account in self.accounts.clone() {
+            let req = Request { account, key: None, command: Command::Tick };
+            let _ = self.node().execute(req).await;
+        }
+    }
+
+    /// Every request whose outcome is unknown, again, with its key.
+    async fn resend(&mut self) {
+        for sent in std::mem::take(&mut self.unknown) {
+            self.send(sent).await;
+        }
+    }
+
+    /// Several requests at once, with the power cut while they are in
+    /// flight (or not, at random).
+    async fn burst(&mut self) {
+        let mut batch = Vec::new();
+        for _ in 0..(2 + self.rng.below(12)) {
+            let account = self.accounts[self.rng.below(self.accounts.len() as u64) as usize].clone();
+            let amount = self.rng.cents(1, 800);
+            batch.push(self.referenced(&account, "burst", |r| Command::Debit {
+                amount,
+                mode: DebitMode::Strict,
+                service: Service::DedicatedEndpoint,
+                reference: Some(r),
+            }));
+        }
+        let crash_after = (self.rng.below(2) == 0).then(|| self.rng.below(3));
+        let reqs: Vec<Request> = batch.iter().map(|s| s.req.clone()).collect();
+        self.report.requests += reqs.len() as u64;
+        let node = self.node.take().unwrap();
+        let results = {
+            let call = node.execute_batch(reqs);
+            tokio::pin!(call);
+            match crash_after {
+                None => call.await.unwrap(),
+                Some(yields) => {
+                    let mut out = None;
+                    for _ in 0..yields {
+                        tokio::select! {
+                            r = &mut call => { out = Some(r.unwrap()); break; }
+                            _ = tokio::task::yield_now() => {}
+                        }
+                    }
+                    // Power cut: what had not been answered is unknown.
+                    self.disk.crash();
+                    self.report.crashes += 1;
+                    match out {
+                        Some(r) => r,
+                        None => call.await.unwrap(),
+                    }
+                }
+            }
+        };
+        self.node = Some(node);
+        for (sent, result) in batch.into_iter().zip(results) {
+            self.learn(sent, result);
+        }
+        if crash_after.is_some() {
+            self.restart().await;
+        }
+    }
+
+    async fn crash(&mut self) {
+        self.disk.crash();
+        self.report.crashes += 1;
+        self.restart().await;
+    }
+
+    /// The crashed node's handle is dead; stop what is left of it and start
+    /// a new node on what survived.
+    async fn restart(&mut self) {
+        if let Some(old) = self.node.take() {
+            old.shutdown().await;
+        }
+        self.start().await;
+    }
+
+    /// Faults off; resend until every outcome is known; pass every
+    /// deadline and settle; let every recharge finish.
+    async fn finish(&mut self) {
+        self.disk.set_faults(Faults::default());
+        for _ in 0..2_000 {
+            self.resend().await;
+            if self.unknown.is_empty() && self.node().storage_failure().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(self.unknown.is_empty(), "seed {}: outcomes still unknown after faults stopped", self.seed);
+        // Past every hold timeout, grant expiry and recharge retry.
+        for _ in 0..200 {
+            self.clock.advance(24 * 3_600_000);
+            self.tick_all().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut busy = false;
+            for account in &self.accounts {
+                let req = Request { account: account.clone(), key: None, command: Command::Balance };
+                if let Ok(Reply { detail: Detail::Balance(view), .. }) = self.node().execute(req).await {
+                    busy |= view.auto_recharge.attempt_in_flight.is_some();
+                }
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+
+    async fn audit(mut self) -> Report {
+        let settled_at = self.clock.now_ms();
+        let node = self.node.take().unwrap();
+        node.shutdown().await;
+        let store = self.disk.durable();
+        let mut credited = BTreeSet::new();
+        let mut applied = 0;
+        for id in &self.accounts {
+            let journal = store.history(id, 0, u32::MAX).unwrap();
+            let state = store.load(id, 0).unwrap().map(|l| l.state);
+            let audit = self
+                .auditor
+                .check_account(id, &journal, state.as_ref(), Some(settled_at))
+                .unwrap_or_else(|finding| panic!("seed {}: {finding}", self.seed));
+            assert_eq!(state.as_ref().and_then(|s| s.auto_recharge.in_flight.clone()), None, "seed {}", self.seed);
+            applied += audit.applied;
+            credited.extend(audit.credited.iter().map(|a| format!("{id}:{a}")));
+        }
+        let charges = self.gateway.state.lock().unwrap().charges.clone();
+        recharges_match(&charges, &credited).unwrap_or_else(|finding| panic!("seed {}: {finding}", self.seed));
+        assert_eq!(applied, self.report.told_applied, "seed {}: every acknowledgement was audited", self.seed);
+        self.report
+    }
+}
+
+async fn run_seed(seed: u64) -> (Report, prepaid::store::SimStats) {
+    let mut rng = Rng(mix(seed));
+    let faults = Faults {
+        write_fail: rng.below(40) as u32,
+        sync_fail: rng.below(40) as u32,
+        slow_sync_us: if rng.below(3) == 0 { 300 } else { 0 },
+        recover_fail: 300,
+    };
+    let durability = if rng.below(4) == 0 { Durability::Async } else { Durability::Sync };
+    let disk = SimDisk::new(mix(seed ^ 0xd15c), faults);
+    let gateway = Arc::new(SimGateway { seed, state: Mutex::new(GatewayState::default()) });
+    let accounts: Vec<AccountId> =
+        (0..(2 + rng.below(4))).map(|i| AccountId::new(&format!("sim_{seed}_{i}")).unwrap()).collect();
+    let mut sim = Sim {
+        seed,
+        rng,
+        disk: Arc::clone(&disk),
+        clock: ManualClock::at(T0),
+        gateway,
+        durability,
+        node: None,
+        auditor: Auditor::new(),
+        accounts: accounts.clone(),
+        holds: Vec::new(),
+        unknown: Vec::new(),
+        n: 0,
+        report: Report::default(),
+    };
+    sim.start().await;
+    for account in &accounts {
+        let command = Command::Open {
+            mode: Mode::Prepaid,
+            currency: Currency::new("USD").unwrap(),
+            past_due_suspends: None,
+            credit_limit: None,
+        };
+        let key = sim.key();
+        sim.send(Sent { req: Request { account: account.clone(), key: Some(key), command }, reference: None }).await;
+    }
+    for _ in 0..150 {
+        sim.step().await;
+    }
+    sim.finish().await;
+    let report = sim.audit().await;
+    (report, disk.stats())
+}
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("PREPAID_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let n = std::env::var("PREPAID_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    (1..=n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_faults_lose_nothing_and_apply_nothing_twice() {
+    let seeds = seeds();
+    let mut total = Report::default();
+    let mut disk = prepaid::store::SimStats::default();
+    for &seed in &seeds {
+        eprintln!("seed {seed}");
+        let (r, d) = run_seed(seed).await;
+        total.requests += r.requests;
+        total.applied += r.applied;
+        total.refused += r.refused;
+        total.unavailable += r.unavailable;
+        total.crashes += r.crashes;
+        disk.failed_writes += d.failed_writes;
+        disk.failed_syncs += d.failed_syncs;
+        disk.lost_groups += d.lost_groups;
+        disk.kept_groups += d.kept_groups;
+    }
+    eprintln!(
+        "simulation: {} seeds, {} requests ({} applied, {} refused, {} storage/crash answers), {} crashes, \
+         {} failed writes, {} failed syncs, unsynced groups lost/kept by crashes {}/{}",
+        seeds.len(),
+        total.requests,
+        total.applied,
+        total.refused,
+        total.unavailable,
+        total.crashes,
+        disk.failed_writes,
+        disk.failed_syncs,
+        disk.lost_groups,
+        disk.kept_groups
+    );
+    assert!(total.applied > 0 && total.refused > 0, "the workload both applied and refused");
+    if seeds.len() >= 20 {
+        assert!(total.crashes > 0 && disk.failed_writes + disk.failed_syncs > 0, "faults were injected");
+    }
+}
