@@ -177,7 +177,8 @@ impl Fold {
                 }
             }
             Event::RechargeRequested { attempt_id, amount } => {
-                if self.attempts.insert(*attempt_id, (units(*amount), false)).is_some() {
+                let before = self.attempts.insert(*attempt_id, (units(*amount), false));
+                if before.is_some() {
                     return Err(format!("recharge attempt {attempt_id} started twice"));
                 }
             }

@@ -182,7 +182,10 @@ impl Node {
 
     /// One request; the reply once it is durable (in `sync` mode).
     pub async fn execute(&self, req: Request) -> Result<Reply, Error> {
-        let Some(_admitted) = self.inner.admit(1) else { return Err(Error::Overloaded) };
+        let admitted = self.inner.admit(1);
+        if admitted.n == 0 {
+            return Err(Error::Overloaded);
+        }
         self.inner.execute(req).await
     }
 
@@ -193,11 +196,15 @@ impl Node {
         if reqs.len() > max {
             return Err(Error::BatchTooLarge { max });
         }
-        let Some(_admitted) = self.inner.admit(reqs.len()) else {
-            return Ok(reqs.iter().map(|_| Err(Error::Overloaded)).collect());
-        };
+        // As many as the bound has room for, from the front: the rest of the
+        // batch is answered `overloaded` (later requests of an account are
+        // shed, never earlier ones).
+        let admitted = self.inner.admit(reqs.len());
+        let shed = reqs.len() - admitted.n;
         let mut receivers = Vec::with_capacity(reqs.len());
         let mut by_account: HashMap<AccountId, Vec<Job>> = HashMap::new();
+        let mut reqs = reqs;
+        reqs.truncate(admitted.n);
         for req in reqs {
             let (tx, rx) = oneshot::channel();
             receivers.push(rx);
@@ -206,10 +213,11 @@ impl Node {
         for (id, jobs) in by_account {
             self.inner.send(&id, jobs).await;
         }
-        let mut out = Vec::with_capacity(receivers.len());
+        let mut out = Vec::with_capacity(receivers.len() + shed);
         for rx in receivers {
             out.push(rx.await.unwrap_or_else(|_| Err(Error::Internal("the account's actor stopped".into()))));
         }
+        out.extend((0..shed).map(|_| Err(Error::Overloaded)));
         Ok(out)
     }
 
@@ -311,12 +319,18 @@ impl Node {
 }
 
 impl Inner {
-    /// Counts `n` requests in, or none if that would pass the bound.
-    fn admit(&self, n: usize) -> Option<Admitted<'_>> {
+    /// Counts in as many of `n` requests as the bound has room for (`.n`,
+    /// possibly 0); they count until the returned guard is dropped.
+    fn admit(&self, n: usize) -> Admitted<'_> {
         let max = self.shared.cfg.node.max_in_flight;
-        let before = self.in_flight.fetch_add(n, Ordering::AcqRel);
-        let admitted = Admitted { count: &self.in_flight, n };
-        (before + n <= max).then_some(admitted)
+        let mut now = self.in_flight.load(Ordering::Acquire);
+        loop {
+            let room = n.min(max.saturating_sub(now));
+            match self.in_flight.compare_exchange_weak(now, now + room, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Admitted { count: &self.in_flight, n: room },
+                Err(actual) => now = actual,
+            }
+        }
     }
 
     async fn execute(&self, req: Request) -> Result<Reply, Error> {

@@ -225,7 +225,7 @@ fn sigkill_under_load_from_several_clients_loses_nothing_acknowledged() {
         resent: 0,
         accounts: BTreeSet::new(),
     };
-    let mut rng: u64 = 0x5eed_0f_70_27_u64;
+    let mut rng: u64 = 0x005e_ed0f_7027_u64;
     let cycles = cycles();
     let started = Instant::now();
     let mut records = 0;
