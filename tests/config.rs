@@ -68,6 +68,17 @@ fn bounds_are_checked_at_and_past_their_limits() {
     assert!(with("account_queue_max = 0").is_err());
     assert!(with("max_resident_accounts = 0").is_err());
     assert!(with("flush_interval_ms = 0").is_err());
+    assert!(with("max_in_flight = 1").is_ok());
+    assert!(with("max_in_flight = 0").is_err());
+    assert!(with("storage_retry_ms = 1").is_ok());
+    assert!(with("storage_retry_ms = 0").is_err());
+    assert!(with("memtable_mb = 1").is_ok());
+    assert!(with("memtable_mb = 4096").is_ok());
+    assert!(with("memtable_mb = 0").is_err());
+    assert!(with("memtable_mb = 4097").is_err());
+    let server = |text: &str| NodeConfig::from_toml(&format!("[server]\n{text}\n"));
+    assert!(server("max_streams_per_connection = 1").is_ok());
+    assert!(server("max_streams_per_connection = 0").is_err());
 }
 
 /// A file of the checkout under test. Read at run time (cargo sets

@@ -12,7 +12,7 @@
 //! conservation exact, no recharge charged twice, holds and grants expired
 //! exactly once.
 //!
-//! `PREPAID_SIM_SEEDS=N` runs seeds 1..=N (200 by default);
+//! `PREPAID_SIM_SEEDS=N` runs seeds 1..=N (300 by default);
 //! `PREPAID_SEED=S` runs seed S alone, to reproduce a failure. The seed
 //! fixes the workload, the disk's fault schedule (per call) and the
 //! gateway's answers (per key and call); what it cannot fix is how the
@@ -486,7 +486,7 @@ fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("PREPAID_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
     }
-    let n = std::env::var("PREPAID_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let n = std::env::var("PREPAID_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
     (1..=n).collect()
 }
 
