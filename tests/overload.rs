@@ -12,11 +12,14 @@
 //! commands in release builds and recorded in docs/RELIABILITY.md, not
 //! asserted here.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-const ADMIN: &str = "admin-token-0123456789";
+#[path = "support/serve.rs"]
+mod serve;
+
+use serve::{ADMIN, Server};
+
 const MAX_IN_FLIGHT: u64 = 2_000;
 /// The server's peak resident memory may not pass this: the node's bound
 /// (2,000 requests) plus what HTTP/2 buffers per connection and RocksDB's
@@ -24,31 +27,10 @@ const MAX_IN_FLIGHT: u64 = 2_000;
 /// batches would pass it many times over during a long overload.
 const RSS_LIMIT_KB: u64 = 768 * 1024;
 
-struct Server {
-    child: Child,
-    grpc: String,
-}
-
 fn start(dir: &Path) -> Server {
     let config = dir.join("overload.toml");
     std::fs::write(&config, format!("[node]\nmax_in_flight = {MAX_IN_FLIGHT}\n")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("PREPAID_DATA_DIR", dir.join("data"))
-        .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")
-        .env("PREPAID_HTTP_ADDR", "127.0.0.1:0")
-        .env("PREPAID_TOKENS", format!("ops:admin:{ADMIN}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().unwrap().unwrap();
-    assert!(line.starts_with("prepaid: serving gRPC on"), "{line}");
-    let grpc = line.split_whitespace().nth(4).unwrap().to_string();
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, grpc }
+    serve::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
 }
 
 /// `prepaid bench --addr … --json`: its figures.

@@ -1,37 +1,15 @@
 //! `prepaid serve` as a process: the CLI against it, `bench --addr`, and a
 //! clean stop on SIGTERM (exit 0, data on disk, found again on restart).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-const ADMIN: &str = "admin-token-0123456789";
+#[path = "support/serve.rs"]
+mod serve;
 
-struct Server {
-    child: Child,
-    grpc: String,
-    http: String,
-}
+use serve::{ADMIN, Server, sigterm};
 
 fn start(dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
-        .arg("serve")
-        .env("PREPAID_DATA_DIR", dir)
-        .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")
-        .env("PREPAID_HTTP_ADDR", "127.0.0.1:0")
-        .env("PREPAID_TOKENS", format!("ops:admin:{ADMIN}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().unwrap().unwrap();
-    // "prepaid: serving gRPC on A and HTTP on B"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    assert!(line.starts_with("prepaid: serving gRPC on"), "{line}");
-    let server = Server { child, grpc: words[4].to_string(), http: words[8].to_string() };
-    // Keep reading stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    server
+    serve::start(dir, &[])
 }
 
 fn cli(server: &Server, args: &[&str]) -> (i32, String, String) {
@@ -42,12 +20,6 @@ fn cli(server: &Server, args: &[&str]) -> (i32, String, String) {
         .output()
         .unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
-
-fn sigterm(mut server: Server) -> i32 {
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    server.child.wait().unwrap().code().unwrap_or(-1)
 }
 
 #[test]

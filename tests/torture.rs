@@ -13,7 +13,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,9 +20,12 @@ use std::time::{Duration, Instant};
 use prepaid::audit::{Auditor, Told};
 use prepaid::ledger::{AccountId, Amount};
 use prepaid::store::{RocksStore, Store};
-use prepaid::wire::pb;
 
-const ADMIN: &str = "admin-token-0123456789";
+#[path = "support/serve.rs"]
+mod serve;
+
+use serve::{ADMIN, Server, sigterm, start};
+
 const CLIENTS: u64 = 3;
 const ACCOUNTS: u64 = 6;
 
@@ -31,28 +33,15 @@ fn cycles() -> u64 {
     std::env::var("PREPAID_TORTURE_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
 }
 
-struct Server {
-    child: Child,
-    grpc: String,
-}
-
-fn start(dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
-        .arg("serve")
-        .env("PREPAID_DATA_DIR", dir)
-        .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")
-        .env("PREPAID_HTTP_ADDR", "127.0.0.1:0")
-        .env("PREPAID_TOKENS", format!("ops:admin:{ADMIN}"))
+/// `prepaid torture-client` with `args`, its output piped.
+fn client(server: &Server, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["torture-client", "--addr", &server.grpc, "--token", ADMIN])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("the server printed its addresses").unwrap();
-    assert!(line.starts_with("prepaid: serving gRPC on"), "{line}");
-    let grpc = line.split_whitespace().nth(4).unwrap().to_string();
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, grpc }
+        .unwrap()
 }
 
 /// A request a client never learned the outcome of.
@@ -103,44 +92,24 @@ impl Torture {
         }
     }
 
-    /// Resends every unknown request under its key until each has a
-    /// definite answer (the node is up and healthy).
+    /// Resends every unknown request under its key (the node is up), and
+    /// learns what became of each.
     fn resend(&mut self, server: &Server) {
         if self.unknown.is_empty() {
             return;
         }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let unknown = std::mem::take(&mut self.unknown);
-        let answers: Vec<(String, String, Result<pb::Accepted, prepaid::ClientError>)> = rt.block_on(async {
-            let client = prepaid::Client::connect(&server.grpc, ADMIN).await.unwrap();
-            let mut out = Vec::new();
-            for u in &unknown {
-                let op = op(&u.kind, &u.account, &u.key, &u.amount);
-                let mut result = client.call(op.clone()).await;
-                for _ in 0..50 {
-                    match &result {
-                        Err(prepaid::ClientError::Refused { code, .. }) if !retryable(code) => break,
-                        Ok(_) => break,
-                        Err(_) => {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            result = client.call(op.clone()).await;
-                        }
-                    }
-                }
-                out.push((u.account.clone(), u.key.clone(), result));
-            }
-            out
-        });
-        for (account, key, result) in answers {
-            self.resent += 1;
-            match result {
-                Ok(a) => self.told(&account, &key, Told::Applied { balance: Amount::parse(&a.balance).unwrap() }),
-                Err(prepaid::ClientError::Refused { code, .. }) if !retryable(&code) => {
-                    self.told(&account, &key, Told::Refused)
-                }
-                Err(e) => panic!("{key}: still no answer after the restart: {e}"),
-            }
+        let list = self.dir.with_extension("resend");
+        let lines: Vec<String> =
+            self.unknown.iter().map(|u| format!("{} {} {} {}\n", u.account, u.kind, u.amount, u.key)).collect();
+        std::fs::write(&list, lines.concat()).unwrap();
+        self.resent += self.unknown.len() as u64;
+        self.unknown.clear();
+        let out = client(server, &["--resend", list.to_str().unwrap()]).wait_with_output().unwrap();
+        assert!(out.status.success(), "the resend ran");
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            self.read_client_line(line);
         }
+        let _ = std::fs::remove_file(&list);
     }
 
     /// Reads what is on disk (the server is down) and audits the records
@@ -165,39 +134,6 @@ impl Torture {
     fn seen(&self, id: &AccountId) -> u64 {
         // The auditor's fold knows; a fresh account starts at 0.
         self.auditor.records_seen(id)
-    }
-}
-
-fn retryable(code: &str) -> bool {
-    matches!(code, "storage_unavailable" | "overloaded" | "shutting_down" | "internal")
-}
-
-fn op(kind: &str, account: &str, key: &str, amount: &str) -> pb::request::Op {
-    use pb::request::Op;
-    let reference = Some(key.to_string());
-    match kind {
-        "buy" => Op::Purchase(pb::Purchase {
-            account: account.into(),
-            idempotency_key: key.into(),
-            amount: amount.into(),
-            reference,
-        }),
-        "use" | "meter" => Op::Debit(pb::Debit {
-            account: account.into(),
-            idempotency_key: key.into(),
-            amount: amount.into(),
-            mode: if kind == "use" { pb::DebitMode::Strict } else { pb::DebitMode::Metered } as i32,
-            reference,
-            ..Default::default()
-        }),
-        "hold" => Op::Hold(pb::Hold {
-            account: account.into(),
-            idempotency_key: key.into(),
-            amount: amount.into(),
-            reference,
-            ..Default::default()
-        }),
-        other => panic!("unknown kind {other}"),
     }
 }
 
@@ -233,7 +169,7 @@ fn sigkill_under_load_from_several_clients_loses_nothing_acknowledged() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let mut server = start(&dir);
+        let mut server = start(&dir, &[]);
         if cycle == 0 {
             open_accounts(&server);
         }
@@ -242,14 +178,9 @@ fn sigkill_under_load_from_several_clients_loses_nothing_acknowledged() {
         let mut clients: Vec<Child> = Vec::new();
         let mut readers = Vec::new();
         for k in 0..CLIENTS {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
-                .args(["torture-client", "--addr", &server.grpc, "--token", ADMIN])
-                .args(["--client", &k.to_string(), "--seed", &(cycle + 1).to_string()])
-                .args(["--accounts", &ACCOUNTS.to_string()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let seed = (cycle + 1).to_string();
+            let mut child =
+                client(&server, &["--client", &k.to_string(), "--seed", &seed, "--accounts", &ACCOUNTS.to_string()]);
             let stdout = child.stdout.take().unwrap();
             let tx = tx.clone();
             readers.push(std::thread::spawn(move || {
@@ -282,10 +213,10 @@ fn sigkill_under_load_from_several_clients_loses_nothing_acknowledged() {
         records = t.audit(cycle);
     }
     // A last start: every unknown outcome is learned, and audited.
-    let mut server = start(&dir);
+    let server = start(&dir, &[]);
     t.resend(&server);
-    assert!(Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap().success());
-    assert!(server.child.wait().unwrap().success(), "SIGTERM stops the node cleanly");
+    assert!(t.unknown.is_empty(), "every outcome is known once the node is up: {}", t.unknown.len());
+    assert_eq!(sigterm(server), 0, "SIGTERM stops the node cleanly");
     records = records.max(t.audit(cycles));
     assert!(t.acked >= cycles, "the clients were acknowledged work: {}", t.acked);
     eprintln!(

@@ -65,6 +65,14 @@ impl Api {
             }
             names.push(name);
         }
+        // A full node sheds the batch before converting it: under overload
+        // the refusals must cost far less than the work they protect.
+        if self.node.in_flight() >= self.node.config().node.max_in_flight {
+            let codes: Vec<_> = names.iter().map(|name| (*name, "overloaded")).collect();
+            self.metrics.record(&codes, start.elapsed());
+            let replies = reqs.iter().map(|req| wire::reply(req.id, Err(Error::Overloaded))).collect();
+            return Ok(pb::Replies { replies });
+        }
         let mut valid = Vec::with_capacity(reqs.len());
         let mut slots = Vec::with_capacity(reqs.len());
         for req in reqs {

@@ -41,8 +41,9 @@ commands:
                                      load for the crash test, until killed
                                      (--settle: finish in-flight recharges, stop)
   torture-client --addr HOST:PORT --token T --client K --seed N [--accounts N] [--ops N]
-                                     one client of the crash torture: money operations
+                 [--resend FILE]     one client of the crash torture: money operations
                                      until the node goes away, one line per outcome
+                                     (--resend: the requests listed, under their keys)
   help                               this text";
 
 /// Bounds on what the command line accepts: enough to measure, never
@@ -122,6 +123,7 @@ fn main() -> ExitCode {
                 seed: f.number("--seed", 1, 0, u64::MAX)?,
                 accounts: f.number("--accounts", 6, 1, MAX_ACCOUNTS)?,
                 ops: f.number("--ops", 1_000_000, 1, MAX_DEBITS)?,
+                resend: f.text("--resend").map(PathBuf::from),
             };
             f.done()?;
             runtime()?.block_on(torture::client(args)).map_err(Failure::Run)

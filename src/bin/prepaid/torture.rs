@@ -13,6 +13,11 @@
 //! An `unknown` line carries what the driver needs to resend the request
 //! under the same key after the restart. The process exits once the node
 //! is unreachable (after the SIGKILL), or after `--ops` requests.
+//!
+//! With `--resend FILE` it runs no load: it sends each request listed in
+//! the file (`<account> <op> <amount> <key>` per line, from earlier
+//! `unknown` lines) under its key, retrying node errors for a while, and
+//! prints what became of each in the same format.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ pub struct TortureArgs {
     pub seed: u64,
     pub accounts: u64,
     pub ops: u64,
+    pub resend: Option<std::path::PathBuf>,
 }
 
 /// Callers sharing the connection.
@@ -64,11 +70,51 @@ pub fn op(kind: &str, account: &str, key: &str, amount: &str) -> Option<Op> {
     })
 }
 
+fn outcome(account: &str, kind: &str, amount: &str, key: &str, result: &Result<pb::Accepted, ClientError>) -> String {
+    match result {
+        Ok(a) => format!("ok {account} {key} {}", a.balance),
+        Err(ClientError::Refused { code, .. }) if !is_node_error(code) => format!("no {account} {key} {code}"),
+        Err(_) => format!("unknown {account} {key} {kind} {amount} {key}"),
+    }
+}
+
+fn print(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Each listed request again, under its key, until it has an answer (or
+/// 50 tries 20 ms apart).
+async fn resend(client: &Client, file: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [account, kind, amount, key] = words[..] else { return Err(format!("a bad line: {line:?}")) };
+        let op = op(kind, account, key, amount).ok_or_else(|| format!("an unknown operation: {line:?}"))?;
+        let mut result = client.call(op.clone()).await;
+        for _ in 0..50 {
+            if matches!(&result, Ok(_))
+                || matches!(&result, Err(ClientError::Refused { code, .. }) if !is_node_error(code))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            result = client.call(op.clone()).await;
+        }
+        print(&outcome(account, kind, amount, key, &result));
+    }
+    Ok(())
+}
+
 pub async fn client(args: TortureArgs) -> Result<(), String> {
     let client = Client::connect(&args.addr, &args.token)
         .await
         .map_err(|e| e.to_string())?
         .with_deadline(Duration::from_secs(5));
+    if let Some(file) = &args.resend {
+        return resend(&client, file).await;
+    }
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -97,21 +143,12 @@ pub async fn client(args: TortureArgs) -> Result<(), String> {
                 let amount = format!("{}.{:02}", cents / 100, cents % 100);
                 let key = format!("s{seed}c{id}n{n}");
                 let op = op(kind, &account, &key, &amount).expect("a known kind");
-                let line = match client.call(op).await {
-                    Ok(a) => format!("ok {account} {key} {}", a.balance),
-                    Err(ClientError::Refused { code, .. }) if is_node_error(&code) => {
-                        stop.store(true, Ordering::Relaxed);
-                        format!("unknown {account} {key} {kind} {amount} {key}")
-                    }
-                    Err(ClientError::Refused { code, .. }) => format!("no {account} {key} {code}"),
-                    Err(_) => {
-                        stop.store(true, Ordering::Relaxed);
-                        format!("unknown {account} {key} {kind} {amount} {key}")
-                    }
-                };
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
+                let line = outcome(&account, kind, &amount, &key, &client.call(op).await);
+                if line.starts_with("unknown") {
+                    // The node is going away (or refusing writes): stop.
+                    stop.store(true, Ordering::Relaxed);
+                }
+                print(&line);
             }
         }));
     }

@@ -1,0 +1,47 @@
+//! `prepaid serve` as a child process, for the tests that need a real
+//! process to stop or kill: ports chosen by the OS, read back from the
+//! line the server prints first.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub const ADMIN: &str = "admin-token-0123456789";
+
+pub struct Server {
+    pub child: Child,
+    pub grpc: String,
+    pub http: String,
+}
+
+/// Starts `prepaid serve [args…]` on `data_dir` with an admin token.
+pub fn start(data_dir: &Path, args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .arg("serve")
+        .args(args)
+        .env("PREPAID_DATA_DIR", data_dir)
+        .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")
+        .env("PREPAID_HTTP_ADDR", "127.0.0.1:0")
+        .env("PREPAID_TOKENS", format!("ops:admin:{ADMIN}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("the server printed its addresses").unwrap();
+    // "prepaid: serving gRPC on A and HTTP on B"
+    assert!(line.starts_with("prepaid: serving gRPC on"), "{line}");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let server = Server { child, grpc: words[4].to_string(), http: words[8].to_string() };
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    server
+}
+
+/// SIGTERM; the exit code.
+pub fn sigterm(mut server: Server) -> i32 {
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    server.child.wait().unwrap().code().unwrap_or(-1)
+}
