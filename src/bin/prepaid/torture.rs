@@ -94,9 +94,7 @@ async fn resend(client: &Client, file: &std::path::Path) -> Result<(), String> {
         let op = op(kind, account, key, amount).ok_or_else(|| format!("an unknown operation: {line:?}"))?;
         let mut result = client.call(op.clone()).await;
         for _ in 0..50 {
-            if matches!(&result, Ok(_))
-                || matches!(&result, Err(ClientError::Refused { code, .. }) if !is_node_error(code))
-            {
+            if result.is_ok() || matches!(&result, Err(ClientError::Refused { code, .. }) if !is_node_error(code)) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
