@@ -38,6 +38,10 @@ pub struct Metrics {
 pub struct Gauges {
     pub resident_accounts: usize,
     pub storage_failed: bool,
+    /// Storage failures and recoveries since start.
+    pub storage_events: (u64, u64),
+    /// Requests in the node now.
+    pub in_flight: usize,
     pub node: StatsSnapshot,
     pub webhook_backlog: u64,
     pub webhook_delivered: u64,
@@ -99,14 +103,22 @@ impl Metrics {
         let _ = writeln!(out, "prepaid_group_accounts_bucket{{le=\"+Inf\"}} {}", g.node.groups);
         let _ = writeln!(out, "prepaid_group_accounts_sum {}", g.node.group_accounts);
         let _ = writeln!(out, "prepaid_group_accounts_count {}", g.node.groups);
-        let gauges: [(&str, &str, &str, u64); 9] = [
+        let gauges: [(&str, &str, &str, u64); 12] = [
             ("prepaid_resident_accounts", "gauge", "Account actors in memory.", g.resident_accounts as u64),
             (
                 "prepaid_storage_failed",
                 "gauge",
-                "1 once a write or sync failed (writes refused).",
+                "1 while storage is failed (writes refused, reads served).",
                 g.storage_failed as u64,
             ),
+            ("prepaid_storage_failures_total", "counter", "Storage failures since start.", g.storage_events.0),
+            (
+                "prepaid_storage_recoveries_total",
+                "counter",
+                "Recoveries from a storage failure since start.",
+                g.storage_events.1,
+            ),
+            ("prepaid_in_flight", "gauge", "Requests in the node now (node.max_in_flight).", g.in_flight as u64),
             (
                 "prepaid_recharge_charged_total",
                 "counter",
@@ -171,6 +183,8 @@ mod tests {
         let text = m.render(&Gauges {
             resident_accounts: 7,
             storage_failed: false,
+            storage_events: (1, 1),
+            in_flight: 3,
             node: StatsSnapshot { group_buckets: vec![0; GROUP_BUCKETS.len() + 1], ..Default::default() },
             webhook_backlog: 2,
             webhook_delivered: 0,
@@ -183,6 +197,7 @@ mod tests {
         assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"1\"} 2"));
         assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"+Inf\"} 3"));
         assert!(text.contains("prepaid_resident_accounts 7"));
+        assert!(text.contains("prepaid_storage_recoveries_total 1") && text.contains("prepaid_in_flight 3"), "{text}");
         assert!(text.contains("prepaid_webhook_backlog 2"));
         assert_eq!(m.count("debit", "ok"), 2);
     }

@@ -47,6 +47,8 @@ impl Api {
         metrics::Gauges {
             resident_accounts: self.node.resident_accounts(),
             storage_failed: self.node.storage_failure().is_some(),
+            storage_events: self.node.storage_events(),
+            in_flight: self.node.in_flight(),
             node: self.node.stats(),
             webhook_backlog: w.backlog,
             webhook_delivered: w.delivered,

@@ -181,6 +181,8 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_without_loss() {
     }
     let after = c.debit("disk", "after", "0.01").await.unwrap();
     assert_ne!(after.balance, last_balance);
+    assert_eq!(s.metric("prepaid_storage_failures_total").await, 1);
+    assert_eq!(s.metric("prepaid_storage_recoveries_total").await, 1);
     s.stop().await;
 
     // The auditor reads what is on disk.
