@@ -26,6 +26,7 @@ use prepaid::audit::{Auditor, Told, recharges_match};
 use prepaid::clock::Clock;
 use prepaid::config::Durability;
 use prepaid::gateway::{ChargeFuture, ChargeOutcome, ChargeRequest, GatewayUnavailable, PaymentGateway};
+use prepaid::ledger::hash::stable_hash;
 use prepaid::ledger::*;
 use prepaid::store::{Faults, SimDisk, Store};
 use prepaid::{Error, ManualClock, Node, NodeConfig};
@@ -76,7 +77,7 @@ impl PaymentGateway for SimGateway {
         let mut s = self.state.lock().unwrap();
         let n = s.calls.entry(key.clone()).or_default();
         *n += 1;
-        let roll = mix(self.seed ^ stable(&key) ^ mix(*n)) % 100;
+        let roll = mix(self.seed ^ stable_hash(key.as_bytes()) ^ mix(*n)) % 100;
         let (answer, delay_ms): (Result<ChargeOutcome, GatewayUnavailable>, u64) = if s.charged.contains(&key) {
             (Ok(ChargeOutcome::Charged), 0)
         } else if s.declined.contains(&key) {
@@ -108,10 +109,6 @@ impl PaymentGateway for SimGateway {
             answer
         })
     }
-}
-
-fn stable(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn config(durability: Durability) -> NodeConfig {
