@@ -61,7 +61,9 @@ pub struct NodeSettings {
     pub event_buffer: usize,
     /// Requests taken and not yet answered, over the whole node; past it a
     /// request is answered `overloaded` at once (a bound on memory under
-    /// overload, beside `account_queue_max` per account).
+    /// overload, beside `account_queue_max` per account). Also the longest
+    /// queue a request waits behind: about peak throughput × the latency
+    /// accepted.
     pub max_in_flight: usize,
     /// After a storage failure: how often the journal writer asks the store
     /// whether writing works again (a probe write, synced).
@@ -89,7 +91,7 @@ impl Default for NodeSettings {
             recharge_charge_timeout_ms: 30_000,
             recharge_retry_unknown_ms: 2_000,
             event_buffer: 65_536,
-            max_in_flight: 200_000,
+            max_in_flight: 20_000,
             storage_retry_ms: 1_000,
             memtable_mb: 64,
         }
@@ -142,6 +144,10 @@ pub struct ServerSettings {
     /// Calls (HTTP/2 streams) open at once on one gRPC connection; a client
     /// waits for one to finish before it may open more.
     pub max_streams_per_connection: u32,
+    /// Threads of `prepaid serve`'s network side (HTTP/2, decoding, the
+    /// overload door), apart from the node's actors, so a node busy to its
+    /// bound still reads calls and sheds them at once. 1..=64.
+    pub io_threads: usize,
     /// On shutdown, how long calls in flight may take before connections
     /// still open are dropped.
     pub shutdown_grace_ms: u64,
@@ -158,6 +164,7 @@ impl Default for ServerSettings {
             max_connections: 1_024,
             stream_in_flight: 64,
             max_streams_per_connection: 256,
+            io_threads: 1,
             shutdown_grace_ms: 10_000,
             tokens: Vec::new(),
         }
@@ -349,6 +356,9 @@ impl NodeConfig {
         }
         if s.stream_in_flight > 65_536 {
             return bad("server.stream_in_flight is at most 65536");
+        }
+        if !(1..=64).contains(&s.io_threads) {
+            return bad("server.io_threads is between 1 and 64");
         }
         for t in &s.tokens {
             if t.token.len() < 16 {

@@ -70,6 +70,10 @@ pub(crate) struct Inner {
     stopping: AtomicBool,
     /// Requests taken by `execute`/`execute_batch` and not yet answered.
     in_flight: AtomicUsize,
+    /// The runtime the node was started on: its actors and tasks run there
+    /// whichever runtime a caller is on (`prepaid serve` runs the network
+    /// side on a runtime of its own).
+    runtime: tokio::runtime::Handle,
 }
 
 /// Counts requests against `node.max_in_flight` while they are in the node.
@@ -168,6 +172,7 @@ impl Node {
             events,
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            runtime: tokio::runtime::Handle::current(),
         });
         let timing = recharge::Timing {
             charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),
@@ -403,9 +408,18 @@ impl Inner {
                         shared: Arc::clone(&self.shared),
                         pending: Arc::clone(&pending),
                     };
-                    let (actor, _) = AccountActor::spawn(None, AccountActor, args)
-                        .await
-                        .map_err(|e| Error::StorageUnavailable(format!("activating {id}: {e}")))?;
+                    let activate = AccountActor::spawn(None, AccountActor, args);
+                    let spawned = if tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == self.runtime.id()) {
+                        activate.await
+                    } else {
+                        // A caller on another runtime: the actor is
+                        // spawned on the node's.
+                        self.runtime
+                            .spawn(activate)
+                            .await
+                            .map_err(|e| Error::Internal(format!("activating {id}: {e}")))?
+                    };
+                    let (actor, _) = spawned.map_err(|e| Error::StorageUnavailable(format!("activating {id}: {e}")))?;
                     let now = self.shared.clock.now_ms();
                     let resident = Arc::new(Resident { actor, pending, last_used_ms: AtomicU64::new(now) });
                     accounts.resident.insert(id.clone(), Arc::clone(&resident));
@@ -455,7 +469,7 @@ impl Inner {
                 accounts.stopping.insert(id, done_rx);
                 let (tx, rx) = oneshot::channel();
                 if resident.actor.send_message(AccountMsg::Passivate(tx)).is_ok() {
-                    tokio::spawn(async move {
+                    self.runtime.spawn(async move {
                         let _ = rx.await;
                         let _ = done_tx.send(true);
                     });

@@ -79,6 +79,8 @@ fn bounds_are_checked_at_and_past_their_limits() {
     let server = |text: &str| NodeConfig::from_toml(&format!("[server]\n{text}\n"));
     assert!(server("max_streams_per_connection = 1").is_ok());
     assert!(server("max_streams_per_connection = 0").is_err());
+    assert!(server("io_threads = 1").is_ok() && server("io_threads = 64").is_ok());
+    assert!(server("io_threads = 0").is_err() && server("io_threads = 65").is_err());
 }
 
 /// A file of the checkout under test. Read at run time (cargo sets

@@ -121,6 +121,64 @@ async fn answer(api: &Api, role: Role, batch: pb::Batch) -> pb::Replies {
     }
 }
 
+/// The node's front door for unary calls: when the node already holds
+/// `node.max_in_flight` requests, an authenticated unary call is answered
+/// `overloaded` (RESOURCE_EXHAUSTED, `prepaid-code: overloaded`) from its
+/// headers alone — its body is never read or decoded, and no per-request
+/// reply is built — so refusing a batch of a thousand costs about what
+/// refusing one does. `History` and the `Authorize` stream pass: a stream
+/// sheds per batch in `run_batch`, and refusing its opening would end the
+/// client's hot path instead of one batch.
+#[derive(Clone)]
+pub struct Door<S> {
+    pub inner: S,
+    pub api: Arc<Api>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Door<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The unary batch methods the door may shed (all but `History`; `Authorize` is the stream).
+fn sheddable(service: &str, path: &str) -> bool {
+    let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(service)).and_then(|p| p.strip_prefix('/'));
+    method.is_some_and(|m| m != "History" && m != "Authorize")
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Door<S>
+where
+    S: tonic::server::NamedService
+        + tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let node = &self.api.node;
+        if node.in_flight() >= node.config().node.max_in_flight
+            && sheddable(<S as tonic::server::NamedService>::NAME, req.uri().path())
+        {
+            // An unauthenticated call goes on to be refused as such.
+            let header = req.headers().get("authorization").map(|v| v.as_bytes());
+            if self.api.auth.role(header).is_ok() {
+                self.api.metrics.record(&[("call", "overloaded")], std::time::Duration::ZERO);
+                let response = status(&Error::Overloaded).into_http();
+                return Box::pin(async move { Ok(response) });
+            }
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
 /// The service tonic serves; a cheap handle on the shared `Api`.
 #[derive(Clone)]
 pub struct LedgerService(pub Arc<Api>);
@@ -301,5 +359,21 @@ impl pb::ledger_server::Ledger for LedgerService {
         let account = AccountId::new(&m.account).map_err(|r| status(&Error::Refused(r)))?;
         let records = self.0.node.history(&account, m.after_seq, m.limit).map_err(|e| status(&e))?;
         Ok(Response::new(pb::HistoryReply { records: records.iter().map(wire::history_record).collect() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sheddable;
+
+    #[test]
+    fn the_door_sheds_batch_calls_and_lets_history_and_the_stream_pass() {
+        let name = "prepaid.v1.Ledger";
+        for method in ["Execute", "Debit", "Balance", "CheckAccess", "Purchase"] {
+            assert!(sheddable(name, &format!("/{name}/{method}")), "{method}");
+        }
+        for path in ["/prepaid.v1.Ledger/History", "/prepaid.v1.Ledger/Authorize", "/other.Service/Debit", "/", ""] {
+            assert!(!sheddable(name, path), "{path}");
+        }
     }
 }

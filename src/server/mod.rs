@@ -217,7 +217,7 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(cfg.server.max_streams_per_connection))
-        .add_service(service)
+        .add_service(grpc::Door { inner: service, api: Arc::clone(&api) })
         .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
 
     let app = http::router(Arc::clone(&api));

@@ -12,12 +12,16 @@
 //! - a **slow sync** sleeps up to `slow_sync_us`;
 //! - a **failed recovery probe** keeps the store failed a while longer.
 //!
+//! And one fault set by hand: a **stalled disk** (`stall(true)`) holds every
+//! write until it is let go — a disk that hangs, so a test can keep
+//! requests in the node for as long as it needs.
+//!
 //! `crash` is the power going out: every handle (`SimStore`) of the running
 //! node dies (its calls fail from then on), and of the writes not yet synced
 //! a seeded prefix survives — a torn write-ahead log keeps a prefix, never a
 //! hole. A new node starts on a new handle from the same disk.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{Loaded, MemoryStore, Store, StoreError, WriteSet};
@@ -60,6 +64,9 @@ struct DiskState {
 
 pub struct SimDisk {
     state: Mutex<DiskState>,
+    /// True while writes are held (`stall`).
+    stalled: Mutex<bool>,
+    unstalled: Condvar,
 }
 
 /// One node's handle on the disk; dead after a crash.
@@ -125,6 +132,8 @@ impl SimDisk {
                 pending: Vec::new(),
                 stats: SimStats::default(),
             }),
+            stalled: Mutex::new(false),
+            unstalled: Condvar::new(),
         })
     }
 
@@ -158,6 +167,19 @@ impl SimDisk {
         (keep, pending.len() - keep)
     }
 
+    /// Holds every write from now on (`true`) until let go (`false`).
+    pub fn stall(&self, on: bool) {
+        *self.stalled.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        self.unstalled.notify_all();
+    }
+
+    fn wait_while_stalled(&self) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        while *stalled {
+            stalled = self.unstalled.wait(stalled).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     pub fn stats(&self) -> SimStats {
         self.lock().stats
     }
@@ -180,6 +202,7 @@ impl SimStore {
 
 impl Store for SimStore {
     fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError> {
+        self.disk.wait_while_stalled();
         let mut s = self.state()?;
         s.stats.writes += 1;
         let rate = s.faults.write_fail;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut};
 use prepaid::config::{Role, TokenSpec};
+use prepaid::store::Store;
 use prepaid::wire::pb;
-use prepaid::{Client, Node, NodeConfig, SimulatedGateway};
+use prepaid::{Client, Node, NodeConfig, SimulatedGateway, SystemClock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -26,6 +27,11 @@ pub struct Served {
 
 impl Served {
     pub async fn start(change: impl FnOnce(&mut NodeConfig)) -> Served {
+        Served::start_on(change, None).await
+    }
+
+    /// On a store of the test's own (`None`: the configured data dir).
+    pub async fn start_on(change: impl FnOnce(&mut NodeConfig), store: Option<Arc<dyn Store>>) -> Served {
         let mut cfg = NodeConfig::default();
         cfg.server.grpc_addr = "127.0.0.1:0".into();
         cfg.server.http_addr = "127.0.0.1:0".into();
@@ -35,7 +41,11 @@ impl Served {
             TokenSpec { name: "api".into(), role: Role::Authorize, token: AUTHZ.into() },
         ];
         change(&mut cfg);
-        let node = Node::start(cfg.clone(), Arc::new(SimulatedGateway::new())).await.unwrap();
+        let gateway = Arc::new(SimulatedGateway::new());
+        let node = match store {
+            Some(store) => Node::start_with(cfg.clone(), store, Arc::new(SystemClock), gateway).await.unwrap(),
+            None => Node::start(cfg.clone(), gateway).await.unwrap(),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let (bound_tx, bound_rx) = oneshot::channel();
         let task = tokio::spawn(prepaid::server::run(

@@ -5,6 +5,7 @@
 mod bad_input;
 mod disk;
 mod harness;
+mod overload;
 mod webhooks;
 
 use harness::*;

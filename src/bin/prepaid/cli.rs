@@ -36,17 +36,28 @@ pub fn serve(f: &Flags) -> Result<(), Failure> {
             Arc::new(SimulatedGateway::new())
         }
     };
-    crate::runtime()?.block_on(async move {
-        let node = Node::start(config.clone(), gateway).await.map_err(|e| Failure::Run(e.to_string()))?;
+    // Two runtimes: the node's actors on one, the network side (HTTP/2,
+    // decoding, the overload door) on another with `server.io_threads`
+    // threads, so a node busy to its bound still reads calls and sheds them
+    // at once instead of after its own queue.
+    let node_runtime = crate::runtime()?;
+    let io_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.io_threads)
+        .thread_name("prepaid-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Run(e.to_string()))?;
+    let node = node_runtime.block_on(Node::start(config.clone(), gateway)).map_err(|e| Failure::Run(e.to_string()))?;
+    io_runtime.block_on(async move {
         prepaid::server::run(config, node, prepaid::server::termination(), |bound| {
             // Tests and scripts read this line for the ports.
             println!("prepaid: serving gRPC on {} and HTTP on {}", bound.grpc, bound.http);
         })
         .await
-        .map_err(|e| Failure::Run(e.to_string()))?;
-        println!("prepaid: stopped cleanly");
-        Ok(())
-    })
+        .map_err(|e| Failure::Run(e.to_string()))
+    })?;
+    println!("prepaid: stopped cleanly");
+    Ok(())
 }
 
 const ACCOUNT_USAGE: &str = "\
