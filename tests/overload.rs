@@ -5,7 +5,8 @@
 //! the excess `overloaded` (the load generator counts them), keep exact
 //! books for what it accepted (the bench's conservation check), hold its
 //! memory to a bound (the server's peak RSS, read from /proc), and take
-//! the next ordinary load without refusing anything.
+//! the next ordinary load without refusing anything. Much of the excess is
+//! refused whole at the door, unread (`/metrics` counts those calls).
 //!
 //! How fast `overloaded` comes back and how much accepted work the node
 //! still does under overload are speeds: they are measured by the same
@@ -18,7 +19,7 @@ use std::process::Command;
 #[path = "support/serve.rs"]
 mod serve;
 
-use serve::{ADMIN, Server};
+use serve::{ADMIN, Server, metric};
 
 const MAX_IN_FLIGHT: u64 = 2_000;
 /// The server's peak resident memory may not pass this: the node's bound
@@ -67,6 +68,10 @@ fn overload_is_shed_memory_stays_bounded_and_the_node_recovers() {
     assert!(overloaded > 0, "16× the bound in flight is shed: {storm}");
     assert!(overloaded < 200_000, "and some of it is still accepted: {storm}");
     assert_eq!(storm["conservation"], "ok", "what was accepted is booked exactly: {storm}");
+    // Whole calls were refused at the door, unread (tests/served/overload.rs
+    // shows the door itself); the rest per request inside batches.
+    let at_door = metric(&server, "prepaid_requests_total{op=\"call\",code=\"overloaded\"}");
+    assert!(at_door > 0 && at_door * 1_000 <= overloaded, "{at_door} calls shed at the door: {storm}");
     let rss_storm = peak_rss_kb(server.child.id());
     assert!(rss_storm < RSS_LIMIT_KB, "peak RSS {rss_storm} kB under overload, limit {RSS_LIMIT_KB} kB");
 

@@ -3,7 +3,7 @@
 //! line the server prints first.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -44,4 +44,13 @@ pub fn sigterm(mut server: Server) -> i32 {
     let pid = server.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     server.child.wait().unwrap().code().unwrap_or(-1)
+}
+
+/// A value from the server's `/metrics` (0 when the series is absent).
+pub fn metric(server: &Server, series: &str) -> u64 {
+    let mut stream = std::net::TcpStream::connect(&server.http).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
 }
