@@ -110,7 +110,7 @@ TOKEN="compare-token-0123456789"
 for durability in async sync; do
   PREPAID_DATA_DIR="$WORK/prepaid-$durability" PREPAID_DURABILITY=$durability \
     PREPAID_GRPC_ADDR=127.0.0.1:17070 PREPAID_HTTP_ADDR=127.0.0.1:17071 PREPAID_TOKENS="bench:admin:$TOKEN" \
-    "$PREPAID" serve >"$WORK/prepaid-$durability.out" 2>/dev/null &
+    "$PREPAID" serve --simulated-gateway >"$WORK/prepaid-$durability.out" 2>/dev/null &
   PIDS+=($!)
   for _ in $(seq 100); do grep -q serving "$WORK/prepaid-$durability.out" 2>/dev/null && break; sleep 0.1; done
   debits=$((SECONDS_EACH * 50000))

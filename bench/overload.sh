@@ -26,7 +26,7 @@ if [ "${PIN:-0}" = 1 ]; then SERVER_CPU=(taskset -c 0) BENCH_CPU=(taskset -c 1);
 trap 'kill "$PID" 2>/dev/null || true; rm -rf "$DIR"' EXIT
 printf '[node]\nmax_in_flight = %s\n' "$MAX_IN_FLIGHT" >"$DIR/overload.toml"
 PREPAID_DATA_DIR="$DIR/data" PREPAID_GRPC_ADDR=127.0.0.1:17170 PREPAID_HTTP_ADDR=127.0.0.1:17171 \
-  PREPAID_TOKENS="bench:admin:$TOKEN" "${SERVER_CPU[@]}" "$BIN" serve --config "$DIR/overload.toml" >"$DIR/serve.log" 2>&1 &
+  PREPAID_TOKENS="bench:admin:$TOKEN" "${SERVER_CPU[@]}" "$BIN" serve --simulated-gateway --config "$DIR/overload.toml" >"$DIR/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do grep -q serving "$DIR/serve.log" && break; sleep 0.1; done
 bench() { "${BENCH_CPU[@]}" "$BIN" bench --addr 127.0.0.1:17170 --token "$TOKEN" --accounts 10000 --json "$@" | tail -1; }

@@ -1,7 +1,7 @@
 //! The Rust client against a served node:
 //!
 //! ```sh
-//! PREPAID_TOKENS=ops:admin:admin-token-0123456789 prepaid serve &
+//! PREPAID_TOKENS=ops:admin:admin-token-0123456789 prepaid serve --ephemeral --simulated-gateway &
 //! PREPAID_TOKEN=admin-token-0123456789 cargo run --example client -- 127.0.0.1:7070
 //! ```
 //!

@@ -28,10 +28,14 @@ pub struct NodeSettings {
     /// Where the node keeps its RocksDB database. Empty: a new temporary
     /// directory, removed when the node stops (for demos and tests).
     pub data_dir: PathBuf,
-    /// Shards accounts are spread over (`stable_hash(id) mod shards`). Today
-    /// a shard groups actors; once shards move between nodes, the number is
+    /// Shards accounts are spread over (`stable_hash(id) mod shards`). A
+    /// shard is a set of accounts a worker hosts; once shards move between nodes, the number is
     /// fixed when a cluster is created.
     pub shards: u32,
+    /// Shard workers: each owns a fixed set of shards (shard `s` belongs to
+    /// worker `s mod workers`) and hosts their accounts. 0: one per core
+    /// (at most `shards`).
+    pub workers: u32,
     pub durability: Durability,
     /// `async` mode: the longest time between syncs.
     pub flush_interval_ms: u64,
@@ -39,7 +43,8 @@ pub struct NodeSettings {
     pub group_max_accounts: usize,
     /// Submissions waiting for the journal writer before senders wait.
     pub writer_queue: usize,
-    /// Requests waiting for one account before it answers `overloaded`.
+    /// Requests for one account in one worker message, or waiting for it
+    /// while it loads, before it answers `overloaded`.
     pub account_queue_max: usize,
     /// Most requests in one batch call.
     pub max_batch: usize,
@@ -74,11 +79,27 @@ pub struct NodeSettings {
     pub memtable_mb: u32,
 }
 
+/// Most shard workers a node runs.
+pub const MAX_WORKERS: u32 = 1_024;
+
+impl NodeSettings {
+    /// The shard workers the node runs: `workers`, or one per core when 0;
+    /// never more than there are shards.
+    pub fn worker_count(&self) -> usize {
+        let wanted = match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        };
+        wanted.clamp(1, self.shards.max(1) as usize)
+    }
+}
+
 impl Default for NodeSettings {
     fn default() -> NodeSettings {
         NodeSettings {
             data_dir: PathBuf::new(),
             shards: 256,
+            workers: 0,
             durability: Durability::Sync,
             flush_interval_ms: 10,
             group_max_accounts: 4_096,
@@ -220,6 +241,21 @@ impl Default for WebhookSettings {
     }
 }
 
+/// Where auto-recharge charges cards. `prepaid serve` refuses to start
+/// without a real gateway unless the simulated one is asked for by name:
+/// a simulated gateway always charges, so it grants paid credits for
+/// nothing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RechargeSettings {
+    /// The payment gateway (`http://host:port/path`, a JSON POST with the
+    /// idempotency key). Env: PREPAID_GATEWAY_URL.
+    pub gateway_url: String,
+    /// Use the simulated gateway (demos and tests only: every charge
+    /// succeeds, no money moves). Env: PREPAID_SIMULATED_GATEWAY=true.
+    pub simulated_gateway: bool,
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -228,6 +264,7 @@ pub struct NodeConfig {
     pub ledger: LedgerConfig,
     pub server: ServerSettings,
     pub webhooks: WebhookSettings,
+    pub recharge: RechargeSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,9 +292,10 @@ impl NodeConfig {
     }
 
     /// `PREPAID_DATA_DIR`, `PREPAID_DURABILITY` (`sync` or `async`),
-    /// `PREPAID_SHARDS`, `PREPAID_FLUSH_INTERVAL_MS`,
+    /// `PREPAID_SHARDS`, `PREPAID_WORKERS`, `PREPAID_FLUSH_INTERVAL_MS`,
     /// `PREPAID_MAX_RESIDENT_ACCOUNTS`, `PREPAID_GRPC_ADDR`,
-    /// `PREPAID_HTTP_ADDR`, `PREPAID_WEBHOOK_SECRET` override the file;
+    /// `PREPAID_HTTP_ADDR`, `PREPAID_WEBHOOK_SECRET`, `PREPAID_GATEWAY_URL`,
+    /// `PREPAID_SIMULATED_GATEWAY` override the file;
     /// `PREPAID_TOKENS` adds tokens.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
@@ -275,6 +313,9 @@ impl NodeConfig {
         }
         if let Some(v) = var("PREPAID_SHARDS") {
             self.node.shards = number("PREPAID_SHARDS", &v)?;
+        }
+        if let Some(v) = var("PREPAID_WORKERS") {
+            self.node.workers = number("PREPAID_WORKERS", &v)?;
         }
         if let Some(v) = var("PREPAID_FLUSH_INTERVAL_MS") {
             self.node.flush_interval_ms = number("PREPAID_FLUSH_INTERVAL_MS", &v)?;
@@ -309,15 +350,29 @@ impl NodeConfig {
         if let Some(v) = var("PREPAID_WEBHOOK_SECRET") {
             self.webhooks.secret = v;
         }
+        if let Some(v) = var("PREPAID_GATEWAY_URL") {
+            self.recharge.gateway_url = v;
+        }
+        if let Some(v) = var("PREPAID_SIMULATED_GATEWAY") {
+            self.recharge.simulated_gateway = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(ConfigError::Invalid(format!("PREPAID_SIMULATED_GATEWAY={v:?}: true or false"))),
+            };
+        }
         self.validate()
     }
 
     /// Bounds that make the node unable to run are refused up front.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.ledger.validate().map_err(ConfigError::Invalid)?;
         let n = &self.node;
         let bad = |what: &str| Err(ConfigError::Invalid(what.to_string()));
         if !(1..=65_536).contains(&n.shards) {
             return bad("node.shards is 1 to 65536");
+        }
+        if n.workers > MAX_WORKERS {
+            return bad(&format!("node.workers is 0 (one per core) to {MAX_WORKERS}"));
         }
         if [n.group_max_accounts, n.writer_queue, n.account_queue_max, n.max_batch, n.event_buffer, n.max_in_flight]
             .contains(&0)
@@ -378,6 +433,13 @@ impl NodeConfig {
             if !url.starts_with("http://") {
                 return bad("webhooks.urls are http:// URLs (TLS belongs to a local proxy)");
             }
+        }
+        let r = &self.recharge;
+        if !r.gateway_url.is_empty() && !r.gateway_url.starts_with("http://") {
+            return bad("recharge.gateway_url is an http:// URL (TLS belongs to a local proxy)");
+        }
+        if !r.gateway_url.is_empty() && r.simulated_gateway {
+            return bad("recharge.gateway_url and recharge.simulated_gateway are exclusive: choose one gateway");
         }
         Ok(())
     }

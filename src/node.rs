@@ -141,6 +141,9 @@ impl Node {
             webhooks: !config.webhooks.urls.is_empty(),
             storage_retry: Duration::from_millis(config.node.storage_retry_ms),
         };
+        // Read before the writer starts: an error here must leave nothing
+        // running.
+        let in_flight = store.in_flight_recharges()?;
         let writer = journal::spawn(
             Arc::clone(&store),
             writer_cfg,
@@ -152,7 +155,7 @@ impl Node {
         )?;
         // Recharges requested before a restart and never answered resume with
         // their attempt ids.
-        for (account, attempt_id, amount) in store.in_flight_recharges()? {
+        for (account, attempt_id, amount) in in_flight {
             let _ = charges_tx.send(ChargeOrder { account, attempt_id, amount });
         }
         let shards = (0..config.node.shards).map(|_| Shard::default()).collect();

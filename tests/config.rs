@@ -83,6 +83,94 @@ fn bounds_are_checked_at_and_past_their_limits() {
     assert!(server("io_threads = 0").is_err() && server("io_threads = 65").is_err());
 }
 
+/// The error message for a `[ledger]` section, or "ok".
+fn ledger(text: &str) -> String {
+    match NodeConfig::from_toml(&format!("[ledger]\n{text}\n")) {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_zero_idempotency_window_is_refused_at_start() {
+    // A window of 0 forgot every key at once: one order credited three times.
+    let err = ledger("idempotency_window_ms = 0");
+    assert!(err.contains("ledger.idempotency_window_ms") && err.contains("applies a resent request again"), "{err}");
+    assert_eq!(ledger("idempotency_window_ms = 1000"), "ok");
+    assert!(ledger("idempotency_window_ms = 999").contains("idempotency_window_ms"));
+    assert_eq!(ledger("idempotency_window_ms = 7776000000"), "ok");
+    assert!(ledger("idempotency_window_ms = 7776000001").contains("idempotency_window_ms"));
+}
+
+#[test]
+fn ledger_amounts_must_be_positive_and_consistent() {
+    for (text, names) in [
+        ("min_purchase = \"-5\"", "ledger.min_purchase is more than 0"),
+        ("min_purchase = \"0\"", "ledger.min_purchase is more than 0"),
+        ("max_amount = \"0\"", "ledger.max_amount is more than 0"),
+        ("max_balance = \"-1\"", "ledger.max_balance is more than 0"),
+        ("recharge_amount_default = \"0\"", "ledger.recharge_amount_default is more than 0"),
+        // A recharge is a purchase: never below the minimum purchase.
+        ("recharge_amount_default = \"4.99\"", "ledger.recharge_amount_default (4.99) is between"),
+        ("max_amount = \"4.99\"", "ledger.min_purchase (5.00) is at most ledger.max_amount"),
+        ("max_balance = \"999999999.99\"", "ledger.max_amount (1000000000.00) is at most ledger.max_balance"),
+        ("recharge_amount_default = \"1000000000.01\"", "ledger.recharge_amount_default"),
+    ] {
+        let err = ledger(text);
+        assert!(err.contains(names), "{text}: {err}");
+    }
+    assert_eq!(ledger("recharge_amount_default = \"5.00\""), "ok");
+    assert_eq!(ledger("max_amount = \"5.00\"\nrecharge_amount_default = \"5.00\""), "ok");
+    assert_eq!(ledger("max_balance = \"1000000000.00\""), "ok");
+}
+
+#[test]
+fn ledger_counts_and_durations_are_checked_at_and_past_their_limits() {
+    for name in ["max_grants", "max_holds", "max_open_invoices", "recharge_max_failures", "recharge_chain_max"] {
+        assert_eq!(ledger(&format!("{name} = 1")), "ok", "{name}");
+        assert_eq!(ledger(&format!("{name} = 1000000")), "ok", "{name}");
+        assert!(ledger(&format!("{name} = 0")).contains(&format!("ledger.{name} is 1 to 1000000")), "{name}");
+        assert!(ledger(&format!("{name} = 1000001")).contains(&format!("ledger.{name}")), "{name}");
+    }
+    assert_eq!(ledger("history_page_max = 1"), "ok");
+    assert!(ledger("history_page_max = 0").contains("ledger.history_page_max"));
+    let max = 100 * 365 * 86_400_000u64;
+    for name in ["invoice_due_ms", "recharge_backoff_max_ms", "hold_timeout_max_ms"] {
+        assert_eq!(ledger(&format!("{name} = {max}")), "ok", "{name}");
+        assert!(ledger(&format!("{name} = {}", max + 1)).contains(&format!("ledger.{name}")), "{name}");
+        assert!(ledger(&format!("{name} = 0")).contains(&format!("ledger.{name}")), "{name}");
+    }
+    assert_eq!(ledger("expiry_notice_ms = 0"), "ok");
+    assert!(ledger(&format!("expiry_notice_ms = {}", max + 1)).contains("ledger.expiry_notice_ms"));
+    // A hold's default lifetime is one a request could ask for.
+    assert!(ledger("hold_timeout_default_ms = 2592000001").contains("hold_timeout_default_ms (2592000001) is at most"));
+    assert_eq!(ledger("hold_timeout_default_ms = 2592000000"), "ok");
+    assert!(ledger("recharge_backoff_base_ms = 3600001").contains("recharge_backoff_base_ms (3600001) is at most"));
+    assert_eq!(ledger("recharge_backoff_base_ms = 3600000"), "ok");
+}
+
+#[test]
+fn the_gateway_comes_from_the_file_or_the_environment() {
+    let cfg = NodeConfig::from_toml("[recharge]\ngateway_url = \"http://127.0.0.1:9/charge\"\n").unwrap();
+    assert_eq!(cfg.recharge.gateway_url, "http://127.0.0.1:9/charge");
+    assert!(!cfg.recharge.simulated_gateway);
+    let mut cfg = NodeConfig::default();
+    cfg.apply_env(|n| (n == "PREPAID_GATEWAY_URL").then(|| "http://127.0.0.1:9/pay".to_string())).unwrap();
+    assert_eq!(cfg.recharge.gateway_url, "http://127.0.0.1:9/pay");
+    let mut cfg = NodeConfig::default();
+    cfg.apply_env(|n| (n == "PREPAID_SIMULATED_GATEWAY").then(|| "true".to_string())).unwrap();
+    assert!(cfg.recharge.simulated_gateway);
+    let err = NodeConfig::default()
+        .apply_env(|n| (n == "PREPAID_SIMULATED_GATEWAY").then(|| "yes".to_string()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PREPAID_SIMULATED_GATEWAY"), "{err}");
+    let both = "[recharge]\ngateway_url = \"http://127.0.0.1:9/charge\"\nsimulated_gateway = true\n";
+    assert!(NodeConfig::from_toml(both).unwrap_err().to_string().contains("exclusive"));
+    let https = "[recharge]\ngateway_url = \"ftp://pay\"\n";
+    assert!(NodeConfig::from_toml(https).unwrap_err().to_string().contains("recharge.gateway_url"));
+}
+
 /// A file of the checkout under test. Read at run time (cargo sets
 /// CARGO_MANIFEST_DIR for tests): a test binary reused from another clone
 /// through a shared target directory must not read that clone's files.

@@ -94,3 +94,98 @@ impl LedgerConfig {
         self.recharge_backoff_base_ms.saturating_mul(1u64 << doublings).min(self.recharge_backoff_max_ms)
     }
 }
+
+/// The least idempotency window a node accepts: a key must outlive any
+/// client's retry loop. Never 0 — a window of 0 forgets every key at once
+/// and applies one order as many times as it is sent.
+pub const IDEMPOTENCY_WINDOW_MIN_MS: u64 = SECOND_MS;
+/// The longest idempotency window: keys cost memory and disk for as long.
+pub const IDEMPOTENCY_WINDOW_MAX_MS: u64 = 90 * DAY_MS;
+/// The largest count any per-account bound (grants, holds, invoices,
+/// recharge chain, history page) may be set to.
+pub const COUNT_BOUND_MAX: u32 = 1_000_000;
+/// The longest duration any ledger setting may be: about 100 years.
+pub const DURATION_MAX_MS: u64 = 100 * 365 * DAY_MS;
+
+impl LedgerConfig {
+    /// Every rule's number within its bounds and consistent with the others;
+    /// the error names the setting (`ledger.…`) and what it must be.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("min_purchase", self.min_purchase),
+            ("recharge_amount_default", self.recharge_amount_default),
+            ("max_amount", self.max_amount),
+            ("max_balance", self.max_balance),
+        ];
+        for (name, value) in positive {
+            if !value.is_positive() {
+                return Err(format!("ledger.{name} is more than 0, not {value}"));
+            }
+        }
+        if self.min_purchase > self.max_amount {
+            return Err(format!(
+                "ledger.min_purchase ({}) is at most ledger.max_amount ({})",
+                self.min_purchase, self.max_amount
+            ));
+        }
+        if self.max_amount > self.max_balance {
+            return Err(format!(
+                "ledger.max_amount ({}) is at most ledger.max_balance ({})",
+                self.max_amount, self.max_balance
+            ));
+        }
+        if self.recharge_amount_default < self.min_purchase || self.recharge_amount_default > self.max_amount {
+            return Err(format!(
+                "ledger.recharge_amount_default ({}) is between ledger.min_purchase ({}) and ledger.max_amount ({}): a recharge is a purchase",
+                self.recharge_amount_default, self.min_purchase, self.max_amount
+            ));
+        }
+        let counts = [
+            ("max_grants", self.max_grants),
+            ("max_holds", self.max_holds),
+            ("max_open_invoices", self.max_open_invoices),
+            ("recharge_max_failures", self.recharge_max_failures),
+            ("recharge_chain_max", self.recharge_chain_max),
+            ("history_page_max", self.history_page_max),
+        ];
+        for (name, value) in counts {
+            if !(1..=COUNT_BOUND_MAX).contains(&value) {
+                return Err(format!("ledger.{name} is 1 to {COUNT_BOUND_MAX}, not {value}"));
+            }
+        }
+        if !(IDEMPOTENCY_WINDOW_MIN_MS..=IDEMPOTENCY_WINDOW_MAX_MS).contains(&self.idempotency_window_ms) {
+            return Err(format!(
+                "ledger.idempotency_window_ms is {IDEMPOTENCY_WINDOW_MIN_MS} to {IDEMPOTENCY_WINDOW_MAX_MS} (1 s to 90 days), not {}: a shorter window applies a resent request again",
+                self.idempotency_window_ms
+            ));
+        }
+        let durations = [
+            ("hold_timeout_default_ms", self.hold_timeout_default_ms),
+            ("hold_timeout_max_ms", self.hold_timeout_max_ms),
+            ("invoice_due_ms", self.invoice_due_ms),
+            ("recharge_backoff_base_ms", self.recharge_backoff_base_ms),
+            ("recharge_backoff_max_ms", self.recharge_backoff_max_ms),
+        ];
+        for (name, value) in durations {
+            if !(1..=DURATION_MAX_MS).contains(&value) {
+                return Err(format!("ledger.{name} is 1 to {DURATION_MAX_MS}, not {value}"));
+            }
+        }
+        if self.expiry_notice_ms > DURATION_MAX_MS {
+            return Err(format!("ledger.expiry_notice_ms is 0 to {DURATION_MAX_MS}, not {}", self.expiry_notice_ms));
+        }
+        if self.hold_timeout_default_ms > self.hold_timeout_max_ms {
+            return Err(format!(
+                "ledger.hold_timeout_default_ms ({}) is at most ledger.hold_timeout_max_ms ({})",
+                self.hold_timeout_default_ms, self.hold_timeout_max_ms
+            ));
+        }
+        if self.recharge_backoff_base_ms > self.recharge_backoff_max_ms {
+            return Err(format!(
+                "ledger.recharge_backoff_base_ms ({}) is at most ledger.recharge_backoff_max_ms ({})",
+                self.recharge_backoff_base_ms, self.recharge_backoff_max_ms
+            ));
+        }
+        Ok(())
+    }
+}

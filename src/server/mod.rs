@@ -158,16 +158,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
-    let bind =
-        |addr: String| async move { TcpListener::bind(&addr).await.map_err(|error| ServeError::Bind { addr, error }) };
-    let grpc_listener = bind(cfg.server.grpc_addr.clone()).await?;
-    let http_listener = bind(cfg.server.http_addr.clone()).await?;
-    let bound = Bound {
-        grpc: grpc_listener.local_addr().map_err(|e| ServeError::Start(e.to_string()))?,
-        http: http_listener.local_addr().map_err(|e| ServeError::Start(e.to_string()))?,
+    // Nothing may fail after the node started without stopping it first: a
+    // node dropped while its writer and RocksDB run takes the process down
+    // with it (a failed bind used to crash with memory corruption).
+    let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
+    let (grpc_listener, http_listener, bound) = match bind(&cfg).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            node.shutdown().await;
+            return Err(e);
+        }
     };
     let node = Arc::new(node);
-    let webhooks = webhooks::Webhooks::start(&cfg, &node).map_err(|e| ServeError::Start(e.to_string()))?;
+    let webhooks = match webhooks::Webhooks::start(&cfg, &node) {
+        Ok(w) => w,
+        Err(e) => {
+            stop_node(node, grace).await;
+            return Err(ServeError::Start(e.to_string()));
+        }
+    };
     // One signal for both listeners and every stream.
     let (stop_tx, stop_rx) = watch::channel(false);
     let api = Arc::new(Api {
@@ -227,7 +236,6 @@ pub async fn run(
     on_bound(bound);
     // Calls in flight get `shutdown_grace_ms` to finish once stopping starts;
     // then connections still open (a client that never reads) are dropped.
-    let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
     let mut servers = Box::pin(async { tokio::join!(grpc, http_server.into_future()) });
     let deadline = stopped(stop_rx.clone());
     let results = tokio::select! {
@@ -241,16 +249,36 @@ pub async fn run(
     }
     drop(api);
     drop(webhooks);
-    // Every call is answered and every task let go of the node: stop it. A
-    // stream's last batch may still hold it briefly; wait up to the grace.
+    // Every call is answered and every task let go of the node: stop it.
+    stop_node(node, grace).await;
+    if let Some((grpc_result, http_result)) = results {
+        grpc_result.map_err(|e| ServeError::Grpc(e.to_string()))?;
+        http_result.map_err(|e| ServeError::Start(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Both listeners, or why not.
+async fn bind(cfg: &NodeConfig) -> Result<(TcpListener, TcpListener, Bound), ServeError> {
+    let bind =
+        |addr: String| async move { TcpListener::bind(&addr).await.map_err(|error| ServeError::Bind { addr, error }) };
+    let grpc_listener = bind(cfg.server.grpc_addr.clone()).await?;
+    let http_listener = bind(cfg.server.http_addr.clone()).await?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr().map_err(|e| ServeError::Start(e.to_string()))?,
+        http: http_listener.local_addr().map_err(|e| ServeError::Start(e.to_string()))?,
+    };
+    Ok((grpc_listener, http_listener, bound))
+}
+
+/// Stops the node once nothing else holds it. A stream's last batch may
+/// still hold it briefly; waits up to `grace`.
+async fn stop_node(node: Arc<Node>, grace: std::time::Duration) {
     let mut node = node;
     let mut waited = std::time::Duration::ZERO;
     loop {
         match Arc::try_unwrap(node) {
-            Ok(n) => {
-                n.shutdown().await;
-                break;
-            }
+            Ok(n) => return n.shutdown().await,
             Err(n) if waited < grace => {
                 node = n;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -261,15 +289,10 @@ pub async fn run(
                 // money in always); what async mode held unsynced is lost
                 // as in a crash.
                 eprintln!("prepaid: the node is still in use after the grace period; stopping without its final sync");
-                break;
+                return;
             }
         }
     }
-    if let Some((grpc_result, http_result)) = results {
-        grpc_result.map_err(|e| ServeError::Grpc(e.to_string()))?;
-        http_result.map_err(|e| ServeError::Start(e.to_string()))?;
-    }
-    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT.

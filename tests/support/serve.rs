@@ -19,6 +19,7 @@ pub struct Server {
 pub fn start(data_dir: &Path, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
         .arg("serve")
+        .arg("--simulated-gateway")
         .args(args)
         .env("PREPAID_DATA_DIR", data_dir)
         .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")

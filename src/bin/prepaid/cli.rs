@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::{Failure, Flags};
 
 pub fn serve(f: &Flags) -> Result<(), Failure> {
-    let config = match f.text("--config") {
+    let mut config = match f.text("--config") {
         Some(path) => NodeConfig::load(std::path::Path::new(&path)),
         None => {
             let mut c = NodeConfig::default();
@@ -19,23 +19,24 @@ pub fn serve(f: &Flags) -> Result<(), Failure> {
         }
     }
     .map_err(|e| Failure::Run(e.to_string()))?;
-    let gateway_url = f.text("--gateway-url").or_else(|| std::env::var("PREPAID_GATEWAY_URL").ok());
+    if let Some(dir) = f.text("--data-dir") {
+        config.node.data_dir = dir.into();
+    }
+    if let Some(url) = f.text("--gateway-url") {
+        config.recharge.gateway_url = url;
+    }
+    if f.flag("--simulated-gateway") {
+        config.recharge.simulated_gateway = true;
+    }
+    let ephemeral = f.flag("--ephemeral");
     f.done()?;
+    config.validate().map_err(|e| Failure::Run(e.to_string()))?;
+    let gateway = serve_gateway(&config, ephemeral)?;
     if config.server.tokens.is_empty() {
         eprintln!(
             "prepaid: warning: no API tokens configured ([[server.tokens]] or PREPAID_TOKENS): every call is refused"
         );
     }
-    let gateway: Arc<dyn PaymentGateway> = match gateway_url {
-        Some(url) => {
-            let timeout = std::time::Duration::from_millis(config.node.recharge_charge_timeout_ms);
-            Arc::new(HttpGateway::new(&url, timeout).map_err(Failure::Run)?)
-        }
-        None => {
-            eprintln!("prepaid: no --gateway-url: auto-recharge uses a simulated gateway that always charges");
-            Arc::new(SimulatedGateway::new())
-        }
-    };
     // Two runtimes: the node's actors on one, the network side (HTTP/2,
     // decoding, the overload door) on another with `server.io_threads`
     // threads, so a node busy to its bound still reads calls and sheds them
@@ -58,6 +59,37 @@ pub fn serve(f: &Flags) -> Result<(), Failure> {
     })?;
     println!("prepaid: stopped cleanly");
     Ok(())
+}
+
+/// The safe defaults of a served node: balances go to a data dir that
+/// outlives the process unless `--ephemeral` says otherwise, and
+/// auto-recharge charges a real gateway unless the simulated one is named.
+fn serve_gateway(config: &NodeConfig, ephemeral: bool) -> Result<Arc<dyn PaymentGateway>, Failure> {
+    let no_dir = config.node.data_dir.as_os_str().is_empty();
+    match (no_dir, ephemeral) {
+        (true, false) => {
+            return Err(Failure::Run(
+                "no data dir: set node.data_dir, PREPAID_DATA_DIR or --data-dir (or --ephemeral to keep balances in a temporary directory deleted at stop)".into(),
+            ));
+        }
+        (false, true) => {
+            return Err(Failure::Run("--ephemeral and a data dir exclude each other: choose one".into()));
+        }
+        (true, true) => eprintln!("prepaid: --ephemeral: balances live in a temporary directory deleted at stop"),
+        (false, false) => {}
+    }
+    let r = &config.recharge;
+    if !r.gateway_url.is_empty() {
+        let timeout = std::time::Duration::from_millis(config.node.recharge_charge_timeout_ms);
+        return Ok(Arc::new(HttpGateway::new(&r.gateway_url, timeout).map_err(Failure::Run)?));
+    }
+    if r.simulated_gateway {
+        eprintln!("prepaid: warning: simulated gateway: every auto-recharge succeeds and no money moves");
+        return Ok(Arc::new(SimulatedGateway::new()));
+    }
+    Err(Failure::Run(
+        "no payment gateway: set recharge.gateway_url, PREPAID_GATEWAY_URL or --gateway-url (or --simulated-gateway for demos and tests, which grants credits for nothing)".into(),
+    ))
 }
 
 const ACCOUNT_USAGE: &str = "\

@@ -28,9 +28,12 @@ commands:
                                      the authorization workload on an embedded node
                                      (defaults: 100000 accounts, 1000000 debits,
                                      64 callers, batch 1, sync, a temporary dir)
-  serve [--config FILE] [--gateway-url http://HOST:PORT/PATH]
+  serve [--config FILE] [--data-dir DIR | --ephemeral]
+        [--gateway-url http://HOST:PORT/PATH | --simulated-gateway]
                                      a served node: gRPC API and HTTP ops side
-                                     (config/default.toml; SIGTERM stops it cleanly)
+                                     (config/default.toml; SIGTERM stops it cleanly;
+                                     refuses to start without a data dir or a
+                                     gateway unless told by the flags after |)
   account <operation> --account ID [--addr HOST:PORT] [--token T] [--json] ...
                                      operate on an account of a served node
                                      (`prepaid account help` lists operations)
