@@ -1,7 +1,7 @@
 //! The journal writer: group commit.
 //!
-//! Actors apply requests in memory and hand their writes here without
-//! waiting (pipelining). The writer takes whatever has arrived while the
+//! Shard workers apply requests in memory and hand their writes here
+//! without waiting (pipelining), one submission per worker message. The writer takes whatever has arrived while the
 //! previous group was being written, writes it as one `WriteSet` (one RocksDB
 //! WriteBatch) with one sync, and only then sends that group's replies, in
 //! order, publishes its events and hands its recharge requests to the
@@ -13,7 +13,7 @@
 //! `health.rs`); every submission made in an older epoch is refused, so
 //! nothing built on lost memory reaches the disk. While failed, the writer
 //! asks the store every `storage_retry` whether it works again, and on
-//! success marks recovery; actors reload from the store and go on.
+//! success marks recovery; cells reload from the store and go on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,11 +24,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::config::Durability;
 use crate::error::Error;
 use crate::health::Health;
-use crate::ledger::{AccountId, Event, EventRecord, Reply};
+use crate::ledger::{AccountId, Event, EventRecord};
+use crate::shard::{Answer, ReplyTo};
 use crate::stats::NodeStats;
 use crate::store::{AccountWrite, Store, WriteSet};
-
-pub type ReplyTo = oneshot::Sender<Result<Reply, Error>>;
 
 /// An event, durable, as subscribers receive it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,37 +44,48 @@ pub struct ChargeOrder {
     pub amount: crate::ledger::Amount,
 }
 
-/// What an actor hands the writer.
+/// What a shard worker hands the writer for one message.
 pub struct Submission {
-    pub write: Option<AccountWrite>,
-    /// Sent once the write (and everything before it) is durable.
-    pub replies: Vec<(ReplyTo, Result<Reply, Error>)>,
+    /// One write per account the message wrote to.
+    pub writes: Vec<AccountWrite>,
+    /// Sent once the writes (and everything before them) are durable.
+    pub replies: Vec<(ReplyTo, Answer)>,
     /// Sync this group even in `async` mode (money in, recharge requests).
     pub force_sync: bool,
-    /// The account's durable-sequence cell, and the last sequence number this
-    /// submission makes durable.
-    pub durable: Option<(Arc<AtomicU64>, u64)>,
+    /// Each written account's durable mark, and the last sequence number
+    /// this submission makes durable for it.
+    pub durable: Vec<(Arc<AtomicU64>, u64)>,
     /// Completed once everything before it is durable (passivation,
     /// shutdown).
     pub barrier: Option<oneshot::Sender<()>>,
     /// The writer stops after this submission's group (shutdown).
     pub stop: bool,
-    /// The health epoch the actor's memory belongs to: a submission from an
+    /// The health epoch the cells' memory belongs to: a submission from an
     /// older epoch is refused, never written.
     pub epoch: u64,
 }
 
 impl Submission {
-    pub fn barrier(done: oneshot::Sender<()>) -> Submission {
+    /// An empty submission for memory of health epoch `epoch`.
+    pub fn new(epoch: u64) -> Submission {
         Submission {
-            write: None,
+            writes: Vec::new(),
             replies: Vec::new(),
-            force_sync: true,
-            durable: None,
-            barrier: Some(done),
+            force_sync: false,
+            durable: Vec::new(),
+            barrier: None,
             stop: false,
-            epoch: 0,
+            epoch,
         }
+    }
+
+    /// Nothing to write and nobody to answer.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.replies.is_empty() && self.barrier.is_none() && !self.stop
+    }
+
+    pub fn barrier(done: oneshot::Sender<()>) -> Submission {
+        Submission { force_sync: true, barrier: Some(done), ..Submission::new(0) }
     }
 
     /// The last submission: everything before it is made durable, then the
@@ -160,11 +170,11 @@ impl Writer {
             };
             let Some(first) = first else { break };
             group.push(first);
-            let mut writes = usize::from(group[0].write.is_some());
+            let mut writes = group[0].writes.len();
             while writes < self.cfg.group_max_accounts {
                 match rx.try_recv() {
                     Ok(next) => {
-                        writes += usize::from(next.write.is_some());
+                        writes += next.writes.len();
                         group.push(next);
                     }
                     Err(_) => break,
@@ -194,7 +204,7 @@ impl Writer {
     }
 
     /// Asks a failed store whether it works again; on success the node
-    /// recovers (and actors reload from the store before writing).
+    /// recovers (and cells reload from the store before writing).
     fn probe(&self) {
         if self.health.failure().is_none() || self.store.recover().is_err() {
             return;
@@ -229,13 +239,11 @@ impl Writer {
         let epoch = self.health.epoch();
         let failure = self.health.failure();
         let current =
-            |s: &Submission| failure.is_none() && (s.epoch == epoch || s.write.is_none() && s.replies.is_empty());
+            |s: &Submission| failure.is_none() && (s.epoch == epoch || s.writes.is_empty() && s.replies.is_empty());
         let mut set = WriteSet { webhooks: self.cfg.webhooks, ..WriteSet::default() };
         for s in group.iter_mut() {
-            if current(s)
-                && let Some(w) = s.write.take()
-            {
-                set.accounts.push(w);
+            if current(s) {
+                set.accounts.append(&mut s.writes);
             }
         }
         if !set.accounts.is_empty() {
@@ -267,8 +275,10 @@ impl Writer {
         }
         for s in group.drain(..) {
             let accepted = result.is_ok() && current(&s);
-            if accepted && let Some((cell, seq)) = &s.durable {
-                cell.fetch_max(*seq, Ordering::Release);
+            if accepted {
+                for (mark, seq) in &s.durable {
+                    mark.fetch_max(*seq, Ordering::Release);
+                }
             }
             for (reply_to, reply) in s.replies {
                 let answer = match &result {
@@ -278,8 +288,7 @@ impl Writer {
                     )),
                     Err(reason) => Err(Error::StorageUnavailable(reason.clone())),
                 };
-                // A caller that stopped waiting is not an error.
-                let _ = reply_to.send(answer);
+                reply_to.send(answer);
             }
             if let Some(done) = s.barrier {
                 let _ = done.send(());

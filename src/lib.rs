@@ -6,10 +6,10 @@
 //! low. See `ARCHITECTURE.md` for the layers and `docs/` for the rules.
 //!
 //! Layers, bottom up: `ledger` (the functional core), `codec` and `store`
-//! (bytes and RocksDB), `actor` and `journal` (account actors, group commit),
+//! (bytes and RocksDB), `shard` and `journal` (shard workers hosting account
+//! cells, group commit),
 //! `node` (the embedded entry point).
 
-mod actor;
 pub mod audit;
 pub mod client;
 pub mod clock;
@@ -25,6 +25,7 @@ mod node;
 mod node_ops;
 mod recharge;
 pub mod server;
+mod shard;
 pub mod stats;
 pub mod store;
 pub mod wire;

@@ -1,23 +1,21 @@
 //! The embedded node: the one entry point a platform service needs.
 //!
-//! `Node::start` opens the store, starts the journal writer, the timer and
-//! recharge tasks, and serves requests: each goes to its shard
-//! (`stable_hash(id) mod shards`), then to its account's actor, activated on
-//! first use from its stored row. A batch is split by account, so an actor
-//! gets one message per batch. `shutdown` stops taking requests, drains what
-//! is in flight, makes it durable and stops every task.
+//! `Node::start` opens the store, starts the journal writer, the shard
+//! workers (`shard/`), the timer and recharge tasks, and serves requests: a
+//! batch is split by worker (`stable_hash(id) mod shards`, shard `s` on
+//! worker `s mod workers`), one message each, and the caller waits on one
+//! completion for the whole batch. `shutdown` stops taking requests, drains
+//! what is in flight, makes it durable and stops every task.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
-use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::actor::{AccountActor, AccountMsg, ActivateArgs, Job, Shared, internal};
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::error::Error;
@@ -27,10 +25,11 @@ use crate::journal::{self, AccountEvent, ChargeOrder, Submission, WriterConfig};
 use crate::ledger::hash::stable_hash;
 use crate::ledger::{AccountId, Command, EventRecord, Reply, Request};
 use crate::recharge;
+use crate::shard::{Completion, Job, ShardWorker, Shared, WorkerMsg, internal};
 use crate::stats::NodeStats;
 use crate::store::Store;
 
-/// How long shutdown waits (in 5 ms steps) for stopped actors to let go.
+/// How long shutdown waits (in 5 ms steps) for stopped workers to let go.
 const SHUTDOWN_WAIT_STEPS: u32 = 2_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,37 +42,14 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-struct Resident {
-    actor: ActorRef<AccountMsg>,
-    pending: Arc<AtomicUsize>,
-    last_used_ms: AtomicU64,
-}
-
-#[derive(Default)]
-struct Shard {
-    accounts: Mutex<Accounts>,
-}
-
-#[derive(Default)]
-struct Accounts {
-    resident: HashMap<AccountId, Arc<Resident>>,
-    /// Accounts being passivated: a request for one waits until its last
-    /// writes are durable, then activates it afresh from the store.
-    stopping: HashMap<AccountId, watch::Receiver<bool>>,
-}
-
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
-    shards: Vec<Shard>,
-    resident: AtomicUsize,
+    workers: Vec<ActorRef<WorkerMsg>>,
+    shards: u64,
     events: broadcast::Sender<AccountEvent>,
     stopping: AtomicBool,
     /// Requests taken by `execute`/`execute_batch` and not yet answered.
     in_flight: AtomicUsize,
-    /// The runtime the node was started on: its actors and tasks run there
-    /// whichever runtime a caller is on (`prepaid serve` runs the network
-    /// side on a runtime of its own).
-    runtime: tokio::runtime::Handle,
 }
 
 /// Counts requests against `node.max_in_flight` while they are in the node.
@@ -158,7 +134,6 @@ impl Node {
         for (account, attempt_id, amount) in in_flight {
             let _ = charges_tx.send(ChargeOrder { account, attempt_id, amount });
         }
-        let shards = (0..config.node.shards).map(|_| Shard::default()).collect();
         let shared = Arc::new(Shared {
             cfg: config,
             store,
@@ -167,15 +142,32 @@ impl Node {
             health,
             stats,
             dedup_seed: stable_hash(&SystemClock.now_ms().to_le_bytes()),
-        });
-        let inner = Arc::new(Inner {
-            shared,
-            shards,
             resident: AtomicUsize::new(0),
+        });
+        let mut workers = Vec::new();
+        for _ in 0..shared.cfg.node.worker_count() {
+            match ShardWorker::spawn(None, ShardWorker, Arc::clone(&shared)).await {
+                Ok((worker, _)) => workers.push(worker),
+                Err(e) => {
+                    for worker in &workers {
+                        worker.stop(None);
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    if shared.writer.send(Submission::stop(tx)).await.is_ok() {
+                        let _ = rx.await;
+                    }
+                    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+                    return Err(StartError::Io(std::io::Error::other(format!("cannot start a shard worker: {e}"))));
+                }
+            }
+        }
+        let inner = Arc::new(Inner {
+            shards: u64::from(shared.cfg.node.shards),
+            shared,
+            workers,
             events,
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            runtime: tokio::runtime::Handle::current(),
         });
         let timing = recharge::Timing {
             charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),
@@ -209,22 +201,12 @@ impl Node {
         // shed, never earlier ones).
         let admitted = self.inner.admit(reqs.len());
         let shed = reqs.len() - admitted.n;
-        let mut receivers = Vec::with_capacity(reqs.len());
-        let mut by_account: HashMap<AccountId, Vec<Job>> = HashMap::new();
         let mut reqs = reqs;
         reqs.truncate(admitted.n);
-        for req in reqs {
-            let (tx, rx) = oneshot::channel();
-            receivers.push(rx);
-            by_account.entry(req.account.clone()).or_default().push(Job { req, reply: Some(tx) });
-        }
-        for (id, jobs) in by_account {
-            self.inner.send(&id, jobs).await;
-        }
-        let mut out = Vec::with_capacity(receivers.len() + shed);
-        for rx in receivers {
-            out.push(rx.await.unwrap_or_else(|_| Err(Error::Internal("the account's actor stopped".into()))));
-        }
+        let (completion, replies) = Completion::new(reqs.len());
+        let jobs = reqs.into_iter().zip(replies).map(|(req, reply)| Job { req, reply: Some(reply) }).collect();
+        self.inner.send(jobs);
+        let mut out = completion.wait().await;
         out.extend((0..shed).map(|_| Err(Error::Overloaded)));
         Ok(out)
     }
@@ -275,10 +257,10 @@ impl Node {
 
     /// Accounts held in memory now.
     pub fn resident_accounts(&self) -> usize {
-        self.inner.resident.load(Ordering::Relaxed)
+        self.inner.shared.resident.load(Ordering::Relaxed)
     }
 
-    /// Stops taking requests, lets every actor finish what it holds, makes
+    /// Stops taking requests, lets every worker finish what it holds, makes
     /// it durable, and stops every task.
     pub async fn shutdown(mut self) {
         self.inner.stopping.store(true, Ordering::Release);
@@ -287,13 +269,13 @@ impl Node {
             // Returns once the task is gone and has let go of the node.
             let _ = task.await;
         }
-        for shard in &self.inner.shards {
-            let residents: Vec<_> = shard.accounts.lock().await.resident.drain().map(|(_, r)| r).collect();
-            for resident in residents {
-                let (tx, rx) = oneshot::channel();
-                if resident.actor.send_message(AccountMsg::Passivate(tx)).is_ok() {
-                    let _ = rx.await;
-                }
+        // Every request taken is in a worker's mailbox: once each worker has
+        // handed on what it holds (cold accounts loaded and applied), the
+        // writer's stop makes all of it durable.
+        for worker in &self.inner.workers {
+            let (tx, rx) = oneshot::channel();
+            if worker.send_message(WorkerMsg::Drain(tx)).is_ok() {
+                let _ = rx.await;
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -309,7 +291,10 @@ impl Node {
             let store = Arc::clone(&self.inner.shared.store);
             let _ = tokio::task::spawn_blocking(move || store.flush()).await;
         }
-        // Stopped actors drop their state (and with it the store) as their
+        for worker in &self.inner.workers {
+            worker.stop(None);
+        }
+        // Stopped workers drop their state (and with it the store) as their
         // tasks end; wait for that, boundedly, so the data directory is free
         // for the next node when this returns.
         for _ in 0..SHUTDOWN_WAIT_STEPS {
@@ -342,142 +327,57 @@ impl Inner {
     }
 
     async fn execute(&self, req: Request) -> Result<Reply, Error> {
-        let (tx, rx) = oneshot::channel();
-        let id = req.account.clone();
-        self.send(&id, vec![Job { req, reply: Some(tx) }]).await;
-        rx.await.unwrap_or_else(|_| Err(Error::Internal("the account's actor stopped".into())))
+        let (completion, mut replies) = Completion::new(1);
+        self.send(vec![Job { req, reply: replies.pop() }]);
+        completion.wait().await.pop().unwrap_or_else(|| Err(Error::Internal("no answer".into())))
     }
 
-    /// Hands jobs to the account's actor, activating it if needed; answers
-    /// them at once if the node is stopping or the account's queue is full.
-    pub(crate) async fn send(&self, id: &AccountId, jobs: Vec<Job>) {
-        let refuse = |jobs: Vec<Job>, error: Error| {
+    /// The worker hosting the account: its shard's owner.
+    fn worker_of(&self, id: &AccountId) -> usize {
+        let shard = stable_hash(id.as_str().as_bytes()) % self.shards;
+        (shard % self.workers.len() as u64) as usize
+    }
+
+    /// Hands jobs to their workers, one message per worker; answers them at
+    /// once if the node is stopping. A job whose worker is gone is answered
+    /// `internal` when it is dropped.
+    pub(crate) fn send(&self, jobs: Vec<Job>) {
+        if self.stopping.load(Ordering::Acquire) {
             for job in jobs {
                 if let Some(reply) = job.reply {
-                    let _ = reply.send(Err(error.clone()));
+                    reply.send(Err(Error::ShuttingDown));
                 }
             }
-        };
-        if self.stopping.load(Ordering::Acquire) {
-            return refuse(jobs, Error::ShuttingDown);
+            return;
         }
-        let shard = &self.shards[(stable_hash(id.as_str().as_bytes()) % self.shards.len() as u64) as usize];
-        let mut jobs = jobs;
-        // At most two tries: an actor that stopped between lookup and send is
-        // replaced by a fresh one.
-        for _ in 0..2 {
-            let resident = match self.claim(shard, id, jobs.len()).await {
-                Ok(r) => r,
-                Err(e) => return refuse(jobs, e),
-            };
-            match resident.actor.send_message(AccountMsg::Batch(jobs)) {
-                Ok(()) => return,
-                Err(e) => {
-                    let ractor::MessagingErr::SendErr(AccountMsg::Batch(back)) = e else { return };
-                    resident.pending.fetch_sub(back.len(), Ordering::AcqRel);
-                    jobs = back;
-                    let mut accounts = shard.accounts.lock().await;
-                    if accounts.resident.get(id).is_some_and(|r| Arc::ptr_eq(r, &resident)) {
-                        accounts.resident.remove(id);
-                        self.resident.fetch_sub(1, Ordering::Relaxed);
-                    }
-                }
-            }
+        if self.workers.len() == 1 {
+            let _ = self.workers[0].send_message(WorkerMsg::Batch(jobs));
+            return;
         }
-        refuse(jobs, Error::Internal("the account's actor could not be started".into()))
-    }
-
-    /// The account's actor, activated if needed, with `n` more requests
-    /// counted against its queue. Counting under the shard lock is what lets
-    /// passivation (which only stops actors with nothing pending) never drop
-    /// a request.
-    async fn claim(&self, shard: &Shard, id: &AccountId, n: usize) -> Result<Arc<Resident>, Error> {
-        loop {
-            let mut accounts = shard.accounts.lock().await;
-            if let Some(mut stopping) = accounts.stopping.get(id).cloned() {
-                drop(accounts);
-                // Set once the old actor's writes are durable (or dropped if
-                // it died): either way the wait is over.
-                let _ = stopping.wait_for(|done| *done).await;
-                shard.accounts.lock().await.stopping.remove(id);
-                continue;
+        let mut per_worker: Vec<Vec<Job>> = (0..self.workers.len()).map(|_| Vec::new()).collect();
+        for job in jobs {
+            per_worker[self.worker_of(&job.req.account)].push(job);
+        }
+        for (worker, jobs) in self.workers.iter().zip(per_worker) {
+            if !jobs.is_empty() {
+                let _ = worker.send_message(WorkerMsg::Batch(jobs));
             }
-            let resident = match accounts.resident.get(id) {
-                Some(r) => Arc::clone(r),
-                None => {
-                    let pending = Arc::new(AtomicUsize::new(0));
-                    let args = ActivateArgs {
-                        id: id.clone(),
-                        shared: Arc::clone(&self.shared),
-                        pending: Arc::clone(&pending),
-                    };
-                    let activate = AccountActor::spawn(None, AccountActor, args);
-                    let spawned = if tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == self.runtime.id()) {
-                        activate.await
-                    } else {
-                        // A caller on another runtime: the actor is
-                        // spawned on the node's.
-                        self.runtime
-                            .spawn(activate)
-                            .await
-                            .map_err(|e| Error::Internal(format!("activating {id}: {e}")))?
-                    };
-                    let (actor, _) = spawned.map_err(|e| Error::StorageUnavailable(format!("activating {id}: {e}")))?;
-                    let now = self.shared.clock.now_ms();
-                    let resident = Arc::new(Resident { actor, pending, last_used_ms: AtomicU64::new(now) });
-                    accounts.resident.insert(id.clone(), Arc::clone(&resident));
-                    self.resident.fetch_add(1, Ordering::Relaxed);
-                    resident
-                }
-            };
-            if resident.pending.load(Ordering::Acquire) + n > self.shared.cfg.node.account_queue_max {
-                return Err(Error::Overloaded);
-            }
-            resident.pending.fetch_add(n, Ordering::AcqRel);
-            resident.last_used_ms.store(self.shared.clock.now_ms(), Ordering::Relaxed);
-            return Ok(resident);
         }
     }
 
-    /// Passivates accounts with nothing pending: those untouched for
-    /// `idle_passivate_ms` (unless `only_over_cap`), and while more than
-    /// `max_resident_accounts` are resident, the least recently used. Their
-    /// state is on disk; the next request reloads it.
-    async fn passivate_some(&self, only_over_cap: bool) {
-        let cfg = &self.shared.cfg.node;
-        let now = self.shared.clock.now_ms();
-        for shard in &self.shards {
-            let over = self.resident.load(Ordering::Relaxed).saturating_sub(cfg.max_resident_accounts);
-            if only_over_cap && over == 0 {
-                return;
-            }
-            let mut accounts = shard.accounts.lock().await;
-            let mut candidates: Vec<(u64, AccountId)> = accounts
-                .resident
-                .iter()
-                .filter(|(_, r)| r.pending.load(Ordering::Acquire) == 0)
-                .map(|(id, r)| (r.last_used_ms.load(Ordering::Relaxed), id.clone()))
-                .collect();
-            candidates.sort_unstable();
-            let per_shard = over.div_ceil(self.shards.len()).max(1);
-            for (n, (last_used, id)) in candidates.into_iter().enumerate() {
-                let idle = !only_over_cap && now.saturating_sub(last_used) >= cfg.idle_passivate_ms;
-                let over_cap = over > 0 && n < per_shard;
-                if !idle && !over_cap {
-                    continue;
-                }
-                let Some(resident) = accounts.resident.remove(&id) else { continue };
-                self.resident.fetch_sub(1, Ordering::Relaxed);
-                let (done_tx, done_rx) = watch::channel(false);
-                accounts.stopping.insert(id, done_rx);
-                let (tx, rx) = oneshot::channel();
-                if resident.actor.send_message(AccountMsg::Passivate(tx)).is_ok() {
-                    self.runtime.spawn(async move {
-                        let _ = rx.await;
-                        let _ = done_tx.send(true);
-                    });
-                }
-            }
+    /// Asks every worker to passivate settled accounts: idle ones (when
+    /// `idle`), and while more than `max_resident_accounts` are resident,
+    /// the least recently used. Their state is on disk; the next request
+    /// reloads it.
+    fn passivate_some(&self, idle: bool) {
+        let over =
+            self.shared.resident.load(Ordering::Relaxed).saturating_sub(self.shared.cfg.node.max_resident_accounts);
+        if !idle && over == 0 {
+            return;
+        }
+        let lru = over.div_ceil(self.workers.len());
+        for worker in &self.workers {
+            let _ = worker.send_message(WorkerMsg::Sweep { idle, lru });
         }
     }
 
@@ -504,14 +404,10 @@ async fn timers(inner: Arc<Inner>) {
         if sweep_idle {
             last_idle_sweep = inner.shared.clock.now_ms();
         }
-        inner.passivate_some(!sweep_idle).await;
+        inner.passivate_some(sweep_idle);
         let now = inner.shared.clock.now_ms();
         match inner.shared.store.due(now, 1_024) {
-            Ok(due) => {
-                for (_, id) in due {
-                    inner.send(&id, vec![internal(&id, Command::Tick)]).await;
-                }
-            }
+            Ok(due) => inner.send(due.into_iter().map(|(_, id)| internal(&id, Command::Tick)).collect()),
             Err(e) => inner.shared.health.fail(&e.to_string()),
         }
         tokio::time::sleep(poll).await;
