@@ -65,6 +65,7 @@ fn group(n: usize, round: u64) -> WriteSet {
             dedup_expired: Vec::new(),
             timer_before: None,
             timer_after: None,
+            in_flight_changed: false,
         });
     }
     set

@@ -49,3 +49,25 @@ fn repo_file(path: &str) -> std::path::PathBuf {
     let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     std::path::Path::new(&root).join(path)
 }
+
+/// Every path ARCHITECTURE.md's code map names exists: the map follows the
+/// tree.
+#[test]
+fn every_path_in_the_code_map_exists() {
+    let text = std::fs::read_to_string(repo_file("ARCHITECTURE.md")).unwrap();
+    let map = text.split("## Code map").nth(1).expect("a code map").split("\n## ").next().unwrap();
+    let mut checked = 0;
+    for row in map.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split('|').nth(1).unwrap();
+        for path in first.split('`').skip(1).step_by(2) {
+            // Test files named relative to tests/ (`served/disk.rs`).
+            let candidates = [path.to_string(), format!("tests/{path}")];
+            assert!(
+                candidates.iter().any(|p| repo_file(p).exists()),
+                "ARCHITECTURE.md names {path}, which does not exist"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "read {checked} paths from the code map");
+}

@@ -22,6 +22,8 @@ pub struct Cell {
     account: Account,
     /// The next deadline as the timer index has it.
     timer_written: Option<u64>,
+    /// The recharge attempt in flight as the `inflight` index has it.
+    in_flight_written: Option<(u64, crate::ledger::Amount)>,
     /// The last sequence number handed to the writer, and the last one it
     /// made durable.
     submitted_seq: u64,
@@ -41,6 +43,7 @@ impl Cell {
             id,
             account: Account::default(),
             timer_written: None,
+            in_flight_written: None,
             submitted_seq: 0,
             durable_seq: Arc::new(AtomicU64::new(0)),
             dedup_expired: Vec::new(),
@@ -59,6 +62,7 @@ impl Cell {
         };
         let last_seq = self.account.state.as_ref().map_or(0, |s| s.next_seq - 1);
         self.timer_written = self.account.state.as_ref().and_then(|s| s.next_deadline_ms(ledger.expiry_notice_ms));
+        self.in_flight_written = self.account.state.as_ref().and_then(in_flight);
         self.submitted_seq = last_seq;
         // A new durable mark: a late confirmation for the old memory must
         // not count.
@@ -134,6 +138,9 @@ impl Cell {
         let wrote = match &self.account.state {
             Some(account) if !records.is_empty() => {
                 let timer_after = account.next_deadline_ms(ledger.expiry_notice_ms);
+                let in_flight_now = in_flight(account);
+                let in_flight_changed = in_flight_now != self.in_flight_written;
+                self.in_flight_written = in_flight_now;
                 out.writes.push(AccountWrite {
                     id: self.id.clone(),
                     records,
@@ -144,6 +151,7 @@ impl Cell {
                     dedup_expired: std::mem::take(&mut self.dedup_expired),
                     timer_before: self.timer_written,
                     timer_after,
+                    in_flight_changed,
                 });
                 self.timer_written = timer_after;
                 self.submitted_seq = account.next_seq - 1;
@@ -162,4 +170,9 @@ impl Cell {
             out.replies.extend(waiting);
         }
     }
+}
+
+/// The account's recharge attempt in flight, as the `inflight` index keeps it.
+fn in_flight(state: &crate::ledger::AccountState) -> Option<(u64, crate::ledger::Amount)> {
+    state.auto_recharge.in_flight.as_ref().map(|a| (a.id, a.amount))
 }

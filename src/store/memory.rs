@@ -62,6 +62,7 @@ impl Store for MemoryStore {
                 m.timers.insert((at, w.id.clone()));
             }
             match w.in_flight() {
+                _ if !w.in_flight_changed => None,
                 Some(attempt) => m.in_flight.insert(w.id.clone(), attempt),
                 None => m.in_flight.remove(&w.id),
             };

@@ -41,6 +41,9 @@ pub struct AccountWrite {
     /// timer index moves from one to the other.
     pub timer_before: Option<u64>,
     pub timer_after: Option<u64>,
+    /// Whether the recharge attempt in flight (`in_flight`) differs from
+    /// what was last written: the `inflight` index is touched only then.
+    pub in_flight_changed: bool,
 }
 
 impl AccountWrite {

@@ -159,6 +159,7 @@ impl Store for RocksStore {
                 }
             }
             match w.in_flight() {
+                _ if !w.in_flight_changed => {}
                 Some((attempt, amount)) => {
                     let mut value = attempt.to_be_bytes().to_vec();
                     value.extend_from_slice(&amount.units().to_be_bytes());

@@ -48,6 +48,29 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1_000.0
 }
 
+/// The disk's fsync latency where the node writes, measured beside every
+/// benchmark (it moves several-fold between runs on a shared machine): 200
+/// appends of 4 KiB to a scratch file, each followed by `fdatasync`.
+/// Returns (p50, p99) in milliseconds.
+pub fn fsync_latency(dir: &std::path::Path) -> Result<(f64, f64), String> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let path = dir.join(format!("fsync-probe-{}", std::process::id()));
+    let mut file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let block = [0x5au8; 4096];
+    let mut times: Vec<u32> = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        file.write_all(&block).map_err(|e| e.to_string())?;
+        file.sync_data().map_err(|e| e.to_string())?;
+        times.push((t.elapsed().as_nanos() as u64).min(u32::MAX as u64) as u32);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    times.sort_unstable();
+    Ok((percentile(&times, 0.50) / 1e3, percentile(&times, 0.99) / 1e3))
+}
+
 /// The authorization workload in-process: accounts funded, then strict
 /// debits of 1..100 µ$ from `callers` concurrent callers, optionally in
 /// batches, `hot` accounts taking half the traffic when set.
@@ -63,6 +86,8 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let mut cfg = NodeConfig::default();
     cfg.node.durability = args.durability;
     cfg.node.data_dir = data_dir.clone();
+    let (fsync_p50, fsync_p99) = fsync_latency(&data_dir)?;
+    println!("fsync before: p50 {fsync_p50:.2} ms p99 {fsync_p99:.2} ms (4 KiB appends + fdatasync, in the data dir)");
     let node = Arc::new(Node::start(cfg.clone(), Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?);
     let ids: Vec<AccountId> =
         (0..args.accounts).map(|i| AccountId::new(&format!("acct_{i:08}")).expect("valid id")).collect();
@@ -156,6 +181,8 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let elapsed = started.elapsed();
     progress.abort();
     eprintln!();
+    let (fsync_p50, fsync_p99) = fsync_latency(&data_dir)?;
+    println!("fsync after: p50 {fsync_p50:.2} ms p99 {fsync_p99:.2} ms");
     latencies.sort_unstable();
     println!(
         "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1}  rss/account {} B  durability {:?}",
