@@ -104,6 +104,14 @@ pub const IDEMPOTENCY_WINDOW_MAX_MS: u64 = 90 * DAY_MS;
 /// The largest count any per-account bound (grants, holds, invoices,
 /// recharge chain, history page) may be set to.
 pub const COUNT_BOUND_MAX: u32 = 1_000_000;
+
+/// Each named setting is 1 to `max`.
+fn within<const N: usize>(settings: [(&str, u64); N], max: u64) -> Result<(), String> {
+    match settings.into_iter().find(|(_, value)| !(1..=max).contains(value)) {
+        Some((name, value)) => Err(format!("ledger.{name} is 1 to {max}, not {value}")),
+        None => Ok(()),
+    }
+}
 /// The longest duration any ledger setting may be: about 100 years.
 pub const DURATION_MAX_MS: u64 = 100 * 365 * DAY_MS;
 
@@ -148,11 +156,7 @@ impl LedgerConfig {
             ("recharge_chain_max", self.recharge_chain_max),
             ("history_page_max", self.history_page_max),
         ];
-        for (name, value) in counts {
-            if !(1..=COUNT_BOUND_MAX).contains(&value) {
-                return Err(format!("ledger.{name} is 1 to {COUNT_BOUND_MAX}, not {value}"));
-            }
-        }
+        within(counts.map(|(name, n)| (name, u64::from(n))), u64::from(COUNT_BOUND_MAX))?;
         if !(IDEMPOTENCY_WINDOW_MIN_MS..=IDEMPOTENCY_WINDOW_MAX_MS).contains(&self.idempotency_window_ms) {
             return Err(format!(
                 "ledger.idempotency_window_ms is {IDEMPOTENCY_WINDOW_MIN_MS} to {IDEMPOTENCY_WINDOW_MAX_MS} (1 s to 90 days), not {}: a shorter window applies a resent request again",
@@ -166,11 +170,7 @@ impl LedgerConfig {
             ("recharge_backoff_base_ms", self.recharge_backoff_base_ms),
             ("recharge_backoff_max_ms", self.recharge_backoff_max_ms),
         ];
-        for (name, value) in durations {
-            if !(1..=DURATION_MAX_MS).contains(&value) {
-                return Err(format!("ledger.{name} is 1 to {DURATION_MAX_MS}, not {value}"));
-            }
-        }
+        within(durations, DURATION_MAX_MS)?;
         if self.expiry_notice_ms > DURATION_MAX_MS {
             return Err(format!("ledger.expiry_notice_ms is 0 to {DURATION_MAX_MS}, not {}", self.expiry_notice_ms));
         }
