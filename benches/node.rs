@@ -60,7 +60,7 @@ fn group(n: usize, round: u64) -> WriteSet {
         set.accounts.push(AccountWrite {
             id,
             records: outcome.records,
-            snapshot: Box::new(account.state.clone().unwrap()),
+            snapshot: std::sync::Arc::new(account.state.clone().unwrap()),
             dedup: vec![(key.clone(), account.dedup.get(&key).unwrap().clone())],
             dedup_expired: Vec::new(),
             timer_before: None,

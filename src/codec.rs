@@ -9,10 +9,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{AccountState, DedupRecord, EventRecord, IdemKey};
+use crate::ledger::{AccountId, AccountState, DedupRecord, EventRecord, IdemKey};
 
-/// The format version this build writes.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this build writes. Version 2: the log of per-shard
+/// entries, history and idempotency pages.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Everything the store keeps, one variant per kind of record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +24,42 @@ pub enum Stored {
     Event(EventRecord),
     /// The first result of an idempotency key.
     Dedup(IdemKey, DedupRecord),
+    /// A page of one account's journal: consecutive records, oldest first.
+    History(Vec<EventRecord>),
+    /// A page of one account's idempotency records.
+    DedupPage(Vec<(IdemKey, DedupRecord)>),
+    /// One shard's log entry for one group: what each account wrote.
+    Log(Vec<LogItem>),
+}
+
+/// What one group wrote for one account, as the log keeps it: the journal
+/// records (the snapshot is their fold, so it is not logged) and the
+/// idempotency records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogItem {
+    pub id: AccountId,
+    pub records: Vec<EventRecord>,
+    pub dedup: Vec<(IdemKey, DedupRecord)>,
+}
+
+/// `Stored`, borrowed: encodes to the same bytes without cloning (a test
+/// pins that the two agree, variant by variant).
+#[derive(Serialize)]
+pub enum StoredRef<'a> {
+    Snapshot(&'a AccountState),
+    Event(&'a EventRecord),
+    Dedup(&'a IdemKey, &'a DedupRecord),
+    History(&'a [EventRecord]),
+    DedupPage(&'a [(IdemKey, DedupRecord)]),
+    Log(&'a [LogItemRef<'a>]),
+}
+
+/// `LogItem`, borrowed.
+#[derive(Serialize)]
+pub struct LogItemRef<'a> {
+    pub id: &'a AccountId,
+    pub records: &'a [EventRecord],
+    pub dedup: &'a [(IdemKey, DedupRecord)],
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +76,14 @@ pub fn encode(value: &Stored) -> Vec<u8> {
     let out = vec![FORMAT_VERSION];
     // Encoding into a Vec cannot fail: every type here is plain serde data.
     postcard::to_extend(value, out).expect("postcard encodes plain data into a Vec")
+}
+
+/// Encodes into `out` (cleared first), reusing its allocation.
+pub fn encode_into(value: &StoredRef<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(FORMAT_VERSION);
+    let buf = std::mem::take(out);
+    *out = postcard::to_extend(value, buf).expect("postcard encodes plain data into a Vec");
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Stored, CodecError> {

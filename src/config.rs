@@ -77,7 +77,19 @@ pub struct NodeSettings {
     /// for recent writes (up to about twice this per column family), and
     /// the free space RocksDB waits for before it resumes after a full disk.
     pub memtable_mb: u32,
+    /// The log tail not yet checkpointed into tables, in bytes: a
+    /// checkpoint starts at half of it and writes wait at all of it. Bounds
+    /// memory for the tail and the log a restart replays.
+    pub checkpoint_log_bytes_max: u64,
+    /// A checkpoint starts at least this often while anything is unwritten
+    /// to tables.
+    pub checkpoint_interval_ms: u64,
 }
+
+/// Bounds of `node.checkpoint_log_bytes_max`: 1 MiB to 16 GiB.
+pub const CHECKPOINT_LOG_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(16 << 30);
+/// Bounds of `node.checkpoint_interval_ms`: 10 ms to one hour.
+pub const CHECKPOINT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
 
 /// Most shard workers a node runs.
 pub const MAX_WORKERS: u32 = 1_024;
@@ -115,6 +127,8 @@ impl Default for NodeSettings {
             max_in_flight: 20_000,
             storage_retry_ms: 1_000,
             memtable_mb: 64,
+            checkpoint_log_bytes_max: 64 << 20,
+            checkpoint_interval_ms: 30_000,
         }
     }
 }
@@ -320,6 +334,12 @@ impl NodeConfig {
         if let Some(v) = var("PREPAID_FLUSH_INTERVAL_MS") {
             self.node.flush_interval_ms = number("PREPAID_FLUSH_INTERVAL_MS", &v)?;
         }
+        if let Some(v) = var("PREPAID_CHECKPOINT_LOG_BYTES_MAX") {
+            self.node.checkpoint_log_bytes_max = number("PREPAID_CHECKPOINT_LOG_BYTES_MAX", &v)?;
+        }
+        if let Some(v) = var("PREPAID_CHECKPOINT_INTERVAL_MS") {
+            self.node.checkpoint_interval_ms = number("PREPAID_CHECKPOINT_INTERVAL_MS", &v)?;
+        }
         if let Some(v) = var("PREPAID_MAX_RESIDENT_ACCOUNTS") {
             self.node.max_resident_accounts = number("PREPAID_MAX_RESIDENT_ACCOUNTS", &v)?;
         }
@@ -383,6 +403,12 @@ impl NodeConfig {
         }
         if !(1..=4_096).contains(&n.memtable_mb) {
             return bad("node.memtable_mb is 1 to 4096");
+        }
+        if !CHECKPOINT_LOG_BYTES.contains(&n.checkpoint_log_bytes_max) {
+            return bad("node.checkpoint_log_bytes_max is 1048576 (1 MiB) to 17179869184 (16 GiB)");
+        }
+        if !CHECKPOINT_INTERVAL_MS.contains(&n.checkpoint_interval_ms) {
+            return bad("node.checkpoint_interval_ms is 10 to 3600000 (one hour)");
         }
         if n.max_resident_accounts == 0 {
             return bad("node.max_resident_accounts is at least 1");

@@ -260,6 +260,8 @@ impl Writer {
         }
         // Publish what became durable, then answer, in order.
         if result.is_ok() {
+            // Cloning every record for nobody is most of this loop's cost.
+            let subscribed = self.events.receiver_count() > 0;
             for w in &set.accounts {
                 for record in &w.records {
                     if let Event::RechargeRequested { attempt_id, amount } = record.event {
@@ -268,8 +270,10 @@ impl Writer {
                         // recovery resumes the attempt from the store.
                         let _ = self.charges.send(order);
                     }
-                    // No subscriber is not an error.
-                    let _ = self.events.send(AccountEvent { account: w.id.clone(), record: record.clone() });
+                    if subscribed {
+                        // A subscriber that left meanwhile is not an error.
+                        let _ = self.events.send(AccountEvent { account: w.id.clone(), record: record.clone() });
+                    }
                 }
             }
         }

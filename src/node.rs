@@ -90,7 +90,15 @@ impl Node {
             (config.node.data_dir.clone(), None)
         };
         std::fs::create_dir_all(&dir)?;
-        let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open_with(&dir, config.node.memtable_mb)?);
+        let n = &config.node;
+        let opts = crate::store::RocksOptions {
+            memtable_mb: n.memtable_mb,
+            shards: n.shards,
+            checkpoint_log_bytes_max: n.checkpoint_log_bytes_max,
+            checkpoint_interval_ms: n.checkpoint_interval_ms,
+            idempotency_window_ms: config.ledger.idempotency_window_ms,
+        };
+        let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open_with(&dir, opts)?);
         let mut node = Node::start_with(config, store, Arc::new(SystemClock), gateway).await?;
         node.temp_dir = temp_dir;
         Ok(node)

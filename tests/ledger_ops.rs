@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use prepaid::codec::{self, CodecError, Stored};
+use prepaid::codec::{self, CodecError, Stored, StoredRef};
 use prepaid::ledger::*;
 
 // ---- Burn order: soonest expiry, priority, free before paid, oldest, id.
@@ -274,8 +274,29 @@ fn stored_records_round_trip_through_the_codec() {
         assert_eq!(codec::decode(&codec::encode(&event)).unwrap(), event);
     }
     let (key, record) = h.account.dedup.iter().next().map(|(k, r)| (k.clone(), r.clone())).unwrap();
-    let dedup = Stored::Dedup(key, record);
+    let dedup = Stored::Dedup(key.clone(), record.clone());
     assert_eq!(codec::decode(&codec::encode(&dedup)).unwrap(), dedup);
+
+    // The borrowed forms the store writes encode to the same bytes as the
+    // owned ones it reads back, variant by variant.
+    let state = h.state().clone();
+    let pairs = [(key, record)];
+    let item = codec::LogItem { id: state.id.clone(), records: h.journal.clone(), dedup: pairs.to_vec() };
+    let item_ref = codec::LogItemRef { id: &state.id, records: &h.journal, dedup: &pairs };
+    let cases: Vec<(StoredRef<'_>, Stored)> = vec![
+        (StoredRef::Snapshot(&state), Stored::Snapshot(Box::new(state.clone()))),
+        (StoredRef::Event(&h.journal[0]), Stored::Event(h.journal[0].clone())),
+        (StoredRef::Dedup(&pairs[0].0, &pairs[0].1), Stored::Dedup(pairs[0].0.clone(), pairs[0].1.clone())),
+        (StoredRef::History(&h.journal), Stored::History(h.journal.clone())),
+        (StoredRef::DedupPage(&pairs), Stored::DedupPage(pairs.to_vec())),
+        (StoredRef::Log(std::slice::from_ref(&item_ref)), Stored::Log(vec![item])),
+    ];
+    let mut buf = Vec::new();
+    for (borrowed, owned) in cases {
+        codec::encode_into(&borrowed, &mut buf);
+        assert_eq!(buf, codec::encode(&owned), "{owned:?}");
+        assert_eq!(codec::decode(&buf).unwrap(), owned);
+    }
 }
 
 #[test]
@@ -283,9 +304,11 @@ fn the_codec_refuses_unknown_versions_and_garbage() {
     let h = Harness::active("5");
     let mut bytes = codec::encode(&Stored::Snapshot(Box::new(h.state().clone())));
     assert_eq!(codec::decode(&[]), Err(CodecError::Empty));
-    bytes[0] = 2;
-    assert_eq!(codec::decode(&bytes), Err(CodecError::UnknownVersion(2)));
-    assert!(matches!(codec::decode(&[1, 0xff, 0xff, 0xff]), Err(CodecError::Corrupt(_))));
+    bytes[0] = codec::FORMAT_VERSION + 1;
+    assert_eq!(codec::decode(&bytes), Err(CodecError::UnknownVersion(codec::FORMAT_VERSION + 1)));
+    bytes[0] = 1;
+    assert_eq!(codec::decode(&bytes), Err(CodecError::UnknownVersion(1)), "version 1 (before the log) is refused");
+    assert!(matches!(codec::decode(&[codec::FORMAT_VERSION, 0xff, 0xff, 0xff]), Err(CodecError::Corrupt(_))));
     let truncated = codec::encode(&Stored::Snapshot(Box::new(h.state().clone())));
     assert!(codec::decode(&truncated[..truncated.len() / 2]).is_err());
 }

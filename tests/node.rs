@@ -618,3 +618,147 @@ async fn idempotency_records_past_the_window_leave_the_store_too() {
         store.load(&id("org_w"), 0).unwrap().unwrap().dedup.iter().map(|(k, _)| k.to_string()).collect();
     assert_eq!(keys, ["new-key"]);
 }
+
+/// The log and the checkpointer, on the store alone: groups written and the
+/// store dropped without a checkpoint (as a crash would leave it) come back
+/// whole from the log; checkpoints move them to tables and empty the log.
+mod log_store {
+    use super::*;
+    use prepaid::store::{AccountWrite, RocksOptions, WriteSet};
+
+    /// Drives ledger accounts and makes the writes a node would.
+    struct Accounts {
+        accounts: HashMap<AccountId, Account>,
+        cfg: LedgerConfig,
+        now: u64,
+    }
+
+    impl Accounts {
+        fn new() -> Accounts {
+            Accounts { accounts: HashMap::new(), cfg: LedgerConfig::default(), now: T0 }
+        }
+
+        fn write(&mut self, reqs: &[Request]) -> WriteSet {
+            let mut set = WriteSet::default();
+            for r in reqs {
+                let account = self.accounts.entry(r.account.clone()).or_default();
+                let outcome = account.execute(r, self.now, &self.cfg);
+                assert!(outcome.result.is_ok(), "{r:?}: {:?}", outcome.result);
+                let dedup =
+                    outcome.recorded.iter().map(|k| (k.clone(), account.dedup.get(k).unwrap().clone())).collect();
+                set.accounts.push(AccountWrite {
+                    id: r.account.clone(),
+                    records: outcome.records,
+                    snapshot: Arc::new(account.state.clone().unwrap()),
+                    dedup,
+                    dedup_expired: outcome.expired,
+                    timer_before: None,
+                    timer_after: None,
+                    in_flight_changed: false,
+                });
+            }
+            set
+        }
+
+        /// Every account as the store holds it equals the ledger's memory.
+        fn check(&self, store: &RocksStore) {
+            for (id, account) in &self.accounts {
+                let loaded = store.load(id, 0).unwrap().unwrap();
+                assert_eq!(&loaded.state, account.state.as_ref().unwrap(), "{id}: snapshot");
+                let history = store.history(id, 0, u32::MAX).unwrap();
+                let replayed = AccountState::from_records(id.clone(), &history).unwrap().unwrap();
+                assert_eq!(&replayed, account.state.as_ref().unwrap(), "{id}: replay(history)");
+                let seqs: Vec<u64> = history.iter().map(|r| r.seq).collect();
+                assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}: history in order, once");
+                // A page from the middle is the same slice.
+                let page = store.history(id, 2, 3).unwrap();
+                assert_eq!(page, history[2..history.len().min(5)], "{id}: a page from the middle");
+                for (key, record) in &loaded.dedup {
+                    assert_eq!(account.dedup.get(key), Some(record), "{id}: idempotency record {key}");
+                }
+            }
+        }
+    }
+
+    fn traffic(accounts: &mut Accounts, store: &RocksStore, rounds: u64, from: u64) {
+        for round in from..from + rounds {
+            let reqs: Vec<Request> = (0..20)
+                .map(|i| {
+                    let name = format!("org_{i:02}");
+                    match round {
+                        0 => open(&name),
+                        1 => purchase(&name, "buy", "100"),
+                        _ => strict(&name, &format!("d{round}"), "0.01"),
+                    }
+                })
+                .collect();
+            let set = accounts.write(&reqs);
+            store.write(&set, round % 3 == 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_store_dropped_without_a_checkpoint_comes_back_whole_from_the_log() {
+        let dir = tempdir::Dir::new("log-replay");
+        let mut accounts = Accounts::new();
+        {
+            let store = RocksStore::open(&dir.0).unwrap();
+            traffic(&mut accounts, &store, 10, 0);
+            assert!(store.log_tail_bytes() > 0, "the groups are in the log");
+            accounts.check(&store);
+        }
+        let store = RocksStore::open(&dir.0).unwrap();
+        assert!(store.log_tail_bytes() > 0, "nothing was checkpointed: the tail comes from the log");
+        accounts.check(&store);
+        // A checkpoint in the middle, more groups, no checkpoint: both halves.
+        store.checkpoint().unwrap();
+        assert_eq!(store.log_tail_bytes(), 0, "a checkpoint covers the whole tail");
+        accounts.check(&store);
+        traffic(&mut accounts, &store, 10, 10);
+        drop(store);
+        let store = RocksStore::open(&dir.0).unwrap();
+        accounts.check(&store);
+        store.checkpoint().unwrap();
+        drop(store);
+        let store = RocksStore::open(&dir.0).unwrap();
+        assert_eq!(store.log_tail_bytes(), 0, "after a checkpoint the log is empty");
+        accounts.check(&store);
+    }
+
+    #[test]
+    fn the_log_tail_stays_within_its_bound_and_checkpoints_keep_up() {
+        let dir = tempdir::Dir::new("log-bound");
+        let max = 1 << 20;
+        let opts = RocksOptions { checkpoint_log_bytes_max: max, ..RocksOptions::default() };
+        let store = RocksStore::open_with(&dir.0, opts.clone()).unwrap();
+        let mut accounts = Accounts::new();
+        let mut most = 0;
+        for round in 0..3_000 {
+            traffic(&mut accounts, &store, 1, round);
+            most = most.max(store.log_tail_bytes());
+        }
+        assert!(most <= max + 64 * 1024, "the tail reached {most} bytes, bound {max}");
+        accounts.check(&store);
+        drop(store);
+        let store = RocksStore::open_with(&dir.0, opts).unwrap();
+        assert!(store.log_tail_bytes() <= max + 64 * 1024);
+        accounts.check(&store);
+    }
+
+    #[test]
+    fn a_log_written_with_another_shard_count_replays_in_sequence_order() {
+        let dir = tempdir::Dir::new("log-shards");
+        let mut accounts = Accounts::new();
+        {
+            let store = RocksStore::open_with(&dir.0, RocksOptions { shards: 3, ..RocksOptions::default() }).unwrap();
+            traffic(&mut accounts, &store, 6, 0);
+        }
+        {
+            let store = RocksStore::open_with(&dir.0, RocksOptions { shards: 7, ..RocksOptions::default() }).unwrap();
+            accounts.check(&store);
+            traffic(&mut accounts, &store, 6, 6);
+        }
+        let store = RocksStore::open(&dir.0).unwrap();
+        accounts.check(&store);
+    }
+}

@@ -144,7 +144,7 @@ impl Cell {
                 out.writes.push(AccountWrite {
                     id: self.id.clone(),
                     records,
-                    snapshot: Box::new(account.clone()),
+                    snapshot: Arc::new(account.clone()),
                     dedup,
                     // Kept until a write carries them: a batch that writes
                     // nothing leaves them for the next one.

@@ -4,7 +4,9 @@
 //! A node writes in groups: one `WriteSet` holds, for every account a group
 //! touched, its new journal records, its new snapshot, the idempotency records
 //! it made and the change to its timer. `Store::write` applies a set
-//! atomically (one RocksDB WriteBatch) and, when asked, durably (one sync).
+//! atomically and, when asked, durably (one sync); `RocksStore` logs it (one
+//! entry per shard) and checkpoints the state behind (`rocks/`), and reads
+//! see everything written either way.
 //! Reads are for activation (`load`), `history`, timers (`due`) and recovery
 //! (`in_flight_recharges`).
 //!
@@ -19,10 +21,11 @@ mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod sim;
+mod tail;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "rocksdb")]
-pub use rocks::RocksStore;
+pub use rocks::{RocksOptions, RocksStore};
 pub use sim::{Faults, SimDisk, SimStats, SimStore};
 
 /// Everything one group writes for one account.
@@ -32,7 +35,7 @@ pub struct AccountWrite {
     /// New journal records, in order.
     pub records: Vec<EventRecord>,
     /// The account's state after them.
-    pub snapshot: Box<AccountState>,
+    pub snapshot: std::sync::Arc<AccountState>,
     /// Idempotency records made by the group's requests.
     pub dedup: Vec<(IdemKey, DedupRecord)>,
     /// Idempotency records past the window, to delete.

@@ -1,0 +1,559 @@
+//! The store on RocksDB: one database per node, a column family per kind of
+//! record, every value in the versioned codec (`crate::codec`).
+//!
+//! A group is durable once its **log** entries are: one entry per shard the
+//! group touched, holding what each account wrote (journal records and
+//! idempotency records; the snapshot is their fold). The tables — snapshots,
+//! journal pages, idempotency pages — are written behind, by the
+//! checkpointer (`checkpoint.rs`), which deletes a shard's log entries in
+//! the same atomic write that puts the state they produced in tables. Until
+//! then reads see the log tail in memory (`super::tail`); at open the tail
+//! is rebuilt from the log by the same `replay` fold live operation uses.
+//! The small indexes (timers, recharges in flight, webhook marks) are
+//! written with the log, in the group's own write.
+//!
+//! Key layout (ids never contain a zero byte, so `id 0x00 …` is unambiguous
+//! and a prefix scan of `id 0x00` reads exactly one account):
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `log` | shard(u32 BE) lsn(u64 BE) | one shard's entry for one group (`Stored::Log`) |
+//! | `accounts` | id | snapshot (`Stored::Snapshot`) |
+//! | `journal` | id 0x00 first seq(u64 BE) | a page of consecutive records (`Stored::History`) |
+//! | `dedup` | id 0x00 newest at_ms(u64 BE) checkpoint(u64 BE) | a page of idempotency records (`Stored::DedupPage`) |
+//! | `timers` | deadline(u64 BE) id | empty |
+//! | `inflight` | id | attempt id (u64 BE), amount (i128 BE) |
+//! | `webhooks` | `p` id | last sequence written (u64 BE), when webhooks are on |
+//! | `webhooks` | `c` id | last sequence delivered to webhooks (u64 BE) |
+//! | `meta` | `format` | the format version byte |
+//! | `meta` | `probe` | written by recovery probes after a storage failure |
+//! | `meta` | `ckpt` shard(u32 BE) | the newest lsn of the shard its checkpoint covers (u64 BE) |
+//! | `meta` | `checkpoints` | checkpoints written (u64 BE): numbers idempotency pages |
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+
+use super::tail::Tail;
+use super::{Loaded, Store, StoreError, WriteSet};
+use crate::codec::{self, FORMAT_VERSION, LogItemRef, Stored, StoredRef};
+use crate::ledger::hash::stable_hash;
+use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
+
+mod checkpoint;
+
+const CF_LOG: &str = "log";
+const CF_ACCOUNTS: &str = "accounts";
+const CF_JOURNAL: &str = "journal";
+const CF_DEDUP: &str = "dedup";
+const CF_TIMERS: &str = "timers";
+const CF_INFLIGHT: &str = "inflight";
+const CF_META: &str = "meta";
+const CF_WEBHOOKS: &str = "webhooks";
+const ALL_CFS: [&str; 8] = [CF_LOG, CF_ACCOUNTS, CF_JOURNAL, CF_DEDUP, CF_TIMERS, CF_INFLIGHT, CF_META, CF_WEBHOOKS];
+
+/// How long a write waits for the checkpointer when the log tail is full
+/// before it fails (storage then counts as failed and is probed).
+const TAIL_FULL_WAIT: Duration = Duration::from_secs(30);
+
+/// How the store is opened. `Default` is what tests and tools use; a node
+/// passes its settings.
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// Memtable size per column family, MiB.
+    pub memtable_mb: u32,
+    /// Log entries are per shard (`stable_hash(id) mod shards`).
+    pub shards: u32,
+    /// The log tail not yet checkpointed, bytes: a checkpoint starts at
+    /// half of it, writes wait at all of it. Bounds restart time.
+    pub checkpoint_log_bytes_max: u64,
+    /// A checkpoint starts at least this often while anything is dirty.
+    pub checkpoint_interval_ms: u64,
+    /// Idempotency pages whose newest record is older than this, on an
+    /// account's own clock, are deleted by checkpoints.
+    pub idempotency_window_ms: u64,
+}
+
+impl Default for RocksOptions {
+    fn default() -> RocksOptions {
+        RocksOptions {
+            memtable_mb: 64,
+            shards: 256,
+            checkpoint_log_bytes_max: 64 << 20,
+            checkpoint_interval_ms: 30_000,
+            idempotency_window_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+fn webhook_key(kind: u8, id: &AccountId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.as_str().len());
+    key.push(kind);
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn be_u64(bytes: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| corrupt("a stored number is not 8 bytes"))?))
+}
+
+fn io(e: rocksdb::Error) -> StoreError {
+    StoreError::Io(e.into_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn account_prefix(id: &AccountId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.as_str().len() + 1 + 16);
+    key.extend_from_slice(id.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+fn journal_key(id: &AccountId, seq: u64) -> Vec<u8> {
+    let mut key = account_prefix(id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn dedup_key(id: &AccountId, newest_ms: u64, checkpoint: u64) -> Vec<u8> {
+    let mut key = account_prefix(id);
+    key.extend_from_slice(&newest_ms.to_be_bytes());
+    key.extend_from_slice(&checkpoint.to_be_bytes());
+    key
+}
+
+fn log_key(shard: u32, lsn: u64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&shard.to_be_bytes());
+    key[4..].copy_from_slice(&lsn.to_be_bytes());
+    key
+}
+
+fn checkpoint_key(shard: u32) -> Vec<u8> {
+    let mut key = b"ckpt".to_vec();
+    key.extend_from_slice(&shard.to_be_bytes());
+    key
+}
+
+fn timer_key(at_ms: u64, id: &AccountId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.as_str().len());
+    key.extend_from_slice(&at_ms.to_be_bytes());
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn account_id(bytes: &[u8]) -> Result<AccountId, StoreError> {
+    let text = std::str::from_utf8(bytes).map_err(corrupt)?;
+    AccountId::new(text).map_err(|_| corrupt(format!("bad account id in a key: {text:?}")))
+}
+
+/// What only the group writer touches.
+#[derive(Default)]
+struct LogWriter {
+    /// Per shard: the last log sequence number used.
+    lsn: HashMap<u32, u64>,
+    /// Reused for every entry's bytes.
+    buf: Vec<u8>,
+    /// (shard, index into the set), sorted: the set's accounts by shard.
+    order: Vec<(u32, usize)>,
+}
+
+pub(crate) struct Inner {
+    db: DB,
+    opts: RocksOptions,
+    tail: Mutex<Tail>,
+    /// Signalled when the tail grows (the checkpointer may start) and when
+    /// a checkpoint ends (a waiting write may go on).
+    tail_changed: Condvar,
+    writer: Mutex<LogWriter>,
+    /// Serializes checkpoints and tail rebuilds; holds the number of
+    /// checkpoints written.
+    checkpoints: Mutex<u64>,
+    stop: AtomicBool,
+}
+
+pub struct RocksStore {
+    inner: Arc<Inner>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data whole: a panic elsewhere does
+    // not make it unusable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RocksStore {
+    /// Opens (creating if missing) the database under `path` with the
+    /// default options.
+    pub fn open(path: &Path) -> Result<RocksStore, StoreError> {
+        RocksStore::open_with(path, RocksOptions::default())
+    }
+
+    /// Opens with `opts`, rebuilds the log tail and starts the
+    /// checkpointer. After a full disk RocksDB resumes writing by itself
+    /// once a memtable's worth of space is free (its SstFileManager checks
+    /// every 5 s); `recover` then succeeds.
+    pub fn open_with(path: &Path, opts: RocksOptions) -> Result<RocksStore, StoreError> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        let write_buffer = opts.memtable_mb as usize * 1024 * 1024;
+        db_opts.set_write_buffer_size(write_buffer);
+        // The unused `default` family too: left out, the binding would open
+        // it with RocksDB's default 64 MiB.
+        let cfs = ALL_CFS.iter().chain(&["default"]).map(|name| {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(write_buffer);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(io)?;
+        let inner = Inner {
+            db,
+            opts,
+            tail: Mutex::new(Tail::default()),
+            tail_changed: Condvar::new(),
+            writer: Mutex::new(LogWriter::default()),
+            checkpoints: Mutex::new(0),
+            stop: AtomicBool::new(false),
+        };
+        let meta = inner.cf(CF_META)?;
+        match inner.db.get_cf(meta, b"format").map_err(io)? {
+            None => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                inner.db.put_cf_opt(meta, b"format", [FORMAT_VERSION], &wo).map_err(io)?;
+            }
+            Some(v) if v.as_slice() == [FORMAT_VERSION] => {}
+            Some(v) => return Err(corrupt(format!("data format {v:?}; this build reads {FORMAT_VERSION}"))),
+        }
+        inner.rebuild()?;
+        let inner = Arc::new(inner);
+        let runner = Arc::clone(&inner);
+        let checkpointer = std::thread::Builder::new()
+            .name("prepaid-checkpoint".into())
+            .spawn(move || runner.run_checkpointer())
+            .map_err(|e| StoreError::Io(format!("cannot start the checkpointer: {e}")))?;
+        Ok(RocksStore { inner, checkpointer: Some(checkpointer) })
+    }
+
+    /// Log bytes not yet covered by a checkpoint (tests, metrics).
+    pub fn log_tail_bytes(&self) -> u64 {
+        lock(&self.inner.tail).bytes()
+    }
+
+    /// Writes a checkpoint now (tests; `flush` before a clean stop).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.inner.checkpoint()
+    }
+}
+
+impl Drop for RocksStore {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.tail_changed.notify_all();
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Inner {
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or_else(|| corrupt(format!("column family {name} is missing")))
+    }
+
+    fn shard_of(&self, id: &AccountId) -> u32 {
+        (stable_hash(id.as_str().as_bytes()) % u64::from(self.opts.shards.max(1))) as u32
+    }
+
+    /// Waits while the tail is at its bound, for the checkpointer.
+    fn wait_for_room(&self) -> Result<(), StoreError> {
+        let max = self.opts.checkpoint_log_bytes_max;
+        let started = Instant::now();
+        let mut tail = lock(&self.tail);
+        while tail.bytes() >= max {
+            if let Some(reason) = &tail.failure
+                && started.elapsed() >= TAIL_FULL_WAIT
+            {
+                return Err(StoreError::Io(format!("the log tail is full and checkpoints fail: {reason}")));
+            }
+            self.tail_changed.notify_all();
+            tail =
+                self.tail_changed.wait_timeout(tail, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        Ok(())
+    }
+
+    fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError> {
+        self.wait_for_room()?;
+        let (log, timers, inflight) = (self.cf(CF_LOG)?, self.cf(CF_TIMERS)?, self.cf(CF_INFLIGHT)?);
+        let mut guard = lock(&self.writer);
+        let LogWriter { lsn, buf, order } = &mut *guard;
+        order.clear();
+        order.extend(set.accounts.iter().enumerate().map(|(i, w)| (self.shard_of(&w.id), i)));
+        order.sort_unstable();
+        let mut batch = WriteBatch::default();
+        let mut entries: Vec<(u32, u64)> = Vec::new();
+        let mut bytes = 0u64;
+        let mut items: Vec<LogItemRef<'_>> = Vec::new();
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            let shard = run[0].0;
+            items.clear();
+            items.extend(run.iter().map(|&(_, i)| {
+                let w = &set.accounts[i];
+                LogItemRef { id: &w.id, records: &w.records, dedup: &w.dedup }
+            }));
+            let next = lsn.get(&shard).copied().unwrap_or(0) + 1;
+            codec::encode_into(&StoredRef::Log(&items), buf);
+            batch.put_cf(log, log_key(shard, next), &buf[..]);
+            bytes += buf.len() as u64;
+            entries.push((shard, next));
+        }
+        for w in &set.accounts {
+            if w.timer_before != w.timer_after {
+                if let Some(at) = w.timer_before {
+                    batch.delete_cf(timers, timer_key(at, &w.id));
+                }
+                if let Some(at) = w.timer_after {
+                    batch.put_cf(timers, timer_key(at, &w.id), []);
+                }
+            }
+            match w.in_flight() {
+                _ if !w.in_flight_changed => {}
+                Some((attempt, amount)) => {
+                    let mut value = attempt.to_be_bytes().to_vec();
+                    value.extend_from_slice(&amount.units().to_be_bytes());
+                    batch.put_cf(inflight, w.id.as_str(), value);
+                }
+                None => batch.delete_cf(inflight, w.id.as_str()),
+            }
+            if set.webhooks
+                && let Some(last) = w.records.last()
+            {
+                batch.put_cf(self.cf(CF_WEBHOOKS)?, webhook_key(b'p', &w.id), last.seq.to_be_bytes());
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        // On failure the tail is left as it was; `recover` rebuilds it from
+        // what the log holds.
+        self.db.write_opt(batch, &wo).map_err(io)?;
+        for &(shard, next) in &entries {
+            lsn.insert(shard, next);
+        }
+        drop(guard);
+        let start = {
+            let mut tail = lock(&self.tail);
+            for w in &set.accounts {
+                tail.merge(w);
+            }
+            for (shard, next) in entries {
+                tail.active_lsn.insert(shard, next);
+            }
+            tail.active_bytes += bytes;
+            tail.active_bytes >= self.opts.checkpoint_log_bytes_max / 2
+        };
+        if start {
+            self.tail_changed.notify_all();
+        }
+        Ok(())
+    }
+
+    fn load_snapshot(&self, id: &AccountId) -> Result<Option<AccountState>, StoreError> {
+        let Some(bytes) = self.db.get_cf(self.cf(CF_ACCOUNTS)?, id.as_str()).map_err(io)? else {
+            return Ok(None);
+        };
+        let Stored::Snapshot(state) = codec::decode(&bytes).map_err(corrupt)? else {
+            return Err(corrupt(format!("account {id} does not hold a snapshot")));
+        };
+        if &state.id != id {
+            return Err(corrupt(format!("account {id} holds the snapshot of {}", state.id)));
+        }
+        state.check_invariants().map_err(|e| corrupt(format!("account {id}: {e}")))?;
+        Ok(Some(*state))
+    }
+
+    /// The account's idempotency pages in tables, every record.
+    fn dedup_pages(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, StoreError> {
+        let prefix = account_prefix(id);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_DEDUP)?, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, value) = item.map_err(io)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Stored::DedupPage(page) = codec::decode(&value).map_err(corrupt)? else {
+                return Err(corrupt(format!("account {id}: an idempotency key holds something else")));
+            };
+            out.extend(page);
+        }
+        Ok(out)
+    }
+
+    /// Journal records in tables after `after_seq`, at most `limit`.
+    fn history_pages(&self, id: &AccountId, after_seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let prefix = account_prefix(id);
+        let first = after_seq.saturating_add(1);
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_JOURNAL)?);
+        // The page holding `first` starts at or before it.
+        it.seek_for_prev(journal_key(id, first));
+        if !it.valid() || !it.key().is_some_and(|k| k.starts_with(&prefix)) {
+            it.seek(&prefix);
+        }
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Stored::History(page) = codec::decode(value).map_err(corrupt)? else {
+                return Err(corrupt(format!("account {id}: a journal key holds something else")));
+            };
+            let room = limit - out.len();
+            out.extend(page.into_iter().filter(|r| r.seq >= first).take(room));
+            it.next();
+        }
+        it.status().map_err(io)?;
+        Ok(out)
+    }
+}
+
+impl Store for RocksStore {
+    fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError> {
+        self.inner.write(set, sync)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.db.flush_wal(true).map_err(io)
+    }
+
+    /// A synced write to `meta`: RocksDB refuses writes after an I/O error
+    /// until its own recovery clears the error (for a full disk, once space
+    /// returns), so a probe that lands means writing works again. Then the
+    /// tail is rebuilt from the log: a group whose write failed may have
+    /// landed after all, and reads must agree with what the log holds.
+    fn recover(&self) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.inner.db.put_cf_opt(self.inner.cf(CF_META)?, b"probe", [1u8], &wo).map_err(io)?;
+        self.inner.rebuild()
+    }
+
+    /// Checkpoints the whole tail, then moves tables out of the memtables.
+    fn flush(&self) -> Result<(), StoreError> {
+        // A pending checkpoint first, then the active generation.
+        self.inner.checkpoint()?;
+        self.inner.checkpoint()?;
+        for name in ALL_CFS {
+            self.inner.db.flush_cf(self.inner.cf(name)?).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError> {
+        // The tail first, then tables: a checkpoint that lands in between
+        // only moves records from one to the other.
+        let (snapshot, tail_dedup) = {
+            let tail = lock(&self.inner.tail);
+            (tail.snapshot(id), tail.dedup(id))
+        };
+        let state = match snapshot {
+            Some(state) => AccountState::clone(&state),
+            None => match self.inner.load_snapshot(id)? {
+                Some(state) => state,
+                None => return Ok(None),
+            },
+        };
+        let mut by_key: HashMap<IdemKey, DedupRecord> = HashMap::new();
+        for (key, record) in self.inner.dedup_pages(id)?.into_iter().chain(tail_dedup) {
+            if record.at_ms >= dedup_since_ms {
+                by_key.insert(key, record);
+            }
+        }
+        let mut dedup: Vec<_> = by_key.into_iter().collect();
+        dedup.sort_by(|(ka, a), (kb, b)| a.at_ms.cmp(&b.at_ms).then_with(|| ka.cmp(kb)));
+        Ok(Some(Loaded { state, dedup }))
+    }
+
+    fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = limit as usize;
+        let tail = lock(&self.inner.tail).history(id, after_seq, limit);
+        let mut out = self.inner.history_pages(id, after_seq, limit)?;
+        let last = out.last().map_or(after_seq, |r| r.seq);
+        let room = limit.saturating_sub(out.len());
+        out.extend(tail.into_iter().filter(|r| r.seq > last).take(room));
+        Ok(out)
+    }
+
+    fn due(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, AccountId)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.iterator_cf(self.inner.cf(CF_TIMERS)?, IteratorMode::Start) {
+            let (key, _) = item.map_err(io)?;
+            if key.len() < 8 {
+                return Err(corrupt("a timer key is shorter than its deadline"));
+            }
+            let at = u64::from_be_bytes(key[..8].try_into().map_err(corrupt)?);
+            if at > until_ms || out.len() >= limit {
+                break;
+            }
+            out.push((at, account_id(&key[8..])?));
+        }
+        Ok(out)
+    }
+
+    fn in_flight_recharges(&self) -> Result<Vec<(AccountId, u64, Amount)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.iterator_cf(self.inner.cf(CF_INFLIGHT)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(io)?;
+            if value.len() != 24 {
+                return Err(corrupt("an in-flight recharge value is not 24 bytes"));
+            }
+            let attempt = u64::from_be_bytes(value[..8].try_into().map_err(corrupt)?);
+            let units = i128::from_be_bytes(value[8..].try_into().map_err(corrupt)?);
+            out.push((account_id(&key)?, attempt, Amount::from_units(units)));
+        }
+        Ok(out)
+    }
+
+    fn webhook_pending(&self) -> Result<Vec<(AccountId, u64, u64)>, StoreError> {
+        let db = &self.inner.db;
+        let cf = self.inner.cf(CF_WEBHOOKS)?;
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf, IteratorMode::From(b"p", Direction::Forward)) {
+            let (key, value) = item.map_err(io)?;
+            if key.first() != Some(&b'p') {
+                break;
+            }
+            let id = account_id(&key[1..])?;
+            let written = be_u64(&value)?;
+            let delivered = match db.get_cf(cf, webhook_key(b'c', &id)).map_err(io)? {
+                Some(v) => be_u64(&v)?,
+                None => 0,
+            };
+            if written > delivered {
+                out.push((id, written, delivered));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError> {
+        self.inner.db.put_cf(self.inner.cf(CF_WEBHOOKS)?, webhook_key(b'c', id), seq.to_be_bytes()).map_err(io)
+    }
+
+    fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError> {
+        match self.inner.db.get_cf(self.inner.cf(CF_WEBHOOKS)?, webhook_key(b'c', id)).map_err(io)? {
+            Some(v) => be_u64(&v),
+            None => Ok(0),
+        }
+    }
+}
