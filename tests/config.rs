@@ -76,6 +76,12 @@ fn bounds_are_checked_at_and_past_their_limits() {
     assert!(with("memtable_mb = 4096").is_ok());
     assert!(with("memtable_mb = 0").is_err());
     assert!(with("memtable_mb = 4097").is_err());
+    assert!(with("checkpoint_log_bytes_max = 1048576").is_ok());
+    assert!(with("checkpoint_log_bytes_max = 17179869184").is_ok());
+    assert!(with("checkpoint_log_bytes_max = 1048575").is_err());
+    assert!(with("checkpoint_log_bytes_max = 17179869185").is_err());
+    assert!(with("checkpoint_interval_ms = 10").is_ok() && with("checkpoint_interval_ms = 3600000").is_ok());
+    assert!(with("checkpoint_interval_ms = 9").is_err() && with("checkpoint_interval_ms = 3600001").is_err());
     let server = |text: &str| NodeConfig::from_toml(&format!("[server]\n{text}\n"));
     assert!(server("max_streams_per_connection = 1").is_ok());
     assert!(server("max_streams_per_connection = 0").is_err());

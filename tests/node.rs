@@ -680,19 +680,23 @@ mod log_store {
         }
     }
 
+    /// Round 0 opens 20 accounts, round 1 funds them, later rounds debit.
+    fn round_requests(round: u64) -> Vec<Request> {
+        (0..20)
+            .map(|i| {
+                let name = format!("org_{i:02}");
+                match round {
+                    0 => open(&name),
+                    1 => purchase(&name, "buy", "100"),
+                    _ => strict(&name, &format!("d{round}"), "0.01"),
+                }
+            })
+            .collect()
+    }
+
     fn traffic(accounts: &mut Accounts, store: &RocksStore, rounds: u64, from: u64) {
         for round in from..from + rounds {
-            let reqs: Vec<Request> = (0..20)
-                .map(|i| {
-                    let name = format!("org_{i:02}");
-                    match round {
-                        0 => open(&name),
-                        1 => purchase(&name, "buy", "100"),
-                        _ => strict(&name, &format!("d{round}"), "0.01"),
-                    }
-                })
-                .collect();
-            let set = accounts.write(&reqs);
+            let set = accounts.write(&round_requests(round));
             store.write(&set, round % 3 == 0).unwrap();
         }
     }
@@ -743,6 +747,145 @@ mod log_store {
         let store = RocksStore::open_with(&dir.0, opts).unwrap();
         assert!(store.log_tail_bytes() <= max + 64 * 1024);
         accounts.check(&store);
+    }
+
+    /// The newest RocksDB write-ahead log file in `dir`.
+    fn wal(dir: &Path) -> std::path::PathBuf {
+        let mut logs: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        logs.pop().expect("a write-ahead log")
+    }
+
+    /// What a crash at this moment leaves on disk: a copy of every file,
+    /// with the write-ahead log cut to `wal_len` bytes (a torn or lost
+    /// suffix). Returns the copy's directory.
+    fn crash_image(dir: &Path, name: &str, wal_len: impl FnOnce(u64) -> u64) -> tempdir::Dir {
+        let image = tempdir::Dir::new(name);
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, image.0.join(path.file_name().unwrap())).unwrap();
+        }
+        let log = image.0.join(wal(dir).file_name().unwrap());
+        let len = std::fs::metadata(&log).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(wal_len(len)).unwrap();
+        image
+    }
+
+    /// Each account in `store` is whole (snapshot = replay of history) and
+    /// holds at least the records of `acknowledged` (last seq per account).
+    fn holds_at_least(store: &RocksStore, acknowledged: &HashMap<AccountId, u64>) {
+        for (id, &seq) in acknowledged {
+            let loaded = store.load(id, 0).unwrap().expect("an acknowledged account");
+            let history = store.history(id, 0, u32::MAX).unwrap();
+            assert!(history.len() as u64 >= seq, "{id}: {} records, {seq} acknowledged", history.len());
+            let replayed = AccountState::from_records(id.clone(), &history).unwrap().unwrap();
+            assert_eq!(replayed, loaded.state, "{id}: replay(history) = snapshot");
+            let sum: Amount = history.iter().map(|r| r.event.balance_delta()).sum();
+            assert_eq!(sum, loaded.state.balance(), "{id}: ledger sum = balance");
+        }
+    }
+
+    fn last_seqs(accounts: &Accounts) -> HashMap<AccountId, u64> {
+        accounts.accounts.iter().map(|(id, a)| (id.clone(), a.state.as_ref().unwrap().next_seq - 1)).collect()
+    }
+
+    #[test]
+    fn a_torn_or_lost_log_suffix_loses_only_what_was_not_synced() {
+        let dir = tempdir::Dir::new("log-torn");
+        let store = RocksStore::open(&dir.0).unwrap();
+        let mut accounts = Accounts::new();
+        for round in 0..6 {
+            let set = accounts.write(&round_requests(round));
+            store.write(&set, true).unwrap();
+        }
+        let acknowledged = last_seqs(&accounts);
+        let synced_len = std::fs::metadata(wal(&dir.0)).unwrap().len();
+        for round in 6..9 {
+            let set = accounts.write(&round_requests(round));
+            store.write(&set, false).unwrap();
+        }
+        // A torn last entry, a lost unsynced suffix cut inside a record, and
+        // the whole unsynced suffix lost.
+        for (name, cut) in [("log-torn-a", 100u64), ("log-torn-b", 0), ("log-torn-c", u64::MAX)] {
+            let image = crash_image(&dir.0, name, |len| match cut {
+                0 => synced_len + (len - synced_len) / 2,
+                u64::MAX => synced_len,
+                n => len - n,
+            });
+            let recovered = RocksStore::open(&image.0).unwrap();
+            holds_at_least(&recovered, &acknowledged);
+            if cut == u64::MAX {
+                let id = acknowledged.keys().next().unwrap();
+                let kept = recovered.history(id, 0, u32::MAX).unwrap().len() as u64;
+                assert_eq!(kept, acknowledged[id], "the cut removed exactly the unsynced groups");
+            }
+        }
+        // Nothing cut: everything written is there.
+        accounts.check(&store);
+    }
+
+    #[test]
+    fn a_crash_during_a_checkpoint_leaves_the_log_to_replay() {
+        let dir = tempdir::Dir::new("log-ckpt-crash");
+        let store = RocksStore::open(&dir.0).unwrap();
+        let mut accounts = Accounts::new();
+        traffic(&mut accounts, &store, 8, 0);
+        store.sync().unwrap();
+        let before = std::fs::metadata(wal(&dir.0)).unwrap().len();
+        store.checkpoint().unwrap();
+        store.sync().unwrap();
+        let after = std::fs::metadata(wal(&dir.0)).unwrap().len();
+        assert!(after > before, "the checkpoint is one write in the log");
+        let image = crash_image(&dir.0, "log-ckpt-crash-image", |_| before + (after - before) / 2);
+        let recovered = RocksStore::open(&image.0).unwrap();
+        assert!(recovered.log_tail_bytes() > 0, "the torn checkpoint deleted nothing: the log replays");
+        accounts.check(&recovered);
+        drop(recovered);
+        let image = crash_image(&dir.0, "log-ckpt-crash-whole", |len| len);
+        let recovered = RocksStore::open(&image.0).unwrap();
+        assert_eq!(recovered.log_tail_bytes(), 0, "the whole checkpoint landed: the log is gone");
+        accounts.check(&recovered);
+    }
+
+    #[test]
+    fn log_entries_already_in_tables_are_not_applied_twice() {
+        let dir = tempdir::Dir::new("log-twice");
+        let mut accounts = Accounts::new();
+        {
+            let store = RocksStore::open(&dir.0).unwrap();
+            traffic(&mut accounts, &store, 8, 0);
+        }
+        let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir.0).unwrap();
+        let saved: Vec<(Box<[u8]>, Box<[u8]>)> = {
+            let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &dir.0, &names).unwrap();
+            let log = db.cf_handle("log").unwrap();
+            db.iterator_cf(log, rocksdb::IteratorMode::Start).map(|kv| kv.unwrap()).collect()
+        };
+        assert!(!saved.is_empty());
+        {
+            let store = RocksStore::open(&dir.0).unwrap();
+            store.checkpoint().unwrap();
+            assert_eq!(store.log_tail_bytes(), 0);
+        }
+        // A checkpoint older than the log: the covered entries come back.
+        {
+            let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &dir.0, &names).unwrap();
+            let log = db.cf_handle("log").unwrap();
+            for (k, v) in &saved {
+                db.put_cf(log, k, v).unwrap();
+            }
+        }
+        let store = RocksStore::open(&dir.0).unwrap();
+        assert!(store.log_tail_bytes() > 0);
+        accounts.check(&store);
+        traffic(&mut accounts, &store, 4, 8);
+        store.checkpoint().unwrap();
+        drop(store);
+        accounts.check(&RocksStore::open(&dir.0).unwrap());
     }
 
     #[test]
