@@ -14,6 +14,12 @@ use std::process::ExitCode;
 
 use prepaid::Durability;
 
+/// Threads free what others allocated all the time here (records made by
+/// shard workers are dropped by the journal writer and the checkpointer);
+/// glibc's malloc serializes that on its arena locks, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 usage: prepaid <command>
 

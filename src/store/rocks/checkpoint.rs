@@ -111,11 +111,19 @@ impl Inner {
             }
             if let Some(newest) = dirty.dedup.iter().map(|(_, d)| d.at_ms).max() {
                 // Pages whose newest record left the window, on the
-                // account's own clock.
-                // (The ledger forgets a key once its age reaches the window.)
+                // account's own clock, are deleted (the ledger forgets a
+                // key once its age reaches the window).
                 let live = |at_ms: u64| at_ms.saturating_add(window) > newest;
                 let prefix = account_prefix(id);
-                for item in self.db.iterator_cf(dedup, IteratorMode::From(&prefix, Direction::Forward)) {
+                // An account younger than the window has no page past it:
+                // no seek.
+                let young = live(dirty.snapshot.opened_at_ms);
+                let pages = if young {
+                    None
+                } else {
+                    Some(self.db.iterator_cf(dedup, IteratorMode::From(&prefix, Direction::Forward)))
+                };
+                for item in pages.into_iter().flatten() {
                     let (key, _) = item.map_err(io)?;
                     if !key.starts_with(&prefix) || key.len() < prefix.len() + 8 {
                         break;
