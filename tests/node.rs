@@ -860,7 +860,8 @@ mod log_store {
             traffic(&mut accounts, &store, 8, 0);
         }
         let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir.0).unwrap();
-        let saved: Vec<(Box<[u8]>, Box<[u8]>)> = {
+        type Pair = (Box<[u8]>, Box<[u8]>);
+        let saved: Vec<Pair> = {
             let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &dir.0, &names).unwrap();
             let log = db.cf_handle("log").unwrap();
             db.iterator_cf(log, rocksdb::IteratorMode::Start).map(|kv| kv.unwrap()).collect()

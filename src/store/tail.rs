@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::ledger::hash::SeededState;
 use crate::ledger::{AccountId, AccountState, DedupRecord, EventRecord, IdemKey};
 
 use super::AccountWrite;
@@ -27,7 +28,9 @@ pub struct Dirty {
     pub dedup: Vec<(IdemKey, DedupRecord)>,
 }
 
-pub type Generation = HashMap<AccountId, Dirty>;
+/// Keyed with the stable hash (several times faster than SipHash on short
+/// ids), seeded per store.
+pub type Generation = HashMap<AccountId, Dirty, SeededState>;
 
 #[derive(Default)]
 pub struct Tail {
@@ -45,6 +48,11 @@ pub struct Tail {
 }
 
 impl Tail {
+    /// An empty tail whose maps hash with `seed`.
+    pub fn with_seed(seed: u64) -> Tail {
+        Tail { active: Generation::with_hasher(SeededState(seed)), ..Tail::default() }
+    }
+
     /// Merges one account's write (its log entry has landed).
     pub fn merge(&mut self, w: &AccountWrite) {
         match self.active.get_mut(&w.id) {
@@ -76,7 +84,8 @@ impl Tail {
         if self.active.is_empty() && self.active_lsn.is_empty() {
             return None;
         }
-        let generation = Arc::new(std::mem::take(&mut self.active));
+        let fresh = Generation::with_hasher(*self.active.hasher());
+        let generation = Arc::new(std::mem::replace(&mut self.active, fresh));
         self.pending = Some(Arc::clone(&generation));
         self.pending_bytes = std::mem::take(&mut self.active_bytes);
         self.pending_lsn = std::mem::take(&mut self.active_lsn);

@@ -173,6 +173,8 @@ pub(crate) struct Inner {
     /// a checkpoint ends (a waiting write may go on).
     tail_changed: Condvar,
     writer: Mutex<LogWriter>,
+    /// Seeds the tail's hash maps (per store).
+    seed: u64,
     /// Serializes checkpoints and tail rebuilds; holds the number of
     /// checkpoints written.
     checkpoints: Mutex<u64>,
@@ -216,10 +218,17 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(io)?;
+        let seed = stable_hash(
+            &std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+                .to_le_bytes(),
+        );
         let inner = Inner {
             db,
             opts,
-            tail: Mutex::new(Tail::default()),
+            seed,
+            tail: Mutex::new(Tail::with_seed(0)),
             tail_changed: Condvar::new(),
             writer: Mutex::new(LogWriter::default()),
             checkpoints: Mutex::new(0),
