@@ -16,14 +16,14 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod error;
-pub mod gateway;
 mod health;
 mod httpc;
 mod journal;
 pub mod ledger;
 mod node;
-mod node_ops;
 mod recharge;
+/// Payment gateways (`PaymentGateway`, simulated and HTTP).
+pub use recharge::gateway;
 pub mod server;
 mod shard;
 pub mod stats;

@@ -71,3 +71,62 @@ fn every_path_in_the_code_map_exists() {
     }
     assert!(checked >= 20, "read {checked} paths from the code map");
 }
+
+/// The node's layers import each other one way only (ARCHITECTURE.md,
+/// "Code map"): no cycle among `src/`'s top-level modules, counting every
+/// `crate::<module>` a file names.
+#[test]
+fn the_modules_import_each_other_without_a_cycle() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let src = repo_file("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let module_of = |path: &Path| -> Option<String> {
+        let rel = path.strip_prefix(&src).ok()?;
+        let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+        match first.as_str() {
+            "lib.rs" | "bin" => None,
+            f => Some(f.trim_end_matches(".rs").to_string()),
+        }
+    };
+    let modules: BTreeSet<String> = files.iter().filter_map(|f| module_of(f)).collect();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let Some(from) = module_of(file) else { continue };
+        let text = std::fs::read_to_string(file).unwrap();
+        let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+        for (at, _) in text.match_indices("crate::") {
+            let rest = &text[at + "crate::".len()..];
+            // `crate::{a, b::c}` names a and b.
+            let names: Vec<String> = match rest.strip_prefix('{') {
+                Some(group) => group.split('}').next().unwrap_or("").split(',').map(|p| ident(p.trim())).collect(),
+                None => vec![ident(rest)],
+            };
+            for name in names {
+                if name != from && modules.contains(&name) {
+                    edges.entry(from.clone()).or_default().insert(name);
+                }
+            }
+        }
+    }
+    assert!(edges.get("node").is_some_and(|e| e.contains("recharge")), "read the imports: {edges:?}");
+    // Depth-first search for a back edge.
+    fn visit(m: &str, edges: &BTreeMap<String, BTreeSet<String>>, path: &mut Vec<String>, done: &mut BTreeSet<String>) {
+        if let Some(at) = path.iter().position(|p| p == m) {
+            panic!("import cycle: {} -> {m}", path[at..].join(" -> "));
+        }
+        if done.contains(m) {
+            return;
+        }
+        path.push(m.to_string());
+        for next in edges.get(m).into_iter().flatten() {
+            visit(next, edges, path, done);
+        }
+        path.pop();
+        done.insert(m.to_string());
+    }
+    let mut done = BTreeSet::new();
+    for m in &modules {
+        visit(m, &edges, &mut Vec::new(), &mut done);
+    }
+}

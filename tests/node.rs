@@ -626,6 +626,12 @@ mod log_store {
     use super::*;
     use prepaid::store::{AccountWrite, RocksOptions, WriteSet};
 
+    /// Opens without the checkpoint a rebuilt tail gets at open, so a test
+    /// can look at what the log replayed.
+    fn open_quiet(dir: &Path) -> RocksStore {
+        RocksStore::open_with(dir, RocksOptions { checkpoint_on_open: false, ..RocksOptions::default() }).unwrap()
+    }
+
     /// Drives ledger accounts and makes the writes a node would.
     struct Accounts {
         accounts: HashMap<AccountId, Account>,
@@ -706,12 +712,12 @@ mod log_store {
         let dir = tempdir::Dir::new("log-replay");
         let mut accounts = Accounts::new();
         {
-            let store = RocksStore::open(&dir.0).unwrap();
+            let store = open_quiet(&dir.0);
             traffic(&mut accounts, &store, 10, 0);
             assert!(store.log_tail_bytes() > 0, "the groups are in the log");
             accounts.check(&store);
         }
-        let store = RocksStore::open(&dir.0).unwrap();
+        let store = open_quiet(&dir.0);
         assert!(store.log_tail_bytes() > 0, "nothing was checkpointed: the tail comes from the log");
         accounts.check(&store);
         // A checkpoint in the middle, more groups, no checkpoint: both halves.
@@ -720,13 +726,35 @@ mod log_store {
         accounts.check(&store);
         traffic(&mut accounts, &store, 10, 10);
         drop(store);
-        let store = RocksStore::open(&dir.0).unwrap();
+        let store = open_quiet(&dir.0);
         accounts.check(&store);
         store.checkpoint().unwrap();
         drop(store);
-        let store = RocksStore::open(&dir.0).unwrap();
+        let store = open_quiet(&dir.0);
         assert_eq!(store.log_tail_bytes(), 0, "after a checkpoint the log is empty");
         accounts.check(&store);
+    }
+
+    #[test]
+    fn a_tail_rebuilt_at_open_is_checkpointed_in_the_background() {
+        let dir = tempdir::Dir::new("log-open-ckpt");
+        let mut accounts = Accounts::new();
+        {
+            let store = open_quiet(&dir.0);
+            traffic(&mut accounts, &store, 6, 0);
+        }
+        // A crash loop must not replay a longer log at every start.
+        let store = RocksStore::open(&dir.0).unwrap();
+        accounts.check(&store);
+        let mut tries = 0;
+        while store.log_tail_bytes() > 0 && tries < 1_000 {
+            std::thread::sleep(Duration::from_millis(10));
+            tries += 1;
+        }
+        assert_eq!(store.log_tail_bytes(), 0, "checkpointed after open");
+        accounts.check(&store);
+        drop(store);
+        assert_eq!(open_quiet(&dir.0).log_tail_bytes(), 0, "and the log is gone on disk");
     }
 
     #[test]
@@ -831,7 +859,7 @@ mod log_store {
     #[test]
     fn a_crash_during_a_checkpoint_leaves_the_log_to_replay() {
         let dir = tempdir::Dir::new("log-ckpt-crash");
-        let store = RocksStore::open(&dir.0).unwrap();
+        let store = open_quiet(&dir.0);
         let mut accounts = Accounts::new();
         traffic(&mut accounts, &store, 8, 0);
         store.sync().unwrap();
@@ -841,7 +869,7 @@ mod log_store {
         let after = std::fs::metadata(wal(&dir.0)).unwrap().len();
         assert!(after > before, "the checkpoint is one write in the log");
         let image = crash_image(&dir.0, "log-ckpt-crash-image", |_| before + (after - before) / 2);
-        let recovered = RocksStore::open(&image.0).unwrap();
+        let recovered = open_quiet(&image.0);
         assert!(recovered.log_tail_bytes() > 0, "the torn checkpoint deleted nothing: the log replays");
         accounts.check(&recovered);
         drop(recovered);
@@ -856,7 +884,7 @@ mod log_store {
         let dir = tempdir::Dir::new("log-twice");
         let mut accounts = Accounts::new();
         {
-            let store = RocksStore::open(&dir.0).unwrap();
+            let store = open_quiet(&dir.0);
             traffic(&mut accounts, &store, 8, 0);
         }
         let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir.0).unwrap();
@@ -868,7 +896,7 @@ mod log_store {
         };
         assert!(!saved.is_empty());
         {
-            let store = RocksStore::open(&dir.0).unwrap();
+            let store = open_quiet(&dir.0);
             store.checkpoint().unwrap();
             assert_eq!(store.log_tail_bytes(), 0);
         }
@@ -880,13 +908,13 @@ mod log_store {
                 db.put_cf(log, k, v).unwrap();
             }
         }
-        let store = RocksStore::open(&dir.0).unwrap();
+        let store = open_quiet(&dir.0);
         assert!(store.log_tail_bytes() > 0);
         accounts.check(&store);
         traffic(&mut accounts, &store, 4, 8);
         store.checkpoint().unwrap();
         drop(store);
-        accounts.check(&RocksStore::open(&dir.0).unwrap());
+        accounts.check(&open_quiet(&dir.0));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! shard (virtual actors, as Orleans hosts grains), not a task of its own.
 //! A node runs `node.workers` workers (ractor actors); shard `s` belongs to
 //! worker `s mod workers`. A caller's batch costs one message per worker it
-//! touches and one completion (`completion.rs`) for the whole batch.
+//! touches and one completion (`journal/completion.rs`) for the whole batch.
 //!
 //! A worker handles one message at a time: it applies each account's
 //! requests through its cell and hands everything the message wrote — the
@@ -23,18 +23,17 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod cell;
-pub mod completion;
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::health::Health;
 use crate::journal::Submission;
+pub use crate::journal::completion::{Completion, ReplyTo};
 use crate::ledger::hash::SeededState;
 use crate::ledger::{AccountId, Command, Request};
 use crate::store::{Loaded, Store, StoreError};
 use cell::Cell;
-pub use completion::{Answer, Completion, ReplyTo};
 
 /// What every worker of a node shares.
 pub struct Shared {

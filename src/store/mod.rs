@@ -85,6 +85,12 @@ pub trait Store: Send + Sync + 'static {
     /// Applies the whole set or nothing; with `sync`, durable on return.
     fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError>;
 
+    /// `write`, for a caller that is done with the set: a store may keep
+    /// its records instead of copying them.
+    fn write_owned(&self, set: WriteSet, sync: bool) -> Result<(), StoreError> {
+        self.write(&set, sync)
+    }
+
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError>;
 

@@ -70,6 +70,20 @@ impl Tail {
         }
     }
 
+    /// `merge`, keeping the write's records instead of copying them.
+    pub fn merge_owned(&mut self, w: AccountWrite) {
+        match self.active.get_mut(&w.id) {
+            Some(dirty) => {
+                dirty.snapshot = w.snapshot;
+                dirty.records.extend(w.records);
+                dirty.dedup.extend(w.dedup);
+            }
+            None => {
+                self.active.insert(w.id, Dirty { snapshot: w.snapshot, records: w.records, dedup: w.dedup });
+            }
+        }
+    }
+
     /// Log bytes not yet covered by a durable checkpoint.
     pub fn bytes(&self) -> u64 {
         self.active_bytes + self.pending_bytes

@@ -42,7 +42,13 @@ impl Inner {
     pub(super) fn run_checkpointer(self: Arc<Self>) {
         let interval = Duration::from_millis(self.opts.checkpoint_interval_ms);
         let half = self.opts.checkpoint_log_bytes_max / 2;
-        let mut last = Instant::now();
+        // A tail rebuilt at open is checkpointed at once: a node that
+        // restarts often (a crash loop) must not replay a longer log at
+        // every start.
+        let mut last = match self.opts.checkpoint_on_open {
+            true => Instant::now().checked_sub(interval).unwrap_or_else(Instant::now),
+            false => Instant::now(),
+        };
         loop {
             {
                 let mut tail = lock(&self.tail);

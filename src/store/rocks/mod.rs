@@ -76,6 +76,10 @@ pub struct RocksOptions {
     /// Idempotency pages whose newest record is older than this, on an
     /// account's own clock, are deleted by checkpoints.
     pub idempotency_window_ms: u64,
+    /// Checkpoint a tail rebuilt at open at once, in the background (a
+    /// node that restarts often must not replay a longer log each time).
+    /// Tests that inspect the replayed log turn it off.
+    pub checkpoint_on_open: bool,
 }
 
 impl Default for RocksOptions {
@@ -86,6 +90,7 @@ impl Default for RocksOptions {
             checkpoint_log_bytes_max: 64 << 20,
             checkpoint_interval_ms: 30_000,
             idempotency_window_ms: 24 * 3_600_000,
+            checkpoint_on_open: true,
         }
     }
 }
@@ -152,6 +157,12 @@ fn timer_key(at_ms: u64, id: &AccountId) -> Vec<u8> {
 fn account_id(bytes: &[u8]) -> Result<AccountId, StoreError> {
     let text = std::str::from_utf8(bytes).map_err(corrupt)?;
     AccountId::new(text).map_err(|_| corrupt(format!("bad account id in a key: {text:?}")))
+}
+
+/// What one group put in the log: (shard, lsn) per entry, and its bytes.
+struct Logged {
+    entries: Vec<(u32, u64)>,
+    bytes: u64,
 }
 
 /// What only the group writer touches.
@@ -303,6 +314,20 @@ impl Inner {
     }
 
     fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError> {
+        let logged = self.append(set, sync)?;
+        self.merge(logged, |tail| set.accounts.iter().for_each(|w| tail.merge(w)));
+        Ok(())
+    }
+
+    fn write_owned(&self, set: WriteSet, sync: bool) -> Result<(), StoreError> {
+        let logged = self.append(&set, sync)?;
+        self.merge(logged, |tail| set.accounts.into_iter().for_each(|w| tail.merge_owned(w)));
+        Ok(())
+    }
+
+    /// Logs the set (one entry per shard) with its index changes; returns
+    /// the entries written and their bytes.
+    fn append(&self, set: &WriteSet, sync: bool) -> Result<Logged, StoreError> {
         self.wait_for_room()?;
         let (log, timers, inflight) = (self.cf(CF_LOG)?, self.cf(CF_TIMERS)?, self.cf(CF_INFLIGHT)?);
         let mut guard = lock(&self.writer);
@@ -359,22 +384,24 @@ impl Inner {
         for &(shard, next) in &entries {
             lsn.insert(shard, next);
         }
-        drop(guard);
+        Ok(Logged { entries, bytes })
+    }
+
+    /// Adds what just landed in the log to the tail (`add` merges the
+    /// accounts); wakes the checkpointer at half the bound.
+    fn merge(&self, logged: Logged, add: impl FnOnce(&mut Tail)) {
         let start = {
             let mut tail = lock(&self.tail);
-            for w in &set.accounts {
-                tail.merge(w);
-            }
-            for (shard, next) in entries {
+            add(&mut tail);
+            for (shard, next) in logged.entries {
                 tail.active_lsn.insert(shard, next);
             }
-            tail.active_bytes += bytes;
+            tail.active_bytes += logged.bytes;
             tail.active_bytes >= self.opts.checkpoint_log_bytes_max / 2
         };
         if start {
             self.tail_changed.notify_all();
         }
-        Ok(())
     }
 
     fn load_snapshot(&self, id: &AccountId) -> Result<Option<AccountState>, StoreError> {
@@ -439,6 +466,10 @@ impl Inner {
 impl Store for RocksStore {
     fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError> {
         self.inner.write(set, sync)
+    }
+
+    fn write_owned(&self, set: WriteSet, sync: bool) -> Result<(), StoreError> {
+        self.inner.write_owned(set, sync)
     }
 
     fn sync(&self) -> Result<(), StoreError> {

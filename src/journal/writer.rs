@@ -1,110 +1,20 @@
-//! The journal writer: group commit.
-//!
-//! Shard workers apply requests in memory and hand their writes here
-//! without waiting (pipelining), one submission per worker message. The writer takes whatever has arrived while the
-//! previous group was being written, writes it as one `WriteSet` (one RocksDB
-//! WriteBatch) with one sync, and only then sends that group's replies, in
-//! order, publishes its events and hands its recharge requests to the
-//! recharge worker. Because the queue is ordered, no reply can depend on an
-//! effect that is not yet durable.
-//!
-//! After a failed write or sync nothing more is written or acknowledged:
-//! memory is ahead of disk. The failure moves the health epoch (see
-//! `health.rs`); every submission made in an older epoch is refused, so
-//! nothing built on lost memory reaches the disk. While failed, the writer
-//! asks the store every `storage_retry` whether it works again, and on
-//! success marks recovery; cells reload from the store and go on.
+//! The writer thread: takes what has arrived while the previous group was
+//! being written, writes it as one `WriteSet` with one sync, then answers,
+//! publishes and hands on recharge orders (see the module above).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 
+use super::{AccountEvent, ChargeOrder, Submission, WriterConfig};
 use crate::config::Durability;
 use crate::error::Error;
 use crate::health::Health;
-use crate::ledger::{AccountId, Event, EventRecord};
-use crate::shard::{Answer, ReplyTo};
+use crate::ledger::Event;
 use crate::stats::NodeStats;
-use crate::store::{AccountWrite, Store, WriteSet};
-
-/// An event, durable, as subscribers receive it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccountEvent {
-    pub account: AccountId,
-    pub record: EventRecord,
-}
-
-/// A recharge the ledger decided on, durable, for the recharge worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChargeOrder {
-    pub account: AccountId,
-    pub attempt_id: u64,
-    pub amount: crate::ledger::Amount,
-}
-
-/// What a shard worker hands the writer for one message.
-pub struct Submission {
-    /// One write per account the message wrote to.
-    pub writes: Vec<AccountWrite>,
-    /// Sent once the writes (and everything before them) are durable.
-    pub replies: Vec<(ReplyTo, Answer)>,
-    /// Sync this group even in `async` mode (money in, recharge requests).
-    pub force_sync: bool,
-    /// Each written account's durable mark, and the last sequence number
-    /// this submission makes durable for it.
-    pub durable: Vec<(Arc<AtomicU64>, u64)>,
-    /// Completed once everything before it is durable (passivation,
-    /// shutdown).
-    pub barrier: Option<oneshot::Sender<()>>,
-    /// The writer stops after this submission's group (shutdown).
-    pub stop: bool,
-    /// The health epoch the cells' memory belongs to: a submission from an
-    /// older epoch is refused, never written.
-    pub epoch: u64,
-}
-
-impl Submission {
-    /// An empty submission for memory of health epoch `epoch`.
-    pub fn new(epoch: u64) -> Submission {
-        Submission {
-            writes: Vec::new(),
-            replies: Vec::new(),
-            force_sync: false,
-            durable: Vec::new(),
-            barrier: None,
-            stop: false,
-            epoch,
-        }
-    }
-
-    /// Nothing to write and nobody to answer.
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.replies.is_empty() && self.barrier.is_none() && !self.stop
-    }
-
-    pub fn barrier(done: oneshot::Sender<()>) -> Submission {
-        Submission { force_sync: true, barrier: Some(done), ..Submission::new(0) }
-    }
-
-    /// The last submission: everything before it is made durable, then the
-    /// writer thread ends.
-    pub fn stop(done: oneshot::Sender<()>) -> Submission {
-        Submission { stop: true, ..Submission::barrier(done) }
-    }
-}
-
-pub struct WriterConfig {
-    pub durability: Durability,
-    pub flush_interval: Duration,
-    pub group_max_accounts: usize,
-    /// Mark writes for webhook delivery.
-    pub webhooks: bool,
-    /// While storage is failed: how often to ask the store whether it works
-    /// again.
-    pub storage_retry: Duration,
-}
+use crate::store::{Store, WriteSet};
 
 /// Runs the writer on its own thread until every sender is dropped.
 pub fn spawn(
@@ -249,32 +159,41 @@ impl Writer {
         if !set.accounts.is_empty() {
             self.stats.record_group(set.accounts.len());
         }
+        // What to publish once durable, taken before the store takes the
+        // set: recharge orders, and the events if anyone listens (cloning
+        // every record for nobody would be most of this loop's cost).
+        let subscribed = self.events.receiver_count() > 0;
+        let mut orders = Vec::new();
+        let mut published = Vec::new();
+        for w in &set.accounts {
+            for record in &w.records {
+                if let Event::RechargeRequested { attempt_id, amount } = record.event {
+                    orders.push(ChargeOrder { account: w.id.clone(), attempt_id, amount });
+                }
+                if subscribed {
+                    published.push(AccountEvent { account: w.id.clone(), record: record.clone() });
+                }
+            }
+        }
         let result = match &failure {
             Some(reason) => Err(reason.clone()),
             None if set.accounts.is_empty() && !sync => Ok(()),
             None if set.accounts.is_empty() => self.store.sync().map_err(|e| e.to_string()),
-            None => self.store.write(&set, sync).map_err(|e| e.to_string()),
+            None => self.store.write_owned(set, sync).map_err(|e| e.to_string()),
         };
         if let Err(reason) = &result {
             self.health.fail(reason);
         }
         // Publish what became durable, then answer, in order.
         if result.is_ok() {
-            // Cloning every record for nobody is most of this loop's cost.
-            let subscribed = self.events.receiver_count() > 0;
-            for w in &set.accounts {
-                for record in &w.records {
-                    if let Event::RechargeRequested { attempt_id, amount } = record.event {
-                        let order = ChargeOrder { account: w.id.clone(), attempt_id, amount };
-                        // The worker is gone only when the node is stopping;
-                        // recovery resumes the attempt from the store.
-                        let _ = self.charges.send(order);
-                    }
-                    if subscribed {
-                        // A subscriber that left meanwhile is not an error.
-                        let _ = self.events.send(AccountEvent { account: w.id.clone(), record: record.clone() });
-                    }
-                }
+            for order in orders {
+                // The worker is gone only when the node is stopping;
+                // recovery resumes the attempt from the store.
+                let _ = self.charges.send(order);
+            }
+            for event in published {
+                // A subscriber that left meanwhile is not an error.
+                let _ = self.events.send(event);
             }
         }
         for s in group.drain(..) {

@@ -6,6 +6,8 @@
 //! `recharge_succeeded` or `recharge_failed`; no answer (timeout, gateway
 //! down) is retried with the same key, so the card is charged at most once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -13,10 +15,27 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway};
+pub mod gateway;
+
 use crate::journal::ChargeOrder;
-use crate::ledger::{Command, IdemKey, Text};
-use crate::node::Inner;
+use crate::ledger::{AccountId, Command, IdemKey, Reply, Text};
+use crate::stats::NodeStats;
+use gateway::{ChargeOutcome, ChargeRequest, PaymentGateway};
+
+/// What the recharge worker needs of the node (which implements it): to
+/// apply a gateway's answer to the account as the node's own request, and
+/// to count outcomes. The worker holds it weakly, so it never keeps a
+/// stopped node alive.
+pub(crate) trait Accounts: Send + Sync + 'static {
+    fn command<'a>(
+        &'a self,
+        id: &'a AccountId,
+        key: Option<IdemKey>,
+        command: Command,
+    ) -> Pin<Box<dyn Future<Output = Result<Reply, Error>> + Send + 'a>>;
+
+    fn stats(&self) -> &NodeStats;
+}
 
 /// Waits of the worker, from `NodeSettings`.
 #[derive(Clone, Copy)]
@@ -26,7 +45,7 @@ pub(crate) struct Timing {
 }
 
 pub(crate) async fn worker(
-    node: Weak<Inner>,
+    node: Weak<dyn Accounts>,
     mut orders: mpsc::UnboundedReceiver<ChargeOrder>,
     gateway: Arc<dyn PaymentGateway>,
     timing: Timing,
@@ -36,7 +55,7 @@ pub(crate) async fn worker(
     }
 }
 
-async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentGateway>, timing: Timing) {
+async fn charge(node: Weak<dyn Accounts>, order: ChargeOrder, gateway: Arc<dyn PaymentGateway>, timing: Timing) {
     let key = format!("{}:{}", order.account, order.attempt_id);
     let request = ChargeRequest {
         idempotency_key: key.clone(),
@@ -49,7 +68,7 @@ async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentG
             Ok(Ok(outcome)) => break outcome,
             Ok(Err(_)) | Err(_) => {
                 if let Some(node) = node.upgrade() {
-                    node.shared.stats.recharge_unknown.fetch_add(1, Ordering::Relaxed);
+                    node.stats().recharge_unknown.fetch_add(1, Ordering::Relaxed);
                 }
                 tokio::time::sleep(timing.retry_unknown).await
             }
@@ -68,8 +87,8 @@ async fn charge(node: Weak<Inner>, order: ChargeOrder, gateway: Arc<dyn PaymentG
     {
         let Some(node) = node.upgrade() else { return };
         let counter = match command {
-            Command::RechargeSucceeded { .. } => &node.shared.stats.recharge_charged,
-            _ => &node.shared.stats.recharge_declined,
+            Command::RechargeSucceeded { .. } => &node.stats().recharge_charged,
+            _ => &node.stats().recharge_declined,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -7,9 +7,11 @@
 //! completion for the whole batch. `shutdown` stops taking requests, drains
 //! what is in flight, makes it durable and stops every task.
 
+mod ops;
+
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
@@ -19,12 +21,12 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
 use crate::error::Error;
-use crate::gateway::PaymentGateway;
 use crate::health::Health;
 use crate::journal::{self, AccountEvent, ChargeOrder, Submission, WriterConfig};
 use crate::ledger::hash::stable_hash;
 use crate::ledger::{AccountId, Command, EventRecord, Reply, Request};
-use crate::recharge;
+use crate::recharge::gateway::PaymentGateway;
+use crate::recharge::{self, Accounts};
 use crate::shard::{Completion, Job, ShardWorker, Shared, WorkerMsg, internal};
 use crate::stats::NodeStats;
 use crate::store::Store;
@@ -97,6 +99,7 @@ impl Node {
             checkpoint_log_bytes_max: n.checkpoint_log_bytes_max,
             checkpoint_interval_ms: n.checkpoint_interval_ms,
             idempotency_window_ms: config.ledger.idempotency_window_ms,
+            checkpoint_on_open: true,
         };
         let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open_with(&dir, opts)?);
         let mut node = Node::start_with(config, store, Arc::new(SystemClock), gateway).await?;
@@ -183,7 +186,7 @@ impl Node {
         };
         let tasks = vec![
             tokio::spawn(timers(Arc::clone(&inner))),
-            tokio::spawn(recharge::worker(Arc::downgrade(&inner), charges_rx, gateway, timing)),
+            tokio::spawn(recharge::worker(Arc::downgrade(&inner) as Weak<dyn Accounts>, charges_rx, gateway, timing)),
         ];
         Ok(Node { inner, writer: Some(writer), tasks, temp_dir: None })
     }
@@ -398,6 +401,21 @@ impl Inner {
         command: Command,
     ) -> Result<Reply, Error> {
         self.execute(Request { account: id.clone(), key, command }).await
+    }
+}
+
+impl Accounts for Inner {
+    fn command<'a>(
+        &'a self,
+        id: &'a AccountId,
+        key: Option<crate::ledger::IdemKey>,
+        command: Command,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Error>> + Send + 'a>> {
+        Box::pin(Inner::command(self, id, key, command))
+    }
+
+    fn stats(&self) -> &NodeStats {
+        &self.shared.stats
     }
 }
 
