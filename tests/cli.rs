@@ -60,3 +60,72 @@ fn bad_arguments_are_refused_with_a_sentence() {
     let (code, out, _) = prepaid(&["help"]);
     assert_eq!((code, out.contains("demo")), (0, true));
 }
+
+/// `prepaid help | head -1`: a closed stdout ends the command quietly (by
+/// SIGPIPE, as Unix tools end), never with a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["help"][..], &["account", "help"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+            .args(args)
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(13) || out.status.code() == Some(2),
+            "{args:?} ended {:?}: {stderr}",
+            out.status
+        );
+    }
+}
+
+/// Ctrl-C during `bench` (and `demo`, which runs it) removes the temporary
+/// data directory it made.
+#[test]
+fn ctrl_c_during_bench_removes_its_temporary_directory() {
+    let tmp = std::env::temp_dir().join(format!("prepaid-test-ctrlc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["bench", "--embedded", "--accounts", "1000", "--debits", "1000000000"])
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = tmp.join(format!("prepaid-bench-{}", child.id()));
+    // The node is up once RocksDB has written its CURRENT file.
+    let mut tries = 0;
+    while !dir.join("CURRENT").exists() && tries < 3_000 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        tries += 1;
+    }
+    assert!(dir.join("CURRENT").exists(), "the bench started its node in {}", dir.display());
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let mut status = None;
+    for _ in 0..6_000 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("bench did not stop after Ctrl-C");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted; removed"), "{stderr}");
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    let _ = std::fs::remove_dir_all(&tmp);
+}

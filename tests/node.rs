@@ -688,7 +688,11 @@ mod log_store {
 
     /// Round 0 opens 20 accounts, round 1 funds them, later rounds debit.
     fn round_requests(round: u64) -> Vec<Request> {
-        (0..20)
+        requests_for(round, 20)
+    }
+
+    fn requests_for(round: u64, accounts: usize) -> Vec<Request> {
+        (0..accounts)
             .map(|i| {
                 let name = format!("org_{i:02}");
                 match round {
@@ -877,6 +881,28 @@ mod log_store {
         let recovered = RocksStore::open(&image.0).unwrap();
         assert_eq!(recovered.log_tail_bytes(), 0, "the whole checkpoint landed: the log is gone");
         accounts.check(&recovered);
+    }
+
+    #[test]
+    fn a_crash_between_the_writes_of_a_large_checkpoint_applies_nothing_twice() {
+        let dir = tempdir::Dir::new("log-ckpt-chunks");
+        let store = open_quiet(&dir.0);
+        let mut accounts = Accounts::new();
+        // Enough accounts that the checkpoint takes several writes.
+        for round in 0..3 {
+            store.write(&accounts.write(&requests_for(round, 4_000)), true).unwrap();
+        }
+        let before = std::fs::metadata(wal(&dir.0)).unwrap().len();
+        store.checkpoint().unwrap();
+        store.sync().unwrap();
+        let after = std::fs::metadata(wal(&dir.0)).unwrap().len();
+        for (i, part) in [1u64, 3, 5, 7, 9].into_iter().enumerate() {
+            let cut = before + (after - before) * part / 10;
+            let image = crash_image(&dir.0, &format!("log-ckpt-chunks-{i}"), |_| cut);
+            let recovered = open_quiet(&image.0);
+            assert!(recovered.log_tail_bytes() > 0, "cut at {part}/10: the log's deletion is in the last write");
+            accounts.check(&recovered);
+        }
     }
 
     #[test]

@@ -71,6 +71,39 @@ pub fn fsync_latency(dir: &std::path::Path) -> Result<(f64, f64), String> {
     Ok((percentile(&times, 0.50) / 1e3, percentile(&times, 0.99) / 1e3))
 }
 
+/// Exit code after Ctrl-C (128 + SIGINT), as shells report it.
+pub const INTERRUPTED: i32 = 130;
+
+/// `bench`, until Ctrl-C: then its temporary data directory (when it made
+/// one) is removed before the process ends, instead of being left behind.
+pub async fn bench_until_interrupted(args: BenchArgs) -> Result<(), String> {
+    let own = args.data_dir.as_os_str().is_empty().then(own_bench_dir);
+    tokio::select! {
+        done = bench(args) => done,
+        _ = tokio::signal::ctrl_c() => {
+            if let Some(dir) = own {
+                // RocksDB's threads may still create a file while it goes:
+                // a few tries.
+                for _ in 0..5 {
+                    if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                eprintln!("\nprepaid: interrupted; removed {}", dir.display());
+            } else {
+                eprintln!("\nprepaid: interrupted");
+            }
+            std::process::exit(INTERRUPTED);
+        }
+    }
+}
+
+/// The data directory a bench makes when none is given.
+fn own_bench_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("prepaid-bench-{}", std::process::id()))
+}
+
 /// The authorization workload in-process: accounts funded, then strict
 /// debits of 1..100 µ$ from `callers` concurrent callers, optionally in
 /// batches, `hot` accounts taking half the traffic when set.
@@ -78,11 +111,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     // A data directory of our own when none is given, so the restart at
     // the end finds the data; removed at the end.
     let own_dir = args.data_dir.as_os_str().is_empty();
-    let data_dir = if own_dir {
-        std::env::temp_dir().join(format!("prepaid-bench-{}", std::process::id()))
-    } else {
-        args.data_dir.clone()
-    };
+    let data_dir = if own_dir { own_bench_dir() } else { args.data_dir.clone() };
     let mut cfg = NodeConfig::default();
     cfg.node.durability = args.durability;
     cfg.node.data_dir = data_dir.clone();

@@ -64,6 +64,9 @@ const MAX_BATCH: u64 = 10_000;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("serve") {
+        quiet_on_closed_stdout();
+    }
     let result = match args.first().map(String::as_str) {
         Some("demo") => parse(&args[1..]).and_then(|f| {
             let bench = load::BenchArgs {
@@ -78,7 +81,7 @@ fn main() -> ExitCode {
             f.done()?;
             tour::run(&mut std::io::stdout().lock()).map_err(|e| Failure::Run(e.to_string()))?;
             println!("\nLoad on an embedded node (RocksDB, sync durability: every debit durable before its reply)");
-            runtime()?.block_on(load::bench(bench)).map_err(Failure::Run)
+            runtime()?.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run)
         }),
         Some("serve") => parse(&args[1..]).and_then(|f| cli::serve(&f)),
         Some("account") => cli::account(&args[1..]),
@@ -115,7 +118,7 @@ fn main() -> ExitCode {
                 data_dir: f.text("--data-dir").map(PathBuf::from).unwrap_or_default(),
             };
             f.done()?;
-            runtime()?.block_on(load::bench(bench)).map_err(Failure::Run)
+            runtime()?.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run)
         }),
         Some("crash-child") => parse(&args[1..]).and_then(|f| {
             let dir = f.text("--data-dir").ok_or_else(|| Failure::Usage("crash-child needs --data-dir".into()))?;
@@ -154,6 +157,18 @@ fn main() -> ExitCode {
             eprintln!("prepaid: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe (`prepaid help |
+/// head -1`) is an error every `println!` turns into a panic. A command
+/// that only prints ends the way Unix tools do instead: quietly, by the
+/// signal. `serve` keeps ignoring it (a closed stdout must not stop a node).
+fn quiet_on_closed_stdout() {
+    // SAFETY: called first in `main`, before any thread exists; SIG_DFL is
+    // a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -1,14 +1,17 @@
 //! The checkpointer: state written behind the log.
 //!
 //! A checkpoint takes the tail's `active` generation (every account written
-//! since the last checkpoint) and writes, in one atomic RocksDB write, each
-//! account's snapshot, its new journal records as pages, its new
-//! idempotency records as a page (deleting pages past the window), and for
-//! every shard the newest lsn covered, with the deletion of that shard's
-//! log entries up to it. Atomic: after a crash either the tables hold the
-//! state and the log is gone, or the log is still there and the tables
-//! hold the state before it. The write is not synced on its own: RocksDB's
-//! WAL is one sequence, so the next synced group makes it durable first.
+//! since the last checkpoint) and writes each account's snapshot, its new
+//! journal records as pages, its new idempotency records as a page
+//! (deleting pages past the window) — in writes of a bounded size, so that
+//! group writes interleave — and then, in a last write, for every shard the
+//! newest lsn covered with the deletion of that shard's log entries up to
+//! it. After a crash either the log is gone and the tables hold everything
+//! it held, or the log is still there and the tables hold the state before
+//! it or part of the way after it: `rebuild` skips the records the tables
+//! already hold, so nothing is applied twice. No write is synced on its
+//! own: RocksDB's WAL is one sequence, so the next synced group makes every
+//! earlier write durable first.
 //!
 //! `rebuild` is the way back from the log: at open (and after a storage
 //! failure) it folds every log entry still present into the snapshot in
@@ -32,6 +35,11 @@ use crate::store::tail::{Dirty, Generation, Tail};
 
 /// One account's records and idempotency records as the log holds them.
 type Logged = (Vec<EventRecord>, Vec<(IdemKey, DedupRecord)>);
+
+/// Puts per checkpoint write before the last: a checkpoint of 100k
+/// accounts is ~300k puts, and one write of them all would hold every
+/// group write behind it for a few hundred milliseconds.
+const CHECKPOINT_CHUNK_OPS: usize = 8_192;
 
 /// Records per journal page.
 pub const HISTORY_PAGE_RECORDS: usize = 256;
@@ -148,6 +156,11 @@ impl Inner {
                     dirty.dedup.iter().filter(|(_, d)| live(d.at_ms)).cloned().collect();
                 codec::encode_into(&StoredRef::DedupPage(&page), &mut buf);
                 batch.put_cf(dedup, dedup_key(id, newest, number), &buf[..]);
+            }
+            // State goes in chunks, so a group write never waits behind one
+            // huge write; only the last write, below, drops the log.
+            if batch.len() >= CHECKPOINT_CHUNK_OPS {
+                self.db.write(std::mem::take(&mut batch)).map_err(io)?;
             }
         }
         for (&shard, &lsn) in covered {
