@@ -31,6 +31,7 @@ impl Health {
         let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some(reason.to_string());
+            tracing::error!(%reason, "storage failed: writes are refused and reads served until a probe write lands");
             self.failures.fetch_add(1, Ordering::Relaxed);
             // Bumped before `failed` is set, under the lock: whoever sees the
             // failure sees the new epoch.
@@ -42,7 +43,8 @@ impl Health {
     /// Storage works again (a probe write and sync succeeded).
     pub fn recover(&self) {
         let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.take().is_some() {
+        if let Some(reason) = slot.take() {
+            tracing::info!(was = %reason, "storage recovered: writing again");
             self.recoveries.fetch_add(1, Ordering::Relaxed);
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }

@@ -30,6 +30,10 @@ pub mod stats;
 pub mod store;
 pub mod wire;
 
+/// This build's version (Cargo's), as `/health` and `prepaid_build_info`
+/// report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use client::{Client, ClientError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, NodeConfig};

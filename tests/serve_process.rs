@@ -154,3 +154,98 @@ fn a_failed_start_stops_the_node_cleanly_every_time() {
         assert!(err.contains(&format!("cannot listen on {port}")), "{err}");
     }
 }
+
+/// `prepaid serve` with its stderr read: logs filtered by `RUST_LOG`.
+/// The log is complete once the returned thread ends (the child exited).
+fn start_logged(dir: &std::path::Path, rust_log: Option<&str>) -> (Server, std::thread::JoinHandle<String>) {
+    use std::io::BufRead;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_prepaid"));
+    command
+        .args(["serve", "--simulated-gateway"])
+        .env("PREPAID_DATA_DIR", dir)
+        .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")
+        .env("PREPAID_HTTP_ADDR", "127.0.0.1:0")
+        .env("PREPAID_TOKENS", format!("ops:admin:{ADMIN}"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.starts_with("prepaid: serving gRPC on"), "{line}");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (grpc, http) = (words[4].to_string(), words[8].to_string());
+    std::thread::spawn(move || for _ in lines {});
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            text.push_str(&(line + "\n"));
+        }
+        text
+    });
+    (Server { child, grpc, http }, log)
+}
+
+/// One HTTP/1.1 GET: (head, body).
+fn get(http: &str, path: &str, headers: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(http).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+#[test]
+fn logs_request_ids_version_and_uptime() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (server, log) = start_logged(&dir, None);
+    // /health: the version and the uptime; the request id echoed.
+    let (head, body) = get(&server.http, "/health", "x-request-id: probe-7\r\n");
+    assert!(head.contains("x-request-id: probe-7"), "{head}");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|_| {
+        // A chunked body: the JSON is the line between the sizes.
+        serde_json::from_str(body.lines().nth(1).unwrap()).unwrap()
+    });
+    assert_eq!(v["version"], prepaid::VERSION);
+    assert!(v["uptime_seconds"].as_u64().is_some(), "{v}");
+    // No id given: one is made up.
+    let (head, _) = get(&server.http, "/health", "");
+    assert!(head.contains("x-request-id: "), "{head}");
+    let (_, metrics) = get(&server.http, "/metrics", "");
+    assert!(metrics.contains(&format!("prepaid_build_info{{version=\"{}\"}} 1", prepaid::VERSION)), "{metrics}");
+    assert!(metrics.contains("prepaid_uptime_seconds "), "{metrics}");
+    // gRPC echoes the id too.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let echoed = runtime.block_on(async {
+        use prepaid::wire::pb;
+        let mut client = pb::ledger_client::LedgerClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+        let mut req = tonic::Request::new(pb::Batch { requests: vec![] });
+        req.metadata_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+        req.metadata_mut().insert("x-request-id", "grpc-call-1".parse().unwrap());
+        let reply = client.execute(req).await.unwrap();
+        reply.metadata().get("x-request-id").map(|v| v.to_str().unwrap().to_string())
+    });
+    assert_eq!(echoed.as_deref(), Some("grpc-call-1"));
+    // Closes the client's connection (an idle one left open holds the
+    // server for its grace period).
+    drop(runtime);
+    let code = sigterm(server);
+    let text = log.join().unwrap();
+    assert_eq!(code, 0, "{text}");
+    for says in ["node started", "serving", prepaid::VERSION, "node stopped"] {
+        assert!(text.contains(says), "the info log says {says:?}:\n{text}");
+    }
+    // RUST_LOG decides: at `warn` none of that is printed.
+    let (server, log) = start_logged(&dir, Some("warn"));
+    assert_eq!(sigterm(server), 0);
+    let text = log.join().unwrap();
+    assert!(!text.contains("node started"), "RUST_LOG=warn:\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -188,6 +188,13 @@ impl Node {
             tokio::spawn(timers(Arc::clone(&inner))),
             tokio::spawn(recharge::worker(Arc::downgrade(&inner) as Weak<dyn Accounts>, charges_rx, gateway, timing)),
         ];
+        let n = &inner.shared.cfg.node;
+        tracing::info!(
+            shards = n.shards,
+            workers = inner.workers.len(),
+            durability = ?n.durability,
+            "node started"
+        );
         Ok(Node { inner, writer: Some(writer), tasks, temp_dir: None })
     }
 
@@ -314,6 +321,7 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        tracing::info!("node stopped");
         let temp_dir = self.temp_dir.take();
         drop(self);
         if let Some(dir) = temp_dir {

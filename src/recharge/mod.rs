@@ -67,6 +67,7 @@ async fn charge(node: Weak<dyn Accounts>, order: ChargeOrder, gateway: Arc<dyn P
         match tokio::time::timeout(timing.charge_timeout, gateway.charge(request.clone())).await {
             Ok(Ok(outcome)) => break outcome,
             Ok(Err(_)) | Err(_) => {
+                tracing::warn!(key = %key, "recharge outcome unknown (gateway error or timeout); asking again with the same key");
                 if let Some(node) = node.upgrade() {
                     node.stats().recharge_unknown.fetch_add(1, Ordering::Relaxed);
                 }
@@ -78,8 +79,12 @@ async fn charge(node: Weak<dyn Accounts>, order: ChargeOrder, gateway: Arc<dyn P
         }
     };
     let command = match outcome {
-        ChargeOutcome::Charged => Command::RechargeSucceeded { attempt_id: order.attempt_id },
+        ChargeOutcome::Charged => {
+            tracing::info!(key = %key, amount = %order.amount, "recharge charged");
+            Command::RechargeSucceeded { attempt_id: order.attempt_id }
+        }
         ChargeOutcome::Declined(reason) => {
+            tracing::warn!(key = %key, amount = %order.amount, %reason, "recharge declined by the gateway");
             let error = Text::new("error", &reason).unwrap_or_else(|_| Text::new("error", "declined").expect("valid"));
             Command::RechargeFailed { attempt_id: order.attempt_id, error }
         }

@@ -163,6 +163,16 @@ where
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
+        // Every call has a request id: its logs carry it, its reply echoes it.
+        let id = self.api.request_id(req.headers().get("x-request-id").map(|v| v.as_bytes()));
+        let echo = tonic::codegen::http::HeaderValue::from_str(&id).ok();
+        let with_id = move |mut response: S::Response| {
+            if let Some(value) = echo {
+                response.headers_mut().insert("x-request-id", value);
+            }
+            response
+        };
         let node = &self.api.node;
         if node.in_flight() >= node.config().node.max_in_flight
             && sheddable(<S as tonic::server::NamedService>::NAME, req.uri().path())
@@ -171,11 +181,13 @@ where
             let header = req.headers().get("authorization").map(|v| v.as_bytes());
             if self.api.auth.role(header).is_ok() {
                 self.api.metrics.record(&[("call", "overloaded")], std::time::Duration::ZERO);
-                let response = status(&Error::Overloaded).into_http();
+                let response = with_id(status(&Error::Overloaded).into_http());
                 return Box::pin(async move { Ok(response) });
             }
         }
-        Box::pin(self.inner.call(req))
+        let span = tracing::debug_span!("grpc", request_id = %id, path = %req.uri().path());
+        let call = self.inner.call(req).instrument(span);
+        Box::pin(async move { call.await.map(with_id) })
     }
 }
 

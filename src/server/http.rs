@@ -3,7 +3,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/health` | 200 `{"status":"ok",…}`, or 503 `{"status":"storage_failed","reason":…}` (reads still served) |
+//! | GET | `/health` | 200 `{"status":"ok","version":…,"uptime_seconds":…,…}`, or 503 `{"status":"storage_failed","reason":…}` (reads still served) |
 //! | GET | `/metrics` | Prometheus text |
 //! | POST | `/admin/v1/requests` | a ledger request as JSON, or an array of them (≤ `max_batch`); one result each |
 //! | GET | `/admin/v1/accounts/{id}` | the balance view |
@@ -41,7 +41,25 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/admin/v1/accounts/{id}/history", get(history))
         .route("/admin/v1/webhooks", get(webhooks))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&api), with_request_id))
         .with_state(api)
+}
+
+/// Every HTTP call runs in a span with its request id (the caller's
+/// `x-request-id`, or one made up), and the reply echoes it.
+async fn with_request_id(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument;
+    let id = api.request_id(req.headers().get("x-request-id").map(|v| v.as_bytes()));
+    let span = tracing::debug_span!("http", request_id = %id, path = %req.uri().path());
+    let mut response = next.run(req).instrument(span).await;
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 fn http_status(e: &Error) -> StatusCode {
@@ -75,11 +93,25 @@ fn admin(api: &Api, headers: &HeaderMap) -> Result<(), Error> {
 
 async fn health(State(api): State<Arc<Api>>) -> Response {
     let resident = api.node.resident_accounts();
+    let (version, uptime) = (crate::VERSION, api.started.elapsed().as_secs());
     match api.node.storage_failure() {
-        None => axum::Json(json!({ "status": "ok", "resident_accounts": resident })).into_response(),
+        None => axum::Json(json!({
+            "status": "ok",
+            "resident_accounts": resident,
+            "version": version,
+            "uptime_seconds": uptime,
+        }))
+        .into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "storage_failed", "reason": reason, "writes": "refused", "reads": "served" })),
+            axum::Json(json!({
+                "status": "storage_failed",
+                "reason": reason,
+                "writes": "refused",
+                "reads": "served",
+                "version": version,
+                "uptime_seconds": uptime,
+            })),
         )
             .into_response(),
     }

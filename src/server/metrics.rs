@@ -47,6 +47,8 @@ pub struct Gauges {
     pub webhook_delivered: u64,
     pub webhook_failed_attempts: u64,
     pub webhook_dead_letters: u64,
+    /// Seconds since the server started.
+    pub uptime_seconds: u64,
 }
 
 impl Metrics {
@@ -167,6 +169,12 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         }
+        let _ = writeln!(out, "# HELP prepaid_uptime_seconds Seconds since the server started.");
+        let _ = writeln!(out, "# TYPE prepaid_uptime_seconds gauge");
+        let _ = writeln!(out, "prepaid_uptime_seconds {}", g.uptime_seconds);
+        let _ = writeln!(out, "# HELP prepaid_build_info The running build: 1, labelled with its version.");
+        let _ = writeln!(out, "# TYPE prepaid_build_info gauge");
+        let _ = writeln!(out, "prepaid_build_info{{version=\"{}\"}} 1", crate::VERSION);
         out
     }
 }
@@ -190,6 +198,7 @@ mod tests {
             webhook_delivered: 0,
             webhook_failed_attempts: 0,
             webhook_dead_letters: 0,
+            uptime_seconds: 42,
         });
         assert!(text.contains("prepaid_requests_total{op=\"debit\",code=\"ok\"} 2"), "{text}");
         assert!(text.contains("prepaid_requests_total{op=\"debit\",code=\"insufficient_funds\"} 1"));
@@ -199,6 +208,8 @@ mod tests {
         assert!(text.contains("prepaid_resident_accounts 7"));
         assert!(text.contains("prepaid_storage_recoveries_total 1") && text.contains("prepaid_in_flight 3"), "{text}");
         assert!(text.contains("prepaid_webhook_backlog 2"));
+        assert!(text.contains("prepaid_uptime_seconds 42"), "{text}");
+        assert!(text.contains(&format!("prepaid_build_info{{version=\"{}\"}} 1", crate::VERSION)), "{text}");
         assert_eq!(m.count("debit", "ok"), 2);
     }
 }

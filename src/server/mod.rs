@@ -39,6 +39,10 @@ pub struct Api {
     /// Turns true when the server starts stopping: open `Authorize` streams
     /// stop reading, answer what they hold, and end.
     pub stopping: watch::Receiver<bool>,
+    /// When the server started (uptime in /health and /metrics).
+    pub started: std::time::Instant,
+    /// Numbers the request ids the server makes up (see `request_id`).
+    pub next_request: std::sync::atomic::AtomicU64,
 }
 
 impl Api {
@@ -54,6 +58,22 @@ impl Api {
             webhook_delivered: w.delivered,
             webhook_failed_attempts: w.failed_attempts,
             webhook_dead_letters: w.dead_letters,
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// The caller's `x-request-id` when it is one (1 to 128 printable ASCII
+    /// characters), else one made up here: the process id and a counter.
+    /// Logs of the call carry it and the reply echoes it.
+    pub fn request_id(&self, given: Option<&[u8]>) -> String {
+        match given {
+            Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
+                String::from_utf8_lossy(v).into_owned()
+            }
+            _ => {
+                let n = self.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{:x}-{n:x}", std::process::id())
+            }
         }
     }
 }
@@ -169,6 +189,7 @@ pub async fn run(
             return Err(e);
         }
     };
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, version = crate::VERSION, "serving");
     let node = Arc::new(node);
     let webhooks = match webhooks::Webhooks::start(&cfg, &node) {
         Ok(w) => w,
@@ -186,6 +207,8 @@ pub async fn run(
         webhooks: webhooks.clone(),
         cfg: cfg.clone(),
         stopping: stop_rx.clone(),
+        started: std::time::Instant::now(),
+        next_request: std::sync::atomic::AtomicU64::new(1),
     });
 
     tokio::spawn(async move {
@@ -288,7 +311,7 @@ async fn stop_node(node: Arc<Node>, grace: std::time::Duration) {
                 // Acknowledged writes are durable already (sync mode, and
                 // money in always); what async mode held unsynced is lost
                 // as in a crash.
-                eprintln!("prepaid: the node is still in use after the grace period; stopping without its final sync");
+                tracing::warn!("the node is still in use after the grace period; stopping without its final sync");
                 return;
             }
         }

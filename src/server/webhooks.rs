@@ -275,12 +275,14 @@ impl Webhooks {
                 Err(_) => last_error = format!("no answer within {} ms", s.timeout_ms),
             }
             self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(event = %event_id, url, attempt, error = %last_error, "webhook delivery failed");
             if attempt < s.max_attempts {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(s.backoff_max_ms));
             }
         }
         self.dead.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(event = %event_id, url, attempts = s.max_attempts, error = %last_error, "webhook dead-lettered");
         let mut dead = self.dead_letters.lock().unwrap_or_else(|e| e.into_inner());
         if dead.len() >= s.dead_letters_kept.max(1) {
             dead.pop_front();

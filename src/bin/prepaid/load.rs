@@ -78,9 +78,14 @@ pub const INTERRUPTED: i32 = 130;
 /// one) is removed before the process ends, instead of being left behind.
 pub async fn bench_until_interrupted(args: BenchArgs) -> Result<(), String> {
     let own = args.data_dir.as_os_str().is_empty().then(own_bench_dir);
+    // Listening before the bench starts: the handler is in place before
+    // the directory exists (a listener made inside `select!` is only
+    // registered once polled, and the bench may run a while first).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
     tokio::select! {
         done = bench(args) => done,
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt.recv() => {
             if let Some(dir) = own {
                 // RocksDB's threads may still create a file while it goes:
                 // a few tries.

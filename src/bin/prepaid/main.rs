@@ -64,9 +64,11 @@ const MAX_BATCH: u64 = 10_000;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("serve") {
+    let serving = args.first().map(String::as_str) == Some("serve");
+    if !serving {
         quiet_on_closed_stdout();
     }
+    logs(if serving { "info" } else { "warn" });
     let result = match args.first().map(String::as_str) {
         Some("demo") => parse(&args[1..]).and_then(|f| {
             let bench = load::BenchArgs {
@@ -158,6 +160,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=debug`,
+/// `RUST_LOG=prepaid=debug,tonic=warn`); without it, `default` (`info`
+/// for `serve`: starts, stops, storage failures and recoveries, declined or
+/// unanswered recharges, failed webhooks; `warn` for the other commands).
+fn logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 /// Rust ignores SIGPIPE, so printing to a closed pipe (`prepaid help |

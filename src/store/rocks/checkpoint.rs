@@ -98,7 +98,10 @@ impl Inner {
                 *count += 1;
                 tail.finish_checkpoint();
             }
-            Err(e) => tail.failure = Some(e.to_string()),
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; the log keeps everything, retrying");
+                tail.failure = Some(e.to_string());
+            }
         }
         drop(tail);
         self.tail_changed.notify_all();
