@@ -51,7 +51,8 @@ impl Api {
     /// One batch, start to finish. `Err` refuses the whole batch.
     pub async fn run_batch(&self, role: Role, reqs: &[pb::Request]) -> Result<pb::Replies, Error> {
         let start = Instant::now();
-        let max = self.node.config().node.max_batch;
+        let node = self.node()?;
+        let max = node.config().node.max_batch;
         if reqs.len() > max {
             return Err(Error::BatchTooLarge { max });
         }
@@ -67,7 +68,7 @@ impl Api {
         }
         // A full node sheds the batch before converting it: under overload
         // the refusals must cost far less than the work they protect.
-        if self.node.in_flight() >= self.node.config().node.max_in_flight {
+        if node.in_flight() >= node.config().node.max_in_flight {
             let codes: Vec<_> = names.iter().map(|name| (*name, "overloaded")).collect();
             self.metrics.record(&codes, start.elapsed());
             let replies = reqs.iter().map(|req| wire::reply(req.id, Err(Error::Overloaded))).collect();
@@ -84,7 +85,7 @@ impl Api {
                 Err(e) => slots.push(Err(e)),
             }
         }
-        let mut results = if valid.is_empty() { Vec::new() } else { self.node.execute_batch(valid).await? };
+        let mut results = if valid.is_empty() { Vec::new() } else { node.execute_batch(valid).await? };
         let mut replies = Vec::with_capacity(reqs.len());
         let mut codes = Vec::with_capacity(reqs.len());
         // Results are taken in order; each valid request has exactly one.
@@ -173,10 +174,10 @@ where
             }
             response
         };
-        let node = &self.api.node;
-        if node.in_flight() >= node.config().node.max_in_flight
-            && sheddable(<S as tonic::server::NamedService>::NAME, req.uri().path())
-        {
+        // A node already let go of: the call goes on to be answered
+        // `shutting_down`.
+        let full = self.api.node().is_ok_and(|node| node.in_flight() >= node.config().node.max_in_flight);
+        if full && sheddable(<S as tonic::server::NamedService>::NAME, req.uri().path()) {
             // An unauthenticated call goes on to be refused as such.
             let header = req.headers().get("authorization").map(|v| v.as_bytes());
             if self.api.auth.role(header).is_ok() {
@@ -369,7 +370,8 @@ impl pb::ledger_server::Ledger for LedgerService {
         }
         let m = req.into_inner();
         let account = AccountId::new(&m.account).map_err(|r| status(&Error::Refused(r)))?;
-        let records = self.0.node.history(&account, m.after_seq, m.limit).map_err(|e| status(&e))?;
+        let node = self.0.node().map_err(|e| status(&e))?;
+        let records = node.history(&account, m.after_seq, m.limit).map_err(|e| status(&e))?;
         Ok(Response::new(pb::HistoryReply { records: records.iter().map(wire::history_record).collect() }))
     }
 }

@@ -92,9 +92,13 @@ fn admin(api: &Api, headers: &HeaderMap) -> Result<(), Error> {
 }
 
 async fn health(State(api): State<Arc<Api>>) -> Response {
-    let resident = api.node.resident_accounts();
+    let node = match api.node() {
+        Ok(node) => node,
+        Err(e) => return refuse(e),
+    };
+    let resident = node.resident_accounts();
     let (version, uptime) = (crate::VERSION, api.started.elapsed().as_secs());
-    match api.node.storage_failure() {
+    match node.storage_failure() {
         None => axum::Json(json!({
             "status": "ok",
             "resident_accounts": resident,
@@ -154,7 +158,11 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
     }
     let start = Instant::now();
     let names: Vec<&'static str> = reqs.iter().map(|r| r.command.name()).collect();
-    let results = match api.node.execute_batch(reqs).await {
+    let results = match api.node() {
+        Ok(node) => node.execute_batch(reqs).await,
+        Err(e) => Err(e),
+    };
+    let results = match results {
         Ok(r) => r,
         Err(e) => return refuse(e),
     };
@@ -184,7 +192,11 @@ async fn account(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path
         Ok(id) => id,
         Err(e) => return refuse(e),
     };
-    match api.node.balance(&id).await {
+    let node = match api.node() {
+        Ok(node) => node,
+        Err(e) => return refuse(e),
+    };
+    match node.balance(&id).await {
         Ok(view) => axum::Json(json!(view)).into_response(),
         Err(e) => refuse(e),
     }
@@ -212,7 +224,11 @@ async fn history(
     let Ok(Query(page)) = page else {
         return refuse(Error::InvalidRequest("after_seq and limit are whole numbers".into()));
     };
-    match api.node.history(&id, page.after_seq.unwrap_or(0), page.limit.unwrap_or(100)) {
+    let node = match api.node() {
+        Ok(node) => node,
+        Err(e) => return refuse(e),
+    };
+    match node.history(&id, page.after_seq.unwrap_or(0), page.limit.unwrap_or(100)) {
         Ok(records) => {
             let out: Vec<Value> = records
                 .iter()

@@ -35,6 +35,7 @@ pub struct Metrics {
 }
 
 /// Figures read from elsewhere when `/metrics` is rendered.
+#[derive(Default)]
 pub struct Gauges {
     pub resident_accounts: usize,
     pub storage_failed: bool,

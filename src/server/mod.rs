@@ -31,7 +31,10 @@ pub mod webhooks;
 
 /// What both listeners share.
 pub struct Api {
-    pub node: Arc<Node>,
+    /// Held weakly: a connection the server keeps (an idle client that
+    /// never reads its GOAWAY) must not keep the node from stopping. Each
+    /// call holds it for as long as it runs (`node()`).
+    node: std::sync::Weak<Node>,
     pub cfg: NodeConfig,
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
@@ -46,14 +49,22 @@ pub struct Api {
 }
 
 impl Api {
+    /// The node, for one call: `shutting_down` once the server let go of it.
+    pub fn node(&self) -> Result<Arc<Node>, crate::error::Error> {
+        self.node.upgrade().ok_or(crate::error::Error::ShuttingDown)
+    }
+
     pub fn gauges(&self) -> metrics::Gauges {
         let w = self.webhooks.as_ref().map(|w| w.figures()).unwrap_or_default();
+        let Ok(node) = self.node() else {
+            return metrics::Gauges::default();
+        };
         metrics::Gauges {
-            resident_accounts: self.node.resident_accounts(),
-            storage_failed: self.node.storage_failure().is_some(),
-            storage_events: self.node.storage_events(),
-            in_flight: self.node.in_flight(),
-            node: self.node.stats(),
+            resident_accounts: node.resident_accounts(),
+            storage_failed: node.storage_failure().is_some(),
+            storage_events: node.storage_events(),
+            in_flight: node.in_flight(),
+            node: node.stats(),
             webhook_backlog: w.backlog,
             webhook_delivered: w.delivered,
             webhook_failed_attempts: w.failed_attempts,
@@ -201,7 +212,7 @@ pub async fn run(
     // One signal for both listeners and every stream.
     let (stop_tx, stop_rx) = watch::channel(false);
     let api = Arc::new(Api {
-        node: Arc::clone(&node),
+        node: Arc::downgrade(&node),
         auth: auth::Auth::new(&cfg.server.tokens),
         metrics: metrics::Metrics::default(),
         webhooks: webhooks.clone(),
