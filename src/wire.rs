@@ -283,16 +283,20 @@ pub fn balance_view(v: &BalanceView) -> pb::BalanceView {
     }
 }
 
-/// An event's name and fields, as history and webhooks show them.
+/// An event's name and fields, as history and webhooks show them. The name
+/// is `Event::name` — the one vocabulary of docs/events.md, the demo and
+/// the rules (`recharge_started`, `hold_expired`, `invoice_generated`) —
+/// not the Rust variant's; the fields are the variant's.
 pub fn event_json(record: &EventRecord) -> (String, serde_json::Value) {
+    let kind = record.event.name().to_string();
     match serde_json::to_value(&record.event) {
         Ok(serde_json::Value::Object(map)) if map.len() == 1 => {
-            let (kind, fields) = map.into_iter().next().unwrap_or_default();
+            let fields = map.into_iter().next().map(|(_, f)| f).unwrap_or_default();
             (kind, fields)
         }
-        Ok(serde_json::Value::String(kind)) => (kind, serde_json::Value::Object(Default::default())),
-        Ok(other) => ("event".into(), other),
-        Err(e) => ("event".into(), serde_json::Value::String(e.to_string())),
+        Ok(serde_json::Value::String(_)) => (kind, serde_json::Value::Object(Default::default())),
+        Ok(other) => (kind, other),
+        Err(e) => (kind, serde_json::Value::String(e.to_string())),
     }
 }
 

@@ -130,3 +130,22 @@ fn the_modules_import_each_other_without_a_cycle() {
         visit(m, &edges, &mut Vec::new(), &mut done);
     }
 }
+
+/// docs/events.md names exactly the events the code names (`Event::name`,
+/// which history, subscribers and webhooks all use).
+#[test]
+fn docs_events_lists_exactly_the_event_names() {
+    use std::collections::BTreeSet;
+    let code = std::fs::read_to_string(repo_file("src/ledger/event.rs")).unwrap();
+    let body = code.split("pub fn name(&self)").nth(1).expect("Event::name").split("\n    }\n").next().unwrap();
+    let in_code: BTreeSet<String> =
+        body.lines().filter_map(|l| l.split("=> \"").nth(1)).map(|r| r.trim_end_matches("\",").to_string()).collect();
+    assert!(in_code.len() >= 25, "read the names: {in_code:?}");
+    let docs = std::fs::read_to_string(repo_file("docs/events.md")).unwrap();
+    let mut in_docs = BTreeSet::new();
+    for row in docs.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split('|').nth(1).unwrap();
+        in_docs.extend(first.split('`').skip(1).step_by(2).map(str::to_string));
+    }
+    assert_eq!(in_docs, in_code, "docs/events.md against Event::name");
+}

@@ -291,6 +291,10 @@ fn stored_records_round_trip_through_the_codec() {
         (StoredRef::DedupPage(&pairs), Stored::DedupPage(pairs.to_vec())),
         (StoredRef::Log(std::slice::from_ref(&item_ref)), Stored::Log(vec![item])),
     ];
+    // History and webhooks name each event as the docs do.
+    for record in &h.journal {
+        assert_eq!(prepaid::wire::event_json(record).0, record.event.name(), "{record:?}");
+    }
     let mut buf = Vec::new();
     for (borrowed, owned) in cases {
         codec::encode_into(&borrowed, &mut buf);
