@@ -62,6 +62,8 @@ pub enum DebitMode {
 pub struct Request {
     pub account: AccountId,
     /// Required on every command that moves money (`Command::needs_key`).
+    /// JSON also takes `idempotency_key`, the proto's name.
+    #[serde(alias = "idempotency_key")]
     pub key: Option<IdemKey>,
     pub command: Command,
 }
@@ -85,13 +87,18 @@ pub enum Command {
     CheckAccess,
     Debit {
         amount: Amount,
+        /// JSON may leave `mode` and `service` out, as the proto may:
+        /// `strict` and `api_request`.
+        #[serde(default)]
         mode: DebitMode,
+        #[serde(default)]
         service: Service,
         reference: Option<Text>,
     },
     /// Reserve credits for a job; expires by itself after the timeout.
     Hold {
         amount: Amount,
+        #[serde(default)]
         service: Service,
         reference: Option<Text>,
         timeout_ms: Option<u64>,

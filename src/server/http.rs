@@ -5,10 +5,15 @@
 //! |---|---|---|
 //! | GET | `/health` | 200 `{"status":"ok","version":…,"uptime_seconds":…,…}`, or 503 `{"status":"storage_failed","reason":…}` (reads still served) |
 //! | GET | `/metrics` | Prometheus text |
-//! | POST | `/admin/v1/requests` | a ledger request as JSON, or an array of them (≤ `max_batch`); one result each |
+//! | POST | `/admin/v1/requests` | a ledger request as JSON, or an array of them (≤ `max_batch`); one result each (a single refused request gets its HTTP status; a batch answers 200) |
 //! | GET | `/admin/v1/accounts/{id}` | the balance view |
 //! | GET | `/admin/v1/accounts/{id}/history?after_seq=&limit=` | a page of the ledger |
 //! | GET | `/admin/v1/webhooks` | delivery figures and dead letters |
+//!
+//! A request's key is `idempotency_key` (as in the proto; `key` is read
+//! too), or the `Idempotency-Key` header for a single request; a debit's
+//! `mode` and `service` and a hold's `service` default as over gRPC
+//! (`strict`, `api_request`).
 //!
 //! The admin API needs an `admin` token (`Authorization: Bearer …`). Errors
 //! are `{"code": …, "message": …}` with the stable codes of docs/errors.md.
@@ -156,6 +161,22 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
             Err(e) => return refuse(Error::InvalidRequest(format!("request {i}: {e}"))),
         }
     }
+    // A single request may carry its key in the `Idempotency-Key` header;
+    // a key in both places must agree.
+    if let (true, Some(header)) = (single, headers.get("idempotency-key")) {
+        let key = match header.to_str().ok().map(crate::ledger::IdemKey::new) {
+            Some(Ok(key)) => key,
+            _ => return refuse(Error::Refused(crate::ledger::Reason::InvalidIdempotencyKey)),
+        };
+        match &reqs[0].key {
+            Some(body) if body != &key => {
+                return refuse(Error::InvalidRequest(
+                    "the Idempotency-Key header and the body's idempotency_key differ".into(),
+                ));
+            }
+            _ => reqs[0].key = Some(key),
+        }
+    }
     let start = Instant::now();
     let names: Vec<&'static str> = reqs.iter().map(|r| r.command.name()).collect();
     let results = match api.node() {
@@ -169,6 +190,10 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
     let codes: Vec<_> =
         names.iter().zip(&results).map(|(n, r)| (*n, r.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code()))).collect();
     api.metrics.record(&codes, start.elapsed());
+    let first_error = match results.first() {
+        Some(Err(e)) if single => Some(e.clone()),
+        _ => None,
+    };
     let out: Vec<Value> = results
         .into_iter()
         .map(|r| match r {
@@ -176,8 +201,16 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
             Err(e) => json!({ "error": error_json(&e) }),
         })
         .collect();
-    let body = if single { out.into_iter().next().unwrap_or(Value::Null) } else { Value::Array(out) };
-    axum::Json(body).into_response()
+    // A single request refused is refused with its HTTP status; a batch
+    // answers 200 with one result each (some may be refusals).
+    if single {
+        let first = out.into_iter().next().unwrap_or(Value::Null);
+        return match first_error {
+            Some(e) => (http_status(&e), axum::Json(first)).into_response(),
+            None => axum::Json(first).into_response(),
+        };
+    }
+    axum::Json(Value::Array(out)).into_response()
 }
 
 fn account_id(id: &str) -> Result<AccountId, Error> {

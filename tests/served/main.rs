@@ -179,6 +179,44 @@ async fn admin_json_api_runs_requests_and_reads_accounts() {
     assert_eq!(status, 200, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v.as_array().unwrap().iter().any(|r| r["kind"] == "credited"), "{out}");
+    // One contract with gRPC: `idempotency_key` names the key, the
+    // `Idempotency-Key` header may carry it, `mode` and `service` default
+    // (strict, api_request), and a single refused request is refused with
+    // its HTTP status.
+    let debit = r#"{"account":"j1","command":{"debit":{"amount":"0.5"}}}"#;
+    let (status, out) =
+        harness::http_with(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: h1\r\n", debit).await;
+    assert_eq!(status, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"]["balance"], "30.00", "{out}");
+    let (status, out) =
+        harness::http_with(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: h1\r\n", debit).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["ok"]["balance"],
+        "30.00",
+        "the same key: once"
+    );
+    let keyed =
+        r#"{"account":"j1","idempotency_key":"b2","command":{"debit":{"amount":"0.5","service":"fine_tuning"}}}"#;
+    let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), keyed).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["ok"]["balance"], "29.50", "{out}");
+    let (status, out) =
+        harness::http_with(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: other\r\n", keyed)
+            .await;
+    assert_eq!(status, 400, "a header and a body key that differ: {out}");
+    let broke = r#"{"account":"j1","idempotency_key":"big","command":{"debit":{"amount":"1000"}}}"#;
+    let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), broke).await;
+    assert_eq!(status, 400, "a single refusal is not 200: {out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["error"]["code"],
+        "insufficient_funds",
+        "{out}"
+    );
+    let nokey = r#"{"account":"j1","command":{"debit":{"amount":"1"}}}"#;
+    let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), nokey).await;
+    assert_eq!(status, 400, "{out}");
     s.stop().await;
 }
 
