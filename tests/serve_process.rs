@@ -255,3 +255,36 @@ fn logs_request_ids_version_and_uptime() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(dir.with_extension("toml"));
 }
+
+/// The account CLI says each thing once, and what to do.
+#[test]
+fn the_account_cli_says_each_thing_once() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = start(&dir);
+    assert_eq!(cli(&server, &["open", "--account", "acme"]).0, 0);
+    assert_eq!(cli(&server, &["purchase", "--account", "acme", "--amount", "10", "--key", "p1"]).0, 0);
+    // A refusal's code once, not twice.
+    let (code, _, err) = cli(&server, &["debit", "--account", "acme", "--amount", "100", "--key", "big"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("insufficient_funds").count(), 1, "{err}");
+    // Enabling auto-recharge without a threshold is refused, not a threshold of 0.
+    let (code, _, err) = cli(&server, &["auto-recharge", "--account", "acme", "--enable", "--amount", "25"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--threshold"), "{err}");
+    // An account usage error points at the account help, not the 40-line
+    // top-level usage with internal commands.
+    let (code, _, err) = cli(&server, &["mint", "--account", "acme"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown account operation") && !err.contains("torture-client"), "{err}");
+    // The CLI pointed at the HTTP port, for a read: no retry-with-key advice.
+    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["account", "show", "--account", "acme", "--addr", &server.http, "--token", ADMIN])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("gRPC address") && !err.contains("idempotency key"), "{err}");
+    assert_eq!(sigterm(server), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

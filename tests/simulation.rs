@@ -389,12 +389,16 @@ impl Sim {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         assert!(self.unknown.is_empty(), "seed {}: outcomes still unknown after faults stopped", self.seed);
-        // Past every hold timeout, grant expiry and recharge retry.
-        for _ in 0..200 {
+        // Past every hold timeout, grant expiry and recharge retry. The
+        // recharge worker and the simulated gateway run on real threads: on
+        // a loaded machine they take more rounds (bounded, and the loop ends
+        // at the first round where nothing is in flight).
+        let mut busy = true;
+        for _ in 0..2_000 {
             self.clock.advance(24 * 3_600_000);
             self.tick_all().await;
             tokio::time::sleep(Duration::from_millis(1)).await;
-            let mut busy = false;
+            busy = false;
             for account in &self.accounts {
                 let req = Request { account: account.clone(), key: None, command: Command::Balance };
                 if let Ok(Reply { detail: Detail::Balance(view), .. }) = self.node().execute(req).await {
@@ -405,6 +409,7 @@ impl Sim {
                 break;
             }
         }
+        assert!(!busy, "seed {}: a recharge is still in flight after 2,000 rounds of settling", self.seed);
     }
 
     async fn audit(mut self) -> Report {

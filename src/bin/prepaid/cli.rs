@@ -117,7 +117,19 @@ operations:
   adjust --amount X --reason TEXT
 services: api_request (default), dedicated_endpoint, fine_tuning, evaluation, other";
 
+/// `prepaid account …`; a usage error shows the account usage only, not
+/// the top-level one.
 pub fn account(args: &[String]) -> Result<(), Failure> {
+    account_op(args).map_err(|f| match f {
+        Failure::Usage(m) if m.contains(ACCOUNT_USAGE) => Failure::Shown(m),
+        Failure::Usage(m) => {
+            Failure::Shown(format!("{m}\n\n`prepaid account help` lists every operation and its flags"))
+        }
+        other => other,
+    })
+}
+
+fn account_op(args: &[String]) -> Result<(), Failure> {
     let Some(op) = args.first() else {
         return Err(Failure::Usage(format!("account needs an operation\n\n{ACCOUNT_USAGE}")));
     };
@@ -219,12 +231,23 @@ pub fn account(args: &[String]) -> Result<(), Failure> {
                 (false, true) => false,
                 _ => return Err(Failure::Usage("auto-recharge takes --enable or --disable".into())),
             };
+            // Enabling without a threshold used to mean a threshold of 0
+            // (recharge only once the balance is gone): say it instead.
+            let threshold = match (enabled, f.text("--threshold")) {
+                (_, Some(t)) => t,
+                (false, None) => "0".into(),
+                (true, None) => {
+                    return Err(Failure::Usage(
+                        "auto-recharge --enable needs --threshold (buy when the balance falls below it)".into(),
+                    ));
+                }
+            };
             Some(Op::SetAutoRecharge(pb::SetAutoRecharge {
                 account: a,
                 idempotency_key: key(),
                 enabled,
                 amount: f.text("--amount"),
-                threshold: f.text("--threshold").unwrap_or_else(|| "0".into()),
+                threshold,
             }))
         }
         "expire-grants" => Some(Op::SetGrantExpiry(pb::SetGrantExpiry {
@@ -264,15 +287,28 @@ pub fn account(args: &[String]) -> Result<(), Failure> {
         let client = Client::connect(&addr, &token).await.map_err(|e| Failure::Run(e.to_string()))?;
         let Some(operation) = operation else {
             let limit = u32::try_from(limit.unwrap_or(100)).unwrap_or(u32::MAX);
-            let records = client.history(&account, after.unwrap_or(0), limit).await.map_err(|e| refused(e, as_json))?;
+            let records = client
+                .history(&account, after.unwrap_or(0), limit)
+                .await
+                .map_err(|e| read_failed(e, &addr, as_json))?;
             print_history(&records, as_json);
             return Ok(());
         };
+        let read = matches!(operation, Op::Balance(_) | Op::CheckAccess(_));
         let accepted = client.call(operation).await.map_err(|e| {
-            if let (Some(k), ClientError::OutcomeUnknown(_)) = (&generated_key, &e) {
-                eprintln!("prepaid: retry with --key {k}");
+            if read {
+                return read_failed(e, &addr, as_json);
             }
-            refused(e, as_json)
+            match (&generated_key, &e) {
+                // The message says to retry with the same key: say which.
+                (Some(k), ClientError::OutcomeUnknown(detail)) => {
+                    let detail = detail.split("; retry with the same idempotency key").next().unwrap_or(detail);
+                    Failure::Run(format!(
+                        "outcome unknown ({detail}); retry with --key {k}: the same key applies it at most once"
+                    ))
+                }
+                _ => refused(e, as_json),
+            }
         })?;
         if as_json {
             println!("{}", accepted_json(&accepted));
@@ -286,12 +322,35 @@ pub fn account(args: &[String]) -> Result<(), Failure> {
     })
 }
 
-/// A refusal: printed (as JSON with --json), exit 1.
+/// A refusal: printed (as JSON with --json), exit 1. A refusal's message
+/// already starts with its code.
 fn refused(e: ClientError, as_json: bool) -> Failure {
     if as_json {
         println!("{}", json!({ "error": { "code": e.code(), "message": e.to_string() } }));
     }
-    Failure::Run(format!("{} ({})", e, e.code()))
+    match e {
+        ClientError::Refused { .. } => Failure::Run(e.to_string()),
+        other => Failure::Run(format!("{} ({})", other, other.code())),
+    }
+}
+
+/// A read that got no answer: nothing to retry with a key, and most likely
+/// the wrong address.
+fn read_failed(e: ClientError, addr: &str, as_json: bool) -> Failure {
+    match e {
+        ClientError::OutcomeUnknown(detail) => {
+            // The client's own advice (retry with the same key) is for writes.
+            let detail = detail.split("; retry with the same idempotency key").next().unwrap_or(&detail);
+            let message = format!(
+                "no answer from {addr} ({detail}); is it the node's gRPC address (server.grpc_addr, not the HTTP one)? A read is safe to repeat"
+            );
+            if as_json {
+                println!("{}", json!({ "error": { "code": "outcome_unknown", "message": message } }));
+            }
+            Failure::Run(message)
+        }
+        other => refused(other, as_json),
+    }
 }
 
 fn status_name(s: i32) -> &'static str {

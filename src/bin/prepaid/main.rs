@@ -155,6 +155,10 @@ fn main() -> ExitCode {
             eprintln!("prepaid: {e}\n\n{USAGE}");
             ExitCode::from(2)
         }
+        Err(Failure::Shown(e)) => {
+            eprintln!("prepaid: {e}");
+            ExitCode::from(2)
+        }
         Err(Failure::Run(e)) => {
             eprintln!("prepaid: {e}");
             ExitCode::FAILURE
@@ -192,7 +196,11 @@ fn quiet_on_closed_stdout() {
 }
 
 enum Failure {
+    /// A usage error: the message, then the top-level usage; exit 2.
     Usage(String),
+    /// A usage error whose message already says what to do; exit 2.
+    Shown(String),
+    /// The command ran and failed; exit 1.
     Run(String),
 }
 
