@@ -59,6 +59,22 @@ fn bad_arguments_are_refused_with_a_sentence() {
     }
     let (code, out, _) = prepaid(&["help"]);
     assert_eq!((code, out.contains("demo")), (0, true));
+    // Every command answers --help (it used to be "unknown flag"), and
+    // --version the version.
+    for args in [&["serve", "--help"][..], &["demo", "--help"], &["bench", "-h"]] {
+        let (code, out, err) = prepaid(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("usage: prepaid"), "{args:?}: {out}");
+    }
+    let (code, out, _) = prepaid(&["account", "debit", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("usage: prepaid account"), "{out}");
+    let (code, out, _) = prepaid(&["--version"]);
+    assert_eq!((code, out.trim()), (0, format!("prepaid {}", prepaid::VERSION).as_str()));
+    // `--name=value` is read as `--name value`.
+    let (code, _, err) = prepaid(&["demo", "--accounts=0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--accounts is 1 to"), "{err}");
 }
 
 /// `prepaid help | head -1`: a closed stdout ends the command quietly (by

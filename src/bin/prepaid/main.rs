@@ -53,7 +53,8 @@ commands:
                  [--resend FILE]     one client of the crash torture: money operations
                                      until the node goes away, one line per outcome
                                      (--resend: the requests listed, under their keys)
-  help                               this text";
+  help, <command> --help             this text (`prepaid account help`: the account operations)
+  --version                          the version";
 
 /// Bounds on what the command line accepts: enough to measure, never
 /// enough to exhaust the machine by a typo.
@@ -69,7 +70,19 @@ fn main() -> ExitCode {
         quiet_on_closed_stdout();
     }
     logs(if serving { "info" } else { "warn" });
+    let asks_help = args.iter().skip(1).any(|a| a == "--help" || a == "-h");
     let result = match args.first().map(String::as_str) {
+        Some("--version" | "-V" | "version") => {
+            println!("prepaid {}", prepaid::VERSION);
+            Ok(())
+        }
+        // `prepaid account … --help` is the account usage; any other
+        // command's `--help` the whole usage.
+        Some("account") if asks_help => cli::account(&["help".to_string()]),
+        Some(_) if asks_help => {
+            println!("{USAGE}");
+            Ok(())
+        }
         Some("demo") => parse(&args[1..]).and_then(|f| {
             let bench = load::BenchArgs {
                 accounts: f.number("--accounts", 10_000, 1, 1_000_000)?,
@@ -217,6 +230,11 @@ fn parse(args: &[String]) -> Result<Flags, Failure> {
     while let Some(arg) = it.next() {
         if !arg.starts_with("--") {
             return Err(Failure::Usage(format!("unexpected argument {arg:?}")));
+        }
+        // `--amount=1` as well as `--amount 1`.
+        if let Some((name, value)) = arg.split_once('=') {
+            out.push((name.to_string(), Some(value.to_string())));
+            continue;
         }
         let value = match it.peek() {
             Some(v) if !v.starts_with("--") => it.next().cloned(),
