@@ -154,11 +154,21 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
     if items.len() > max {
         return refuse(Error::BatchTooLarge { max });
     }
+    // Each request's place: the index of the request the node runs, or its
+    // refusal in place (an amount that is not one is `invalid_amount`, as
+    // over gRPC; any other malformed request refuses the call).
     let mut reqs = Vec::with_capacity(items.len());
+    let mut slots: Vec<Result<usize, Error>> = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         match serde_json::from_value::<Request>(item) {
-            Ok(r) => reqs.push(r),
-            Err(e) => return refuse(Error::InvalidRequest(format!("request {i}: {e}"))),
+            Ok(r) => {
+                slots.push(Ok(reqs.len()));
+                reqs.push(r);
+            }
+            Err(e) => match amount_error(&e) {
+                Some(reason) => slots.push(Err(Error::Refused(reason))),
+                None => return refuse(Error::InvalidRequest(format!("request {i}: {e}"))),
+            },
         }
     }
     // A single request may carry its key in the `Idempotency-Key` header;
@@ -168,20 +178,22 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
             Some(Ok(key)) => key,
             _ => return refuse(Error::Refused(crate::ledger::Reason::InvalidIdempotencyKey)),
         };
-        match &reqs[0].key {
-            Some(body) if body != &key => {
+        match reqs.first_mut() {
+            Some(first) if first.key.as_ref().is_some_and(|body| body != &key) => {
                 return refuse(Error::InvalidRequest(
                     "the Idempotency-Key header and the body's idempotency_key differ".into(),
                 ));
             }
-            _ => reqs[0].key = Some(key),
+            Some(first) => first.key = Some(key),
+            None => {}
         }
     }
     let start = Instant::now();
     let names: Vec<&'static str> = reqs.iter().map(|r| r.command.name()).collect();
-    let results = match api.node() {
-        Ok(node) => node.execute_batch(reqs).await,
-        Err(e) => Err(e),
+    let results = match (reqs.is_empty(), api.node()) {
+        (true, _) => Ok(Vec::new()),
+        (false, Ok(node)) => node.execute_batch(reqs).await,
+        (false, Err(e)) => Err(e),
     };
     let results = match results {
         Ok(r) => r,
@@ -190,6 +202,14 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
     let codes: Vec<_> =
         names.iter().zip(&results).map(|(n, r)| (*n, r.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code()))).collect();
     api.metrics.record(&codes, start.elapsed());
+    let mut ran = results.into_iter();
+    let results: Vec<Result<crate::ledger::Reply, Error>> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Ok(_) => ran.next().unwrap_or_else(|| Err(Error::Internal("a result is missing".into()))),
+            Err(e) => Err(e),
+        })
+        .collect();
     let first_error = match results.first() {
         Some(Err(e)) if single => Some(e.clone()),
         _ => None,
@@ -211,6 +231,17 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
         };
     }
     axum::Json(Value::Array(out)).into_response()
+}
+
+/// The reason of a JSON error that is an amount's (`AmountError`'s text
+/// starts it), as gRPC would refuse the same amount.
+fn amount_error(e: &serde_json::Error) -> Option<crate::ledger::Reason> {
+    use crate::ledger::AmountError as A;
+    let text = e.to_string();
+    [A::Empty, A::TooLong, A::NotANumber, A::TooManyDecimals, A::Overflow]
+        .into_iter()
+        .find(|a| text.starts_with(&a.to_string()))
+        .map(crate::ledger::Reason::from)
 }
 
 fn account_id(id: &str) -> Result<AccountId, Error> {

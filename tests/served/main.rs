@@ -214,6 +214,22 @@ async fn admin_json_api_runs_requests_and_reads_accounts() {
         "insufficient_funds",
         "{out}"
     );
+    // An amount that is not one is `invalid_amount` (as over gRPC), in
+    // place: the rest of a batch goes ahead.
+    let bad = r#"{"account":"j1","idempotency_key":"x1","command":{"debit":{"amount":"0.0000000000001"}}}"#;
+    let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), bad).await;
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["error"]["code"], "invalid_amount", "{out}");
+    let mixed =
+        format!(r#"[{bad}, {{"account":"j1","idempotency_key":"x2","command":{{"debit":{{"amount":"0.5"}}}}}}]"#);
+    let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), &mixed).await;
+    assert_eq!(status, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v[0]["error"]["code"].as_str(), v[1]["ok"]["balance"].as_str()),
+        (Some("invalid_amount"), Some("29.00")),
+        "{out}"
+    );
     let nokey = r#"{"account":"j1","command":{"debit":{"amount":"1"}}}"#;
     let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), nokey).await;
     assert_eq!(status, 400, "{out}");
