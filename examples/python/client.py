@@ -10,7 +10,9 @@ any figure is not what the rules say.
 """
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -23,6 +25,9 @@ PROTO_DIR = os.path.join(HERE, "..", "..", "proto")
 
 def load_stubs():
     out = tempfile.mkdtemp(prefix="prepaid-py-")
+    # The stubs are imported before anything else runs; the directory goes
+    # when the script ends, whatever the outcome.
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     code = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
                         os.path.join(PROTO_DIR, "prepaid.proto")])
     if code != 0:
