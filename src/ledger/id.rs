@@ -35,6 +35,13 @@ impl AccountId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The account's shard among `shards` (at least 1): `stable_hash(id)
+    /// mod shards`, the one placement the node's routing and the store's
+    /// log both use.
+    pub fn shard(&self, shards: u64) -> u64 {
+        super::hash::stable_hash(self.0.as_bytes()) % shards.max(1)
+    }
 }
 
 /// A client-chosen idempotency key: 1 to 128 bytes of printable ASCII

@@ -353,8 +353,7 @@ impl Inner {
 
     /// The worker hosting the account: its shard's owner.
     fn worker_of(&self, id: &AccountId) -> usize {
-        let shard = stable_hash(id.as_str().as_bytes()) % self.shards;
-        (shard % self.workers.len() as u64) as usize
+        (id.shard(self.shards) % self.workers.len() as u64) as usize
     }
 
     /// Hands jobs to their workers, one message per worker; answers them at

@@ -53,25 +53,9 @@ impl Tail {
         Tail { active: Generation::with_hasher(SeededState(seed)), ..Tail::default() }
     }
 
-    /// Merges one account's write (its log entry has landed).
-    pub fn merge(&mut self, w: &AccountWrite) {
-        match self.active.get_mut(&w.id) {
-            Some(dirty) => {
-                dirty.snapshot = Arc::clone(&w.snapshot);
-                dirty.records.extend_from_slice(&w.records);
-                dirty.dedup.extend_from_slice(&w.dedup);
-            }
-            None => {
-                self.active.insert(
-                    w.id.clone(),
-                    Dirty { snapshot: Arc::clone(&w.snapshot), records: w.records.clone(), dedup: w.dedup.clone() },
-                );
-            }
-        }
-    }
-
-    /// `merge`, keeping the write's records instead of copying them.
-    pub fn merge_owned(&mut self, w: AccountWrite) {
+    /// Merges one account's write (its log entry has landed), keeping its
+    /// records.
+    pub fn merge(&mut self, w: AccountWrite) {
         match self.active.get_mut(&w.id) {
             Some(dirty) => {
                 dirty.snapshot = w.snapshot;

@@ -239,7 +239,7 @@ impl RocksStore {
             db,
             opts,
             seed,
-            tail: Mutex::new(Tail::with_seed(0)),
+            tail: Mutex::new(Tail::with_seed(seed)),
             tail_changed: Condvar::new(),
             writer: Mutex::new(LogWriter::default()),
             checkpoints: Mutex::new(0),
@@ -292,7 +292,7 @@ impl Inner {
     }
 
     fn shard_of(&self, id: &AccountId) -> u32 {
-        (stable_hash(id.as_str().as_bytes()) % u64::from(self.opts.shards.max(1))) as u32
+        id.shard(u64::from(self.opts.shards)) as u32
     }
 
     /// Waits while the tail is at its bound, for the checkpointer.
@@ -315,13 +315,13 @@ impl Inner {
 
     fn write(&self, set: &WriteSet, sync: bool) -> Result<(), StoreError> {
         let logged = self.append(set, sync)?;
-        self.merge(logged, |tail| set.accounts.iter().for_each(|w| tail.merge(w)));
+        self.merge(logged, |tail| set.accounts.iter().for_each(|w| tail.merge(w.clone())));
         Ok(())
     }
 
     fn write_owned(&self, set: WriteSet, sync: bool) -> Result<(), StoreError> {
         let logged = self.append(&set, sync)?;
-        self.merge(logged, |tail| set.accounts.into_iter().for_each(|w| tail.merge_owned(w)));
+        self.merge(logged, |tail| set.accounts.into_iter().for_each(|w| tail.merge(w)));
         Ok(())
     }
 
