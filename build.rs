@@ -4,6 +4,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/prepaid.proto");
-    tonic_prost_build::configure().compile_protos(&["proto/prepaid.proto"], &["proto"])?;
+    // The descriptor set is what gRPC reflection serves.
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("prepaid_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_protos(&["proto/prepaid.proto"], &["proto"])?;
     Ok(())
 }

@@ -62,7 +62,6 @@ fn group(n: usize, round: u64) -> WriteSet {
             records: outcome.records,
             snapshot: std::sync::Arc::new(account.state.clone().unwrap()),
             dedup: vec![(key.clone(), account.dedup.get(&key).unwrap().clone())],
-            dedup_expired: Vec::new(),
             timer_before: None,
             timer_after: None,
             in_flight_changed: false,

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::{AccountId, AccountState, DedupRecord, EventRecord, IdemKey};
 
-/// The format version this build writes. Version 2: the log of per-shard
-/// entries, history and idempotency pages.
-pub const FORMAT_VERSION: u8 = 2;
+/// The format version this build writes. Version 3: the log of per-shard
+/// entries, history pages, one key per idempotency record, every key
+/// starting with its shard.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Everything the store keeps, one variant per kind of record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,8 +27,6 @@ pub enum Stored {
     Dedup(IdemKey, DedupRecord),
     /// A page of one account's journal: consecutive records, oldest first.
     History(Vec<EventRecord>),
-    /// A page of one account's idempotency records.
-    DedupPage(Vec<(IdemKey, DedupRecord)>),
     /// One shard's log entry for one group: what each account wrote.
     Log(Vec<LogItem>),
 }
@@ -50,7 +49,6 @@ pub enum StoredRef<'a> {
     Event(&'a EventRecord),
     Dedup(&'a IdemKey, &'a DedupRecord),
     History(&'a [EventRecord]),
-    DedupPage(&'a [(IdemKey, DedupRecord)]),
     Log(&'a [LogItemRef<'a>]),
 }
 

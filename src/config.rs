@@ -84,12 +84,20 @@ pub struct NodeSettings {
     /// A checkpoint starts at least this often while anything is unwritten
     /// to tables.
     pub checkpoint_interval_ms: u64,
+    /// Idempotency records an account keeps in memory once they are
+    /// durable, newest first; the rest of the window stays in the store and
+    /// is looked up when a key that is not in memory may be there (keys
+    /// that grow per account never are). Bounds memory whatever the request
+    /// rate: a record is ~100–250 bytes.
+    pub idempotency_resident_keys: usize,
 }
 
 /// Bounds of `node.checkpoint_log_bytes_max`: 1 MiB to 16 GiB.
 pub const CHECKPOINT_LOG_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(16 << 30);
 /// Bounds of `node.checkpoint_interval_ms`: 10 ms to one hour.
 pub const CHECKPOINT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
+/// Bounds of `node.idempotency_resident_keys`.
+pub const IDEMPOTENCY_RESIDENT_KEYS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 
 /// Most shard workers a node runs.
 pub const MAX_WORKERS: u32 = 1_024;
@@ -129,6 +137,7 @@ impl Default for NodeSettings {
             memtable_mb: 64,
             checkpoint_log_bytes_max: 64 << 20,
             checkpoint_interval_ms: 30_000,
+            idempotency_resident_keys: 8,
         }
     }
 }
@@ -340,6 +349,9 @@ impl NodeConfig {
         if let Some(v) = var("PREPAID_CHECKPOINT_INTERVAL_MS") {
             self.node.checkpoint_interval_ms = number("PREPAID_CHECKPOINT_INTERVAL_MS", &v)?;
         }
+        if let Some(v) = var("PREPAID_IDEMPOTENCY_RESIDENT_KEYS") {
+            self.node.idempotency_resident_keys = number("PREPAID_IDEMPOTENCY_RESIDENT_KEYS", &v)?;
+        }
         if let Some(v) = var("PREPAID_MAX_RESIDENT_ACCOUNTS") {
             self.node.max_resident_accounts = number("PREPAID_MAX_RESIDENT_ACCOUNTS", &v)?;
         }
@@ -409,6 +421,9 @@ impl NodeConfig {
         }
         if !CHECKPOINT_INTERVAL_MS.contains(&n.checkpoint_interval_ms) {
             return bad("node.checkpoint_interval_ms is 10 to 3600000 (one hour)");
+        }
+        if !IDEMPOTENCY_RESIDENT_KEYS.contains(&n.idempotency_resident_keys) {
+            return bad("node.idempotency_resident_keys is 1 to 1000000");
         }
         if n.max_resident_accounts == 0 {
             return bad("node.max_resident_accounts is at least 1");

@@ -16,6 +16,11 @@ pub struct NodeStats {
     pub recharge_charged: AtomicU64,
     pub recharge_declined: AtomicU64,
     pub recharge_unknown: AtomicU64,
+    /// Idempotency records resident in memory, over every cell.
+    pub idempotency_resident: AtomicU64,
+    /// Idempotency keys looked up in the store (not resident and not above
+    /// the account's largest stored key).
+    pub idempotency_lookups: AtomicU64,
 }
 
 /// A point-in-time copy, for rendering.
@@ -28,6 +33,8 @@ pub struct StatsSnapshot {
     pub recharge_charged: u64,
     pub recharge_declined: u64,
     pub recharge_unknown: u64,
+    pub idempotency_resident: u64,
+    pub idempotency_lookups: u64,
 }
 
 impl NodeStats {
@@ -56,6 +63,8 @@ impl NodeStats {
             recharge_charged: self.recharge_charged.load(Ordering::Relaxed),
             recharge_declined: self.recharge_declined.load(Ordering::Relaxed),
             recharge_unknown: self.recharge_unknown.load(Ordering::Relaxed),
+            idempotency_resident: self.idempotency_resident.load(Ordering::Relaxed),
+            idempotency_lookups: self.idempotency_lookups.load(Ordering::Relaxed),
         }
     }
 }

@@ -17,6 +17,9 @@ use crate::ledger::{
 /// The generated protobuf types, client and server (`prepaid.v1`).
 pub mod pb {
     tonic::include_proto!("prepaid.v1");
+
+    /// The contract's descriptors, as gRPC reflection serves them.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("prepaid_descriptor");
 }
 
 use pb::request::Op;
@@ -241,7 +244,13 @@ fn accepted(r: Reply) -> pb::Accepted {
         Detail::ExpirySet { grants } => Some(D::ExpirySet(pb::ExpirySet { grants })),
         Detail::Balance(view) => Some(D::BalanceView(balance_view(&view))),
     };
-    pb::Accepted { status: status(r.status), balance: s(r.balance), available: s(r.available), detail }
+    pb::Accepted {
+        status: status(r.status),
+        balance: s(r.balance),
+        available: s(r.available),
+        replayed: r.replayed,
+        detail,
+    }
 }
 
 pub fn balance_view(v: &BalanceView) -> pb::BalanceView {

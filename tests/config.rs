@@ -82,6 +82,8 @@ fn bounds_are_checked_at_and_past_their_limits() {
     assert!(with("checkpoint_log_bytes_max = 17179869185").is_err());
     assert!(with("checkpoint_interval_ms = 10").is_ok() && with("checkpoint_interval_ms = 3600000").is_ok());
     assert!(with("checkpoint_interval_ms = 9").is_err() && with("checkpoint_interval_ms = 3600001").is_err());
+    assert!(with("idempotency_resident_keys = 1").is_ok() && with("idempotency_resident_keys = 1000000").is_ok());
+    assert!(with("idempotency_resident_keys = 0").is_err() && with("idempotency_resident_keys = 1000001").is_err());
     let server = |text: &str| NodeConfig::from_toml(&format!("[server]\n{text}\n"));
     assert!(server("max_streams_per_connection = 1").is_ok());
     assert!(server("max_streams_per_connection = 0").is_err());

@@ -104,7 +104,7 @@ fn verify(
     for i in 0..20 {
         let name = format!("org_{i}");
         let id = AccountId::new(&name).unwrap();
-        let Some(loaded) = store.load(&id, 0).unwrap() else {
+        let Some(loaded) = store.load(&id).unwrap() else {
             assert!(!by_account.contains_key(name.as_str()), "cycle {cycle}: {name} acknowledged work but is gone");
             continue;
         };
@@ -112,10 +112,10 @@ fn verify(
         auditor
             .check_more(&id, &new, Some(&loaded.state), None)
             .unwrap_or_else(|finding| panic!("cycle {cycle}: {finding}"));
-        let keys: std::collections::HashSet<&str> = loaded.dedup.iter().map(|(k, _)| k.as_str()).collect();
         for key in by_account.get(name.as_str()).into_iter().flatten() {
+            let found = store.dedup(&id, &IdemKey::new(key).unwrap(), 0).unwrap();
             assert!(
-                keys.contains(key),
+                found.is_some(),
                 "cycle {cycle}: acknowledged {key} on {name} was lost ({this_cycle} acks this cycle)"
             );
         }
@@ -124,7 +124,7 @@ fn verify(
         // Once, at the end: the whole journal replays to the snapshot.
         for i in 0..20 {
             let id = AccountId::new(&format!("org_{i}")).unwrap();
-            if let Some(loaded) = store.load(&id, 0).unwrap() {
+            if let Some(loaded) = store.load(&id).unwrap() {
                 let journal = store.history(&id, 0, u32::MAX).unwrap();
                 let replayed = AccountState::from_records(id.clone(), &journal).unwrap().unwrap();
                 assert_eq!(replayed, loaded.state, "{id}: journal and snapshot agree");
@@ -161,7 +161,7 @@ fn settle_and_compare_recharges(dir: &std::path::Path) -> (usize, usize) {
                 assert!(credited.insert(format!("{id}:{attempt_id}")), "{id}:{attempt_id} credited twice");
             }
         }
-        if let Some(loaded) = store.load(&id, 0).unwrap() {
+        if let Some(loaded) = store.load(&id).unwrap() {
             assert_eq!(loaded.state.auto_recharge.in_flight, None, "{id}: a recharge still in flight after settling");
         }
     }

@@ -132,7 +132,7 @@ fn journal_checks(dir: &Path, accounts: &[String]) {
     let store = RocksStore::open(dir).unwrap();
     for name in accounts {
         let account = id(name);
-        let Some(loaded) = store.load(&account, 0).unwrap() else { continue };
+        let Some(loaded) = store.load(&account).unwrap() else { continue };
         let journal = store.history(&account, 0, u32::MAX).unwrap();
         let sum: Amount = journal.iter().map(|r| r.event.balance_delta()).sum();
         assert_eq!(sum, loaded.state.balance(), "{name}: ledger sum = balance");
@@ -202,7 +202,7 @@ async fn requests_are_applied_and_durable_across_restart() {
         // would be decided anew, by design.)
         for (request, first) in replies.values().filter(|(_, first)| first.is_ok()) {
             let again = node.execute(request.clone()).await;
-            assert_eq!(&again, first, "{:?}", request.key);
+            assert_eq!(again, first.clone().map(|r| Reply { replayed: true, ..r }), "{:?}", request.key);
         }
         let after = futures_balances(&node, &names).await;
         for (b, a) in before.iter().zip(&after) {
@@ -331,7 +331,8 @@ async fn passivation_and_reactivation_are_invisible_to_callers() {
     assert!(eventually(500, || async { node.resident_accounts() == 0 }).await, "the idle account was passivated");
     // Reactivated from disk: same figures, same idempotency records.
     assert_eq!(balance(&node, "org_p").await, before);
-    assert_eq!(node.execute(strict("org_p", "d1", "1.25")).await, first, "the first reply, from the reloaded table");
+    let again = node.execute(strict("org_p", "d1", "1.25")).await;
+    assert_eq!(again, first.map(|r| Reply { replayed: true, ..r }), "the first reply, from the store");
     assert_eq!(node.execute(strict("org_p", "d1", "9")).await.unwrap_err().code(), "idempotency_conflict");
     node.execute(strict("org_p", "d2", "1")).await.unwrap();
     assert_eq!(balance(&node, "org_p").await.balance, amt("7.75"));
@@ -381,8 +382,16 @@ impl Store for FailingStore {
         }
         Ok(())
     }
-    fn load(&self, id: &AccountId, since: u64) -> Result<Option<prepaid::store::Loaded>, prepaid::store::StoreError> {
-        self.inner.load(id, since)
+    fn load(&self, id: &AccountId) -> Result<Option<prepaid::store::Loaded>, prepaid::store::StoreError> {
+        self.inner.load(id)
+    }
+    fn dedup(
+        &self,
+        id: &AccountId,
+        key: &IdemKey,
+        since: u64,
+    ) -> Result<Option<prepaid::ledger::DedupRecord>, prepaid::store::StoreError> {
+        self.inner.dedup(id, key, since)
     }
     fn history(&self, id: &AccountId, after: u64, limit: u32) -> Result<Vec<EventRecord>, prepaid::store::StoreError> {
         self.inner.history(id, after, limit)
@@ -441,7 +450,7 @@ async fn a_failed_write_is_never_acknowledged_reads_go_on_and_writes_resume_when
     assert_eq!(node.execute(strict("org_f", "d1", "1")).await.unwrap().balance, amt("9"));
     assert_eq!(node.execute(strict("org_f", "d2", "1")).await.unwrap().balance, amt("8"));
     assert_eq!(node.execute(strict("org_f", "d1", "1")).await.unwrap().balance, amt("9"), "the first result again");
-    let durable = store.inner.load(&id("org_f"), 0).unwrap().unwrap();
+    let durable = store.inner.load(&id("org_f")).unwrap().unwrap();
     assert_eq!(durable.state.balance(), amt("8"));
     let journal = store.inner.history(&id("org_f"), 0, u32::MAX).unwrap();
     let sum: Amount = journal.iter().map(|r| r.event.balance_delta()).sum();
@@ -614,9 +623,104 @@ async fn idempotency_records_past_the_window_leave_the_store_too() {
     node.execute(purchase("org_w", "new-key", "10")).await.unwrap();
     node.shutdown().await;
     let store = RocksStore::open(&f.dir.0).unwrap();
-    let keys: Vec<String> =
-        store.load(&id("org_w"), 0).unwrap().unwrap().dedup.iter().map(|(k, _)| k.to_string()).collect();
-    assert_eq!(keys, ["new-key"]);
+    let (old, new) = (IdemKey::new("old-key").unwrap(), IdemKey::new("new-key").unwrap());
+    // Until compaction the old record is still there, but no longer answers.
+    // The old key was recorded at T0; the window has passed since.
+    assert!(store.dedup(&id("org_w"), &old, T0 - 1).unwrap().is_some(), "still stored");
+    assert!(store.dedup(&id("org_w"), &old, T0).unwrap().is_none(), "past the window");
+    store.compact().unwrap();
+    assert!(store.dedup(&id("org_w"), &old, 0).unwrap().is_none(), "compaction dropped the old record");
+    assert!(store.dedup(&id("org_w"), &new, 0).unwrap().is_some(), "and kept the new one");
+}
+
+/// Idempotency in bounded memory: with the window full (the clock does not
+/// move), an account keeps at most `idempotency_resident_keys` durable
+/// records in memory; the rest are found in the store — in the log tail or
+/// in tables, before and after a restart — and keys that grow per account
+/// are never looked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_memory_stays_bounded_while_the_window_is_full() {
+    const CAP: usize = 4;
+    const BATCH: usize = 50;
+    const DEBITS: usize = 1_000;
+    let f = Fixture::new("dedup-bounded");
+    let mut cfg = config();
+    cfg.node.idempotency_resident_keys = CAP;
+    let store = Arc::new(RocksStore::open(&f.dir.0).unwrap());
+    let start = |store: &Arc<RocksStore>, cfg: &NodeConfig| {
+        let store: Arc<dyn Store> = store.clone();
+        Node::start_with(cfg.clone(), store, Arc::new(f.clock.clone()), f.gateway.clone())
+    };
+    let node = start(&store, &cfg).await.unwrap();
+    for name in ["org_down", "org_up"] {
+        node.execute(open(name)).await.unwrap();
+        node.execute(purchase(name, "buy", "1000")).await.unwrap();
+    }
+    let before = balance(&node, "org_up").await.balance;
+    let after = before - amt("100");
+    // Keys that fall (each below every key before it: a lookup each) and
+    // keys that grow (never a lookup).
+    fn down(i: usize) -> String {
+        format!("k{:05}", 99_999 - i)
+    }
+    fn up(i: usize) -> String {
+        format!("k{i:05}")
+    }
+    let key_of = |name: &str| -> fn(usize) -> String { if name == "org_down" { down } else { up } };
+    let mut most_resident = 0;
+    for name in ["org_down", "org_up"] {
+        let key = key_of(name);
+        let lookups_before = node.stats().idempotency_lookups;
+        for batch in 0..DEBITS / BATCH {
+            if batch == DEBITS / BATCH / 2 {
+                // Half of them into tables, half left in the log tail.
+                store.checkpoint().unwrap();
+            }
+            let reqs = (batch * BATCH..(batch + 1) * BATCH).map(|i| strict(name, &key(i), "0.1")).collect();
+            for result in node.execute_batch(reqs).await.unwrap() {
+                assert!(!result.unwrap().replayed);
+            }
+            most_resident = most_resident.max(node.stats().idempotency_resident);
+        }
+        let lookups = node.stats().idempotency_lookups - lookups_before;
+        match name {
+            // All but the first batch's: nothing was evicted before it.
+            "org_down" => assert!(lookups >= (DEBITS - BATCH) as u64, "falling keys are looked up: {lookups}"),
+            _ => assert_eq!(lookups, 0, "growing keys need no lookup"),
+        }
+    }
+    // At most the cap per account plus the last batch, not yet durable when
+    // its cell last ran, whatever the number of keys in the window.
+    assert!(most_resident <= (2 * (CAP + BATCH)) as u64, "resident records: {most_resident}");
+    node.execute(req("org_down", None, Command::Balance)).await.unwrap();
+    node.execute(req("org_up", None, Command::Balance)).await.unwrap();
+    assert!(node.stats().idempotency_resident <= 2 * CAP as u64, "settled: {}", node.stats().idempotency_resident);
+
+    // Every key still has its first result, from wherever it is.
+    let check = |node: Node| async move {
+        for name in ["org_down", "org_up"] {
+            let key = key_of(name);
+            for i in [0, 1, DEBITS / 2, DEBITS - 1] {
+                let again = node.execute(strict(name, &key(i), "0.1")).await.unwrap();
+                assert!(again.replayed, "{name} {}: the first result again", key(i));
+                let other = node.execute(strict(name, &key(i), "0.2")).await.unwrap_err();
+                assert_eq!(other.code(), "idempotency_conflict", "{name} {}", key(i));
+            }
+            assert_eq!(balance(&node, name).await.balance, after, "{name}: nothing ran twice");
+        }
+        node
+    };
+    let node = check(node).await;
+    node.shutdown().await;
+    let node = check(start(&store, &cfg).await.unwrap()).await;
+    // A new key below the largest is looked up, found nowhere, and runs.
+    node.execute(strict("org_up", "k00000-new", "0.1")).await.unwrap();
+    let last = after - amt("0.1");
+    assert_eq!(balance(&node, "org_up").await.balance, last);
+    node.shutdown().await;
+    let journal = store.history(&id("org_up"), 0, u32::MAX).unwrap();
+    let sum: Amount = journal.iter().map(|r| r.event.balance_delta()).sum();
+    assert_eq!(sum, last, "ledger sum = balance");
 }
 
 /// The log and the checkpointer, on the store alone: groups written and the
@@ -657,7 +761,6 @@ mod log_store {
                     records: outcome.records,
                     snapshot: Arc::new(account.state.clone().unwrap()),
                     dedup,
-                    dedup_expired: outcome.expired,
                     timer_before: None,
                     timer_after: None,
                     in_flight_changed: false,
@@ -669,7 +772,7 @@ mod log_store {
         /// Every account as the store holds it equals the ledger's memory.
         fn check(&self, store: &RocksStore) {
             for (id, account) in &self.accounts {
-                let loaded = store.load(id, 0).unwrap().unwrap();
+                let loaded = store.load(id).unwrap().unwrap();
                 assert_eq!(&loaded.state, account.state.as_ref().unwrap(), "{id}: snapshot");
                 let history = store.history(id, 0, u32::MAX).unwrap();
                 let replayed = AccountState::from_records(id.clone(), &history).unwrap().unwrap();
@@ -679,9 +782,15 @@ mod log_store {
                 // A page from the middle is the same slice.
                 let page = store.history(id, 2, 3).unwrap();
                 assert_eq!(page, history[2..history.len().min(5)], "{id}: a page from the middle");
-                for (key, record) in &loaded.dedup {
-                    assert_eq!(account.dedup.get(key), Some(record), "{id}: idempotency record {key}");
+                for (key, record) in account.dedup.iter() {
+                    assert_eq!(
+                        store.dedup(id, key, 0).unwrap().as_ref(),
+                        Some(record),
+                        "{id}: idempotency record {key}"
+                    );
                 }
+                let largest = account.dedup.iter().map(|(k, _)| k).max();
+                assert_eq!(loaded.dedup_max.as_ref(), largest, "{id}: the largest key");
             }
         }
     }
@@ -811,7 +920,7 @@ mod log_store {
     /// holds at least the records of `acknowledged` (last seq per account).
     fn holds_at_least(store: &RocksStore, acknowledged: &HashMap<AccountId, u64>) {
         for (id, &seq) in acknowledged {
-            let loaded = store.load(id, 0).unwrap().expect("an acknowledged account");
+            let loaded = store.load(id).unwrap().expect("an acknowledged account");
             let history = store.history(id, 0, u32::MAX).unwrap();
             assert!(history.len() as u64 >= seq, "{id}: {} records, {seq} acknowledged", history.len());
             let replayed = AccountState::from_records(id.clone(), &history).unwrap().unwrap();
@@ -944,19 +1053,22 @@ mod log_store {
     }
 
     #[test]
-    fn a_log_written_with_another_shard_count_replays_in_sequence_order() {
+    fn a_data_dir_keeps_the_shard_count_it_was_made_with() {
         let dir = tempdir::Dir::new("log-shards");
         let mut accounts = Accounts::new();
         {
-            let store = RocksStore::open_with(&dir.0, RocksOptions { shards: 3, ..RocksOptions::default() }).unwrap();
+            let store =
+                RocksStore::open_with(&dir.0, RocksOptions { shards: Some(3), ..RocksOptions::default() }).unwrap();
             traffic(&mut accounts, &store, 6, 0);
         }
-        {
-            let store = RocksStore::open_with(&dir.0, RocksOptions { shards: 7, ..RocksOptions::default() }).unwrap();
-            accounts.check(&store);
-            traffic(&mut accounts, &store, 6, 6);
-        }
-        let store = RocksStore::open(&dir.0).unwrap();
+        // Every key starts with its shard: another count would misplace
+        // every account, so the store refuses to open, and says why.
+        let refused = RocksStore::open_with(&dir.0, RocksOptions { shards: Some(7), ..RocksOptions::default() });
+        let message = refused.err().expect("another shard count is refused").to_string();
+        assert!(message.contains("made with 3 shards") && message.contains("node.shards is 7"), "{message}");
+        let store = RocksStore::open_with(&dir.0, RocksOptions { shards: Some(3), ..RocksOptions::default() }).unwrap();
+        accounts.check(&store);
+        traffic(&mut accounts, &store, 6, 6);
         accounts.check(&store);
     }
 }

@@ -250,7 +250,7 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
                 let before = h.journal.len();
                 let outcome = h.run_keyed(Some(key), cmd);
                 prop_assert!(outcome.replayed);
-                prop_assert_eq!(outcome.result, Ok(reply));
+                prop_assert_eq!(outcome.result, Ok(Reply { replayed: true, ..reply }));
                 prop_assert_eq!(h.journal.len(), before, "a resend writes nothing");
                 continue;
             }

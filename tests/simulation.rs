@@ -421,7 +421,7 @@ impl Sim {
         let mut applied = 0;
         for id in &self.accounts {
             let journal = store.history(id, 0, u32::MAX).unwrap();
-            let state = store.load(id, 0).unwrap().map(|l| l.state);
+            let state = store.load(id).unwrap().map(|l| l.state);
             let audit = self
                 .auditor
                 .check_account(id, &journal, state.as_ref(), Some(settled_at))

@@ -119,7 +119,7 @@ impl Torture {
         let mut records = 0;
         for name in self.accounts.clone() {
             let id = AccountId::new(&name).unwrap();
-            let state = store.load(&id, 0).unwrap().map(|l| l.state);
+            let state = store.load(&id).unwrap().map(|l| l.state);
             let seen = self.seen(&id);
             let new = store.history(&id, seen, u32::MAX).unwrap();
             let audit = self

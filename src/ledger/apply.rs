@@ -40,14 +40,11 @@ pub struct Outcome {
     pub recorded: Option<IdemKey>,
     /// The reply is the first result of this key, given again.
     pub replayed: bool,
-    /// Idempotency keys that left the window before this request: the store
-    /// deletes them with the records. (No allocation when there are none.)
-    pub expired: Vec<IdemKey>,
 }
 
 impl Outcome {
     fn refused(reason: Reason) -> Outcome {
-        Outcome { result: Err(reason), records: Vec::new(), recorded: None, replayed: false, expired: Vec::new() }
+        Outcome { result: Err(reason), records: Vec::new(), recorded: None, replayed: false }
     }
 }
 
@@ -63,8 +60,7 @@ impl Account {
             return Outcome::refused(reason);
         }
         // 2. Idempotency: a key seen before answers without running.
-        let mut expired = Vec::new();
-        self.dedup.prune(now_ms, cfg.idempotency_window_ms, &mut expired);
+        self.dedup.prune(now_ms, cfg.idempotency_window_ms);
         let key = req.key.as_ref().filter(|_| !req.command.is_query());
         // The table is the account's own, so the command alone identifies
         // the request.
@@ -74,14 +70,15 @@ impl Account {
             match self.dedup.lookup(key, fingerprint) {
                 Lookup::Seen(first) => {
                     let replayed = first.is_ok();
-                    return Outcome { result: first, records: Vec::new(), recorded: None, replayed, expired };
+                    let result = first.map(|reply| Reply { replayed: true, ..reply });
+                    return Outcome { result, records: Vec::new(), recorded: None, replayed };
                 }
                 Lookup::New(slot) => new_key = Some((key, fingerprint, slot)),
             }
         }
         // 2b. Deadlines against the clock: only for requests not seen before.
         if let Err(reason) = decide::check_deadlines(&req.command, now_ms, cfg) {
-            return Outcome { expired, ..Outcome::refused(reason) };
+            return Outcome::refused(reason);
         }
         // 3. The account's state.
         let mut records = Vec::with_capacity(2);
@@ -96,7 +93,7 @@ impl Account {
             }
             _ => None,
         };
-        Outcome { result, records, recorded, replayed: false, expired }
+        Outcome { result, records, recorded, replayed: false }
     }
 }
 
@@ -154,5 +151,5 @@ fn fold(state: &mut AccountState, events: &mut Vec<Event>, now_ms: u64, records:
 }
 
 fn reply(state: &AccountState, detail: Detail) -> Reply {
-    Reply { status: state.status(), balance: state.balance(), available: state.available(), detail }
+    Reply { status: state.status(), balance: state.balance(), available: state.available(), detail, replayed: false }
 }

@@ -6,6 +6,10 @@
 //! the same key with a different request is `idempotency_conflict`. Records
 //! older than the window are pruned by the time argument.
 //!
+//! This table is what is resident: the shell keeps it bounded (`evict`
+//! the oldest once they are durable) and puts back a record it found on disk
+//! (`remember`) before a request with that key runs.
+//!
 //! Refusals are not recorded: a refused request changed nothing, so running
 //! it again is safe, and not writing them keeps a flood of refused requests
 //! (an account out of credit) off the journal. A key whose request was refused
@@ -74,19 +78,39 @@ impl Dedup {
         self.records.get(key)
     }
 
-    /// Forgets records at or past the window, adding their keys to
-    /// `expired` (for the store to delete too). Keys arrive in time order
-    /// per account, so this looks at the front only.
-    pub fn prune(&mut self, now_ms: u64, window_ms: u64, expired: &mut Vec<IdemKey>) {
+    /// Forgets records at or past the window (the store keeps its own copy
+    /// and stops answering with it at the same age). Keys arrive in time
+    /// order per account, so this looks at the front only.
+    pub fn prune(&mut self, now_ms: u64, window_ms: u64) {
         while let Some((at_ms, _)) = self.order.front() {
             if at_ms.saturating_add(window_ms) > now_ms {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front() {
                 self.records.remove(&key);
-                expired.push(key);
             }
         }
+    }
+
+    /// Forgets the oldest record and returns its key (the store holds it).
+    pub fn evict_oldest(&mut self) -> Option<IdemKey> {
+        let (_, key) = self.order.pop_front()?;
+        self.records.remove(&key);
+        Some(key)
+    }
+
+    /// Puts back a record read from the store, as the oldest (it is: only
+    /// evicted records are read back), so it is the first evicted again.
+    pub fn remember(&mut self, key: IdemKey, record: DedupRecord) {
+        if self.records.contains_key(&key) {
+            return;
+        }
+        self.order.push_front((record.at_ms, key.clone()));
+        self.records.insert(key, record);
+    }
+
+    pub fn contains(&self, key: &IdemKey) -> bool {
+        self.records.contains_key(key)
     }
 
     pub fn len(&self) -> usize {

@@ -17,6 +17,11 @@ pub struct Reply {
     pub balance: Amount,
     pub available: Amount,
     pub detail: Detail,
+    /// This is the first result of the request's idempotency key, given
+    /// again: the request did not run now (figures are as they were then).
+    /// Never stored: a record holds the first reply as it was.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

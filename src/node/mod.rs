@@ -95,7 +95,7 @@ impl Node {
         let n = &config.node;
         let opts = crate::store::RocksOptions {
             memtable_mb: n.memtable_mb,
-            shards: n.shards,
+            shards: Some(n.shards),
             checkpoint_log_bytes_max: n.checkpoint_log_bytes_max,
             checkpoint_interval_ms: n.checkpoint_interval_ms,
             idempotency_window_ms: config.ledger.idempotency_window_ms,

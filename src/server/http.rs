@@ -214,19 +214,22 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
         Some(Err(e)) if single => Some(e.clone()),
         _ => None,
     };
+    let first_replayed = single && matches!(results.first(), Some(Ok(reply)) if reply.replayed);
     let out: Vec<Value> = results
         .into_iter()
         .map(|r| match r {
-            Ok(reply) => json!({ "ok": reply }),
+            Ok(reply) => json!({ "ok": reply, "replayed": reply.replayed }),
             Err(e) => json!({ "error": error_json(&e) }),
         })
         .collect();
     // A single request refused is refused with its HTTP status; a batch
-    // answers 200 with one result each (some may be refusals).
+    // answers 200 with one result each (some may be refusals). A single
+    // reply that is a key's first result again says so in a header too.
     if single {
         let first = out.into_iter().next().unwrap_or(Value::Null);
         return match first_error {
             Some(e) => (http_status(&e), axum::Json(first)).into_response(),
+            None if first_replayed => ([("idempotent-replayed", "true")], axum::Json(first)).into_response(),
             None => axum::Json(first).into_response(),
         };
     }

@@ -106,7 +106,7 @@ impl Metrics {
         let _ = writeln!(out, "prepaid_group_accounts_bucket{{le=\"+Inf\"}} {}", g.node.groups);
         let _ = writeln!(out, "prepaid_group_accounts_sum {}", g.node.group_accounts);
         let _ = writeln!(out, "prepaid_group_accounts_count {}", g.node.groups);
-        let gauges: [(&str, &str, &str, u64); 12] = [
+        let gauges: [(&str, &str, &str, u64); 14] = [
             ("prepaid_resident_accounts", "gauge", "Account actors in memory.", g.resident_accounts as u64),
             (
                 "prepaid_storage_failed",
@@ -139,6 +139,18 @@ impl Metrics {
                 "counter",
                 "Gateway calls with no answer (asked again, same key).",
                 g.node.recharge_unknown,
+            ),
+            (
+                "prepaid_idempotency_resident_keys",
+                "gauge",
+                "Idempotency records in memory (node.idempotency_resident_keys per account at most, once durable).",
+                g.node.idempotency_resident,
+            ),
+            (
+                "prepaid_idempotency_lookups_total",
+                "counter",
+                "Idempotency keys looked up in the store (not in memory, not above the account's largest key).",
+                g.node.idempotency_lookups,
             ),
             (
                 "prepaid_webhook_backlog",

@@ -193,9 +193,14 @@ pub async fn run(
     // node dropped while its writer and RocksDB run takes the process down
     // with it (a failed bind used to crash with memory corruption).
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
-    let (grpc_listener, http_listener, bound) = match bind(&cfg).await {
-        Ok(bound) => bound,
-        Err(e) => {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::wire::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Start(format!("gRPC reflection: {e}")));
+    let (reflection, (grpc_listener, http_listener, bound)) = match (reflection, bind(&cfg).await) {
+        (Ok(reflection), Ok(bound)) => (reflection, bound),
+        (Err(e), _) | (_, Err(e)) => {
             node.shutdown().await;
             return Err(e);
         }
@@ -257,10 +262,17 @@ pub async fn run(
     let service = crate::wire::pb::ledger_server::LedgerServer::new(grpc::LedgerService(Arc::clone(&api)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max.max(64 * 1024 * 1024));
+    // gRPC health checking (`grpc.health.v1`: the Ledger service and ""
+    // follow storage, as /health does) and reflection (grpcurl), both
+    // without a token, as probes need.
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_watch = tokio::spawn(watch_health(Arc::clone(&api), reporter, stop_rx.clone()));
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(cfg.server.max_streams_per_connection))
         .add_service(grpc::Door { inner: service, api: Arc::clone(&api) })
+        .add_service(health_service)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
 
     let app = http::router(Arc::clone(&api));
@@ -278,6 +290,7 @@ pub async fn run(
     };
     drop(servers);
     acceptor.abort();
+    health_watch.abort();
     if let Some(w) = &webhooks {
         w.stop().await;
     }
@@ -290,6 +303,33 @@ pub async fn run(
         http_result.map_err(|e| ServeError::Start(e.to_string()))?;
     }
     Ok(())
+}
+
+/// The service name gRPC health checks ask for (besides "", the server).
+pub const GRPC_SERVICE: &str = "prepaid.v1.Ledger";
+
+/// Keeps gRPC health in step with the node: SERVING while storage works,
+/// NOT_SERVING while it is failed (writes refused) and once stopping starts.
+async fn watch_health(api: Arc<Api>, reporter: tonic_health::server::HealthReporter, mut stop: watch::Receiver<bool>) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let stopping = *stop.borrow();
+        let serving = !stopping && api.node().is_ok_and(|node| node.storage_failure().is_none());
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if last != Some(status) {
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(GRPC_SERVICE, status).await;
+            last = Some(status);
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 /// Both listeners, or why not.

@@ -7,6 +7,7 @@
 //! it go into the worker's submission to the journal writer; the cell does
 //! not wait for the disk (pipelining).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +16,7 @@ use crate::error::Error;
 use crate::journal::Submission;
 use crate::ledger::{Account, AccountId, Command, Dedup, Event, IdemKey};
 use crate::shard::{Job, Shared};
+use crate::stats::NodeStats;
 use crate::store::{AccountWrite, Loaded, StoreError};
 
 pub struct Cell {
@@ -28,8 +30,17 @@ pub struct Cell {
     /// made durable.
     submitted_seq: u64,
     durable_seq: Arc<AtomicU64>,
-    /// Idempotency keys past the window, to delete with the next write.
-    dedup_expired: Vec<IdemKey>,
+    /// Above every idempotency key the store may hold and memory does not
+    /// (`None`: there is none): a key above it is new without a lookup.
+    dedup_max: Option<IdemKey>,
+    /// Writes not yet durable: (last sequence, idempotency records it
+    /// carries), oldest first, and their records in all. Those records are
+    /// the newest in memory and are not evicted before they are durable.
+    unsettled: VecDeque<(u64, usize)>,
+    unsettled_keys: usize,
+    /// Resident idempotency records as last counted in the node's gauge.
+    resident_keys: usize,
+    stats: Arc<NodeStats>,
     /// The health epoch this memory belongs to (see `health.rs`).
     epoch: u64,
     pub last_used_ms: u64,
@@ -46,7 +57,11 @@ impl Cell {
             in_flight_written: None,
             submitted_seq: 0,
             durable_seq: Arc::new(AtomicU64::new(0)),
-            dedup_expired: Vec::new(),
+            dedup_max: None,
+            unsettled: VecDeque::new(),
+            unsettled_keys: 0,
+            resident_keys: 0,
+            stats: Arc::clone(&shared.stats),
             epoch,
             last_used_ms: shared.clock.now_ms(),
         };
@@ -56,9 +71,10 @@ impl Cell {
 
     fn restore(&mut self, loaded: Option<Loaded>, shared: &Shared) {
         let ledger = &shared.cfg.ledger;
-        self.account = match loaded {
-            Some(loaded) => Account::restore(Some(loaded.state), Dedup::restore(shared.dedup_seed, loaded.dedup)),
-            None => Account::restore(None, Dedup::with_seed(shared.dedup_seed)),
+        let dedup = Dedup::with_seed(shared.dedup_seed);
+        (self.account, self.dedup_max) = match loaded {
+            Some(loaded) => (Account::restore(Some(loaded.state), dedup), loaded.dedup_max),
+            None => (Account::restore(None, dedup), None),
         };
         let last_seq = self.account.state.as_ref().map_or(0, |s| s.next_seq - 1);
         self.timer_written = self.account.state.as_ref().and_then(|s| s.next_deadline_ms(ledger.expiry_notice_ms));
@@ -67,7 +83,9 @@ impl Cell {
         // A new durable mark: a late confirmation for the old memory must
         // not count.
         self.durable_seq = Arc::new(AtomicU64::new(last_seq));
-        self.dedup_expired.clear();
+        self.unsettled.clear();
+        self.unsettled_keys = 0;
+        self.count_resident();
     }
 
     /// Whether everything the cell wrote is durable: only then may it be
@@ -80,8 +98,7 @@ impl Cell {
     /// (memory may be ahead of, or behind, the disk).
     pub fn catch_up(&mut self, shared: &Shared, epoch: u64) -> Result<(), StoreError> {
         if self.epoch != epoch {
-            let since = shared.clock.now_ms().saturating_sub(shared.cfg.ledger.idempotency_window_ms);
-            let loaded = shared.store.load(&self.id, since)?;
+            let loaded = shared.store.load(&self.id)?;
             self.restore(loaded, shared);
             self.epoch = epoch;
         }
@@ -113,8 +130,15 @@ impl Cell {
         let mut records = Vec::new();
         let mut dedup = Vec::new();
         let mut waiting = Vec::with_capacity(jobs.len());
+        self.evict(shared.cfg.node.idempotency_resident_keys);
         for job in jobs {
             debug_assert_eq!(job.req.account, self.id);
+            if let Err(e) = self.recall(&job, now, shared) {
+                if let Some(reply) = job.reply {
+                    reply.send(Err(Error::StorageUnavailable(e.to_string())));
+                }
+                continue;
+            }
             let outcome = self.account.execute(&job.req, now, ledger);
             if let Some(key) = &outcome.recorded
                 && let Some(record) = self.account.dedup.get(key)
@@ -124,7 +148,6 @@ impl Cell {
             let money_in = job.req.command.is_money_in() && !outcome.records.is_empty();
             let starts_recharge = outcome.records.iter().any(|r| matches!(r.event, Event::RechargeRequested { .. }));
             out.force_sync |= money_in || starts_recharge;
-            self.dedup_expired.extend(outcome.expired);
             records.extend(outcome.records);
             let result = outcome.result.map_err(Error::Refused);
             match job.reply {
@@ -141,25 +164,28 @@ impl Cell {
                 let in_flight_now = in_flight(account);
                 let in_flight_changed = in_flight_now != self.in_flight_written;
                 self.in_flight_written = in_flight_now;
+                let keys = dedup.len();
                 out.writes.push(AccountWrite {
                     id: self.id.clone(),
                     records,
                     snapshot: Arc::new(account.clone()),
                     dedup,
-                    // Kept until a write carries them: a batch that writes
-                    // nothing leaves them for the next one.
-                    dedup_expired: std::mem::take(&mut self.dedup_expired),
                     timer_before: self.timer_written,
                     timer_after,
                     in_flight_changed,
                 });
                 self.timer_written = timer_after;
                 self.submitted_seq = account.next_seq - 1;
+                if keys > 0 {
+                    self.unsettled.push_back((self.submitted_seq, keys));
+                    self.unsettled_keys += keys;
+                }
                 out.durable.push((Arc::clone(&self.durable_seq), self.submitted_seq));
                 true
             }
             _ => false,
         };
+        self.evict(shared.cfg.node.idempotency_resident_keys);
         // Nothing written and everything before is durable: answer now.
         // Otherwise the replies wait behind the account's writes.
         if !wrote && self.settled() {
@@ -169,6 +195,65 @@ impl Cell {
         } else {
             out.replies.extend(waiting);
         }
+    }
+}
+
+impl Cell {
+    /// Before a request with a key runs: a key that is not resident but may
+    /// be stored is read back from the store, so the ledger sees its first
+    /// result.
+    fn recall(&mut self, job: &Job, now: u64, shared: &Shared) -> Result<(), StoreError> {
+        let Some(key) = job.req.key.as_ref().filter(|_| !job.req.command.is_query()) else {
+            return Ok(());
+        };
+        if self.account.dedup.contains(key) || self.dedup_max.as_ref().is_none_or(|max| key > max) {
+            return Ok(());
+        }
+        shared.stats.idempotency_lookups.fetch_add(1, Ordering::Relaxed);
+        let since = now.saturating_sub(shared.cfg.ledger.idempotency_window_ms);
+        if let Some(record) = shared.store.dedup(&self.id, key, since)? {
+            self.account.dedup.remember(key.clone(), record);
+        }
+        Ok(())
+    }
+
+    /// Keeps at most `cap` idempotency records resident, oldest out first,
+    /// but never one whose write is not yet durable (the store would not
+    /// have it yet).
+    fn evict(&mut self, cap: usize) {
+        let durable = self.durable_seq.load(Ordering::Acquire);
+        while let Some(&(seq, keys)) = self.unsettled.front() {
+            if seq > durable {
+                break;
+            }
+            self.unsettled.pop_front();
+            self.unsettled_keys -= keys;
+        }
+        let dedup = &mut self.account.dedup;
+        while dedup.len() > cap && dedup.len() > self.unsettled_keys {
+            let Some(key) = dedup.evict_oldest() else { break };
+            if self.dedup_max.as_ref().is_none_or(|max| &key > max) {
+                self.dedup_max = Some(key);
+            }
+        }
+        self.count_resident();
+    }
+
+    /// Brings the node's gauge of resident idempotency records up to date.
+    fn count_resident(&mut self) {
+        let now = self.account.dedup.len();
+        if now >= self.resident_keys {
+            self.stats.idempotency_resident.fetch_add((now - self.resident_keys) as u64, Ordering::Relaxed);
+        } else {
+            self.stats.idempotency_resident.fetch_sub((self.resident_keys - now) as u64, Ordering::Relaxed);
+        }
+        self.resident_keys = now;
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        self.stats.idempotency_resident.fetch_sub(self.resident_keys as u64, Ordering::Relaxed);
     }
 }
 

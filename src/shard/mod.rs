@@ -188,13 +188,12 @@ impl WorkerState {
         self.loading += 1;
         let shared = &self.shared;
         let store = Arc::clone(&shared.store);
-        let since = shared.clock.now_ms().saturating_sub(shared.cfg.ledger.idempotency_window_ms);
         // The epoch before the read: if storage fails meanwhile, the cell
         // rereads before its first write.
         let epoch = shared.health.epoch();
         let me = me.clone();
         tokio::task::spawn_blocking(move || {
-            let loaded = store.load(&id, since).map(|found| found.map(Box::new));
+            let loaded = store.load(&id).map(|found| found.map(Box::new));
             // The worker is gone only when the node stopped.
             let _ = me.send_message(WorkerMsg::Loaded { id, loaded, epoch });
         });

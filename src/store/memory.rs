@@ -49,9 +49,6 @@ impl Store for MemoryStore {
                 m.journal.insert((w.id.clone(), r.seq), r.clone());
             }
             m.accounts.insert(w.id.clone(), (*w.snapshot).clone());
-            for k in &w.dedup_expired {
-                m.dedup.remove(&(w.id.clone(), k.clone()));
-            }
             for (k, d) in &w.dedup {
                 m.dedup.insert((w.id.clone(), k.clone()), d.clone());
             }
@@ -79,18 +76,21 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError> {
+    fn load(&self, id: &AccountId) -> Result<Option<Loaded>, StoreError> {
         let m = self.maps();
         let Some(state) = m.accounts.get(id).cloned() else { return Ok(None) };
-        let mut dedup: Vec<_> = m
+        let dedup_max = m
             .dedup
             .range((id.clone(), IdemKey::new("!").expect("valid"))..)
             .take_while(|((a, _), _)| a == id)
-            .filter(|(_, d)| d.at_ms >= dedup_since_ms)
-            .map(|((_, k), d)| (k.clone(), d.clone()))
-            .collect();
-        dedup.sort_by_key(|(_, d)| d.at_ms);
-        Ok(Some(Loaded { state, dedup }))
+            .last()
+            .map(|((_, k), _)| k.clone());
+        Ok(Some(Loaded { state, dedup_max }))
+    }
+
+    fn dedup(&self, id: &AccountId, key: &IdemKey, since_ms: u64) -> Result<Option<DedupRecord>, StoreError> {
+        let m = self.maps();
+        Ok(m.dedup.get(&(id.clone(), key.clone())).filter(|d| d.at_ms > since_ms).cloned())
     }
 
     fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {

@@ -36,10 +36,10 @@ pub struct AccountWrite {
     pub records: Vec<EventRecord>,
     /// The account's state after them.
     pub snapshot: std::sync::Arc<AccountState>,
-    /// Idempotency records made by the group's requests.
+    /// Idempotency records made by the group's requests. A store keeps each
+    /// for the idempotency window and no longer answers with it after (it
+    /// deletes them in its own time).
     pub dedup: Vec<(IdemKey, DedupRecord)>,
-    /// Idempotency records past the window, to delete.
-    pub dedup_expired: Vec<IdemKey>,
     /// The account's next deadline as last written, and as it is now: the
     /// timer index moves from one to the other.
     pub timer_before: Option<u64>,
@@ -65,12 +65,16 @@ pub struct WriteSet {
     pub webhooks: bool,
 }
 
-/// An account as activation reads it back.
+/// An account as activation reads it back. Its idempotency records stay
+/// in the store (`Store::dedup` finds one): only the largest key is read,
+/// so a cell knows that a key above it was never used (keys that grow per
+/// account need no lookup at all).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Loaded {
     pub state: AccountState,
-    /// Idempotency records still inside the window, oldest first.
-    pub dedup: Vec<(IdemKey, DedupRecord)>,
+    /// The largest idempotency key the store holds for the account, of any
+    /// age (`None`: none).
+    pub dedup_max: Option<IdemKey>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +83,8 @@ pub enum StoreError {
     Io(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the data dir does not fit this node: {0}")]
+    Incompatible(String),
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -107,9 +113,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The account's snapshot and its idempotency records written at or after
-    /// `dedup_since_ms`, or `None` if the account was never written.
-    fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError>;
+    /// The account's snapshot and its largest idempotency key, or `None` if
+    /// the account was never written.
+    fn load(&self, id: &AccountId) -> Result<Option<Loaded>, StoreError>;
+
+    /// The account's idempotency record for `key`, if one was written after
+    /// `since_ms` (now less the window: a record at it has expired, as the
+    /// ledger counts).
+    fn dedup(&self, id: &AccountId, key: &IdemKey, since_ms: u64) -> Result<Option<DedupRecord>, StoreError>;
 
     /// Journal records after `after_seq`, at most `limit`, oldest first.
     fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{Loaded, MemoryStore, Store, StoreError, WriteSet};
-use crate::ledger::{AccountId, Amount, EventRecord};
+use crate::ledger::{AccountId, Amount, DedupRecord, EventRecord, IdemKey};
 
 /// Fault rates, in calls per 1,000.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -229,8 +229,12 @@ impl Store for SimStore {
         Ok(())
     }
 
-    fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError> {
-        self.state()?.current.load(id, dedup_since_ms)
+    fn load(&self, id: &AccountId) -> Result<Option<Loaded>, StoreError> {
+        self.state()?.current.load(id)
+    }
+
+    fn dedup(&self, id: &AccountId, key: &IdemKey, since_ms: u64) -> Result<Option<DedupRecord>, StoreError> {
+        self.state()?.current.dedup(id, key, since_ms)
     }
 
     fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {

@@ -24,9 +24,12 @@ pub struct Dirty {
     pub snapshot: Arc<AccountState>,
     /// Journal records not yet in tables, in order.
     pub records: Vec<EventRecord>,
-    /// Idempotency records not yet in tables, oldest first.
-    pub dedup: Vec<(IdemKey, DedupRecord)>,
+    /// Idempotency records not yet in tables, by key (a lookup of an
+    /// evicted key comes here first).
+    pub dedup: DedupMap,
 }
+
+pub type DedupMap = HashMap<IdemKey, DedupRecord, SeededState>;
 
 /// Keyed with the stable hash (several times faster than SipHash on short
 /// ids), seeded per store.
@@ -56,6 +59,7 @@ impl Tail {
     /// Merges one account's write (its log entry has landed), keeping its
     /// records.
     pub fn merge(&mut self, w: AccountWrite) {
+        let hasher = *self.active.hasher();
         match self.active.get_mut(&w.id) {
             Some(dirty) => {
                 dirty.snapshot = w.snapshot;
@@ -63,7 +67,9 @@ impl Tail {
                 dirty.dedup.extend(w.dedup);
             }
             None => {
-                self.active.insert(w.id, Dirty { snapshot: w.snapshot, records: w.records, dedup: w.dedup });
+                let mut dedup = DedupMap::with_hasher(hasher);
+                dedup.extend(w.dedup);
+                self.active.insert(w.id, Dirty { snapshot: w.snapshot, records: w.records, dedup });
             }
         }
     }
@@ -107,15 +113,23 @@ impl Tail {
         self.pending.as_ref().and_then(|p| p.get(id)).map(|d| Arc::clone(&d.snapshot))
     }
 
-    /// The account's idempotency records in the tail, oldest first.
-    pub fn dedup(&self, id: &AccountId) -> Vec<(IdemKey, DedupRecord)> {
-        let mut out = Vec::new();
-        for generation in self.pending.iter().map(|p| p.as_ref()).chain([&self.active]) {
-            if let Some(dirty) = generation.get(id) {
-                out.extend_from_slice(&dirty.dedup);
-            }
-        }
-        out
+    /// The account's idempotency record for `key` in the tail (the newest
+    /// generation first).
+    pub fn dedup(&self, id: &AccountId, key: &IdemKey) -> Option<DedupRecord> {
+        [Some(&self.active), self.pending.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|generation| generation.get(id)?.dedup.get(key).cloned())
+    }
+
+    /// The account's largest idempotency key in the tail.
+    pub fn dedup_max(&self, id: &AccountId) -> Option<IdemKey> {
+        [Some(&self.active), self.pending.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|generation| generation.get(id)?.dedup.keys().max())
+            .max()
+            .cloned()
     }
 
     /// The account's journal records in the tail after `after_seq`, at most

@@ -188,7 +188,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_without_loss() {
     // The auditor reads what is on disk.
     let store = RocksStore::open(&data).unwrap();
     let journal = store.history(&id, 0, u32::MAX).unwrap();
-    let state = store.load(&id, 0).unwrap().map(|l| l.state);
+    let state = store.load(&id).unwrap().map(|l| l.state);
     let audit = auditor.check_account(&id, &journal, state.as_ref(), None).unwrap();
     assert_eq!(audit.applied as u64, acked + unknown.len() as u64);
     eprintln!(

@@ -135,6 +135,19 @@ pub async fn http_with(
     extra: &str,
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_headers(addr, method, path, token, extra, body).await;
+    (status, body)
+}
+
+/// `http_with`, with the reply's header lines (lowercase) too.
+pub async fn http_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &str,
+    body: &str,
+) -> (u16, Vec<String>, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let head = format!(
@@ -148,8 +161,9 @@ pub async fn http_with(
     let _ = stream.read_to_end(&mut out).await;
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let headers = head.lines().skip(1).map(str::to_lowercase).collect();
+    (status, headers, body.to_string())
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {

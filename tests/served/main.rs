@@ -23,7 +23,8 @@ async fn every_operation_over_grpc_and_the_client() {
     assert_eq!(debited.balance, "49.999999");
     // The same key again: the first result, nothing applied twice.
     let again = c.debit("acme", "d1", "0.000001").await.unwrap();
-    assert_eq!(again, debited);
+    assert!(!debited.replayed && again.replayed, "the reply says it is the first result again");
+    assert_eq!(pb::Accepted { replayed: false, ..again }, debited);
     // A hold, captured above its amount: the excess is charged.
     let held = c
         .call(Op::Hold(pb::Hold {
@@ -184,19 +185,22 @@ async fn admin_json_api_runs_requests_and_reads_accounts() {
     // (strict, api_request), and a single refused request is refused with
     // its HTTP status.
     let debit = r#"{"account":"j1","command":{"debit":{"amount":"0.5"}}}"#;
-    let (status, out) =
-        harness::http_with(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: h1\r\n", debit).await;
+    let (status, headers, out) =
+        harness::http_headers(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: h1\r\n", debit)
+            .await;
     assert_eq!(status, 200, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"]["balance"], "30.00", "{out}");
-    let (status, out) =
-        harness::http_with(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: h1\r\n", debit).await;
+    assert_eq!(v["replayed"], false, "{out}");
+    assert!(!headers.iter().any(|h| h.starts_with("idempotent-replayed")), "{headers:?}");
+    let (status, headers, out) =
+        harness::http_headers(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: h1\r\n", debit)
+            .await;
     assert_eq!(status, 200, "{out}");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["ok"]["balance"],
-        "30.00",
-        "the same key: once"
-    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"]["balance"], "30.00", "the same key: once");
+    assert_eq!(v["replayed"], true, "the reply says it is the first result again: {out}");
+    assert!(headers.iter().any(|h| h == "idempotent-replayed: true"), "and so does a header: {headers:?}");
     let keyed =
         r#"{"account":"j1","idempotency_key":"b2","command":{"debit":{"amount":"0.5","service":"fine_tuning"}}}"#;
     let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), keyed).await;
@@ -264,5 +268,43 @@ async fn a_deadline_is_an_unknown_outcome_and_the_same_key_is_safe_to_resend() {
     c.debit("slow", "k1", "1").await.unwrap();
     c.debit("slow", "k1", "1").await.unwrap();
     assert_eq!(c.balance("slow").await.unwrap().balance, "9.00");
+    s.stop().await;
+}
+
+/// gRPC health checking and reflection, as grpcurl and probes use them:
+/// no token needed, the Ledger service listed, SERVING while storage works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_and_reflection_answer_without_a_token() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let s = Served::start(|_| {}).await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", s.grpc)).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", prepaid::server::GRPC_SERVICE] {
+        let status = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(status.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&prepaid::server::GRPC_SERVICE), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
     s.stop().await;
 }

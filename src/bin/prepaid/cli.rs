@@ -407,7 +407,8 @@ fn detail_json(d: &Option<pb::accepted::Detail>) -> Value {
 fn accepted_json(a: &pb::Accepted) -> Value {
     json!({
         "ok": { "status": status_name(a.status), "balance": a.balance, "available": a.available,
-                "detail": detail_json(&a.detail) }
+                "detail": detail_json(&a.detail) },
+        "replayed": a.replayed
     })
 }
 
@@ -426,6 +427,9 @@ fn print_accepted(a: &pb::Accepted) {
             v.auto_recharge_threshold
         );
         return;
+    }
+    if a.replayed {
+        println!("replayed     the first result of this key, given again: nothing ran now");
     }
     println!("status       {}", status_name(a.status));
     println!("balance      {}", a.balance);

@@ -2,8 +2,9 @@
 //!
 //! A checkpoint takes the tail's `active` generation (every account written
 //! since the last checkpoint) and writes each account's snapshot, its new
-//! journal records as pages, its new idempotency records as a page
-//! (deleting pages past the window) — in writes of a bounded size, so that
+//! journal records as pages, its new idempotency records one key each
+//! (the compaction filter drops them past the window) — in writes of a
+//! bounded size, so that
 //! group writes interleave — and then, in a last write, for every shard the
 //! newest lsn covered with the deletion of that shard's log entries up to
 //! it. After a crash either the log is gone and the tables hold everything
@@ -26,15 +27,16 @@ use std::time::{Duration, Instant};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::{
-    CF_ACCOUNTS, CF_DEDUP, CF_JOURNAL, CF_LOG, CF_META, Inner, StoreError, account_prefix, be_u64, checkpoint_key,
+    CF_ACCOUNTS, CF_DEDUP, CF_JOURNAL, CF_LOG, CF_META, Inner, StoreError, account_key, be_u64, checkpoint_key,
     corrupt, dedup_key, io, journal_key, lock,
 };
 use crate::codec::{self, Stored, StoredRef};
+use crate::ledger::hash::SeededState;
 use crate::ledger::{AccountId, AccountState, DedupRecord, EventRecord, IdemKey};
-use crate::store::tail::{Dirty, Generation, Tail};
+use crate::store::tail::{DedupMap, Dirty, Generation, Tail};
 
 /// One account's records and idempotency records as the log holds them.
-type Logged = (Vec<EventRecord>, Vec<(IdemKey, DedupRecord)>);
+type Logged = (Vec<EventRecord>, DedupMap);
 
 /// Puts per checkpoint write before the last: a checkpoint of 100k
 /// accounts is ~300k puts, and one write of them all would hold every
@@ -87,17 +89,14 @@ impl Inner {
     /// Writes the pending generation (or, if none, the active one) to
     /// tables and drops the log entries it covers.
     pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
-        let mut count = lock(&self.checkpoints);
+        let _one = lock(&self.checkpoints);
         let Some((generation, covered)) = lock(&self.tail).start_checkpoint() else {
             return Ok(());
         };
-        let result = self.write_checkpoint(&generation, &covered, *count + 1);
+        let result = self.write_checkpoint(&generation, &covered);
         let mut tail = lock(&self.tail);
         match &result {
-            Ok(()) => {
-                *count += 1;
-                tail.finish_checkpoint();
-            }
+            Ok(()) => tail.finish_checkpoint(),
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; the log keeps everything, retrying");
                 tail.failure = Some(e.to_string());
@@ -108,57 +107,31 @@ impl Inner {
         result
     }
 
-    fn write_checkpoint(
-        &self,
-        generation: &Generation,
-        covered: &HashMap<u32, u64>,
-        number: u64,
-    ) -> Result<(), StoreError> {
+    fn write_checkpoint(&self, generation: &Generation, covered: &HashMap<u32, u64>) -> Result<(), StoreError> {
         let (accounts, journal, dedup, log, meta) =
             (self.cf(CF_ACCOUNTS)?, self.cf(CF_JOURNAL)?, self.cf(CF_DEDUP)?, self.cf(CF_LOG)?, self.cf(CF_META)?);
-        let window = self.opts.idempotency_window_ms;
         let mut batch = WriteBatch::default();
         let mut buf = Vec::new();
         // In key order: RocksDB's memtable skip list inserts a key next to
         // the one before it for almost nothing, a random one costs a search
         // through cold memory (the largest cost of a checkpoint unsorted).
-        let mut accounts_in_order: Vec<(&AccountId, &Dirty)> = generation.iter().collect();
-        accounts_in_order.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (id, dirty) in accounts_in_order {
+        let mut accounts_in_order: Vec<(u32, &AccountId, &Dirty)> =
+            generation.iter().map(|(id, dirty)| (self.shard_of(id), id, dirty)).collect();
+        accounts_in_order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut keys: Vec<(&IdemKey, &DedupRecord)> = Vec::new();
+        for (shard, id, dirty) in accounts_in_order {
             codec::encode_into(&StoredRef::Snapshot(&dirty.snapshot), &mut buf);
-            batch.put_cf(accounts, id.as_str(), &buf[..]);
+            batch.put_cf(accounts, account_key(shard, id), &buf[..]);
             for page in dirty.records.chunks(HISTORY_PAGE_RECORDS) {
                 codec::encode_into(&StoredRef::History(page), &mut buf);
-                batch.put_cf(journal, journal_key(id, page[0].seq), &buf[..]);
+                batch.put_cf(journal, journal_key(shard, id, page[0].seq), &buf[..]);
             }
-            if let Some(newest) = dirty.dedup.iter().map(|(_, d)| d.at_ms).max() {
-                // Pages whose newest record left the window, on the
-                // account's own clock, are deleted (the ledger forgets a
-                // key once its age reaches the window).
-                let live = |at_ms: u64| at_ms.saturating_add(window) > newest;
-                let prefix = account_prefix(id);
-                // An account younger than the window has no page past it:
-                // no seek.
-                let young = live(dirty.snapshot.opened_at_ms);
-                let pages = if young {
-                    None
-                } else {
-                    Some(self.db.iterator_cf(dedup, IteratorMode::From(&prefix, Direction::Forward)))
-                };
-                for item in pages.into_iter().flatten() {
-                    let (key, _) = item.map_err(io)?;
-                    if !key.starts_with(&prefix) || key.len() < prefix.len() + 8 {
-                        break;
-                    }
-                    if live(be_u64(&key[prefix.len()..prefix.len() + 8])?) {
-                        break;
-                    }
-                    batch.delete_cf(dedup, &key);
-                }
-                let page: Vec<(IdemKey, DedupRecord)> =
-                    dirty.dedup.iter().filter(|(_, d)| live(d.at_ms)).cloned().collect();
-                codec::encode_into(&StoredRef::DedupPage(&page), &mut buf);
-                batch.put_cf(dedup, dedup_key(id, newest, number), &buf[..]);
+            keys.clear();
+            keys.extend(dirty.dedup.iter());
+            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for &(key, record) in &keys {
+                codec::encode_into(&StoredRef::Dedup(key, record), &mut buf);
+                batch.put_cf(dedup, dedup_key(shard, id, key), &buf[..]);
             }
             // State goes in chunks, so a group write never waits behind one
             // huge write; only the last write, below, drops the log.
@@ -166,24 +139,20 @@ impl Inner {
                 self.db.write(std::mem::take(&mut batch)).map_err(io)?;
             }
         }
+        batch.put_cf(meta, b"dedup_newest", self.dedup_newest_ms.load(Ordering::Relaxed).to_be_bytes());
         for (&shard, &lsn) in covered {
             batch.put_cf(meta, checkpoint_key(shard), lsn.to_be_bytes());
             batch.delete_range_cf(log, super::log_key(shard, 0), super::log_key(shard, lsn + 1));
         }
-        batch.put_cf(meta, b"checkpoints", number.to_be_bytes());
         self.db.write(batch).map_err(io)
     }
 
     /// Makes the tail what the log holds: every entry folded over the
     /// snapshot in tables. Sets each shard's next lsn past everything used.
     pub(super) fn rebuild(&self) -> Result<(), StoreError> {
-        let mut count = lock(&self.checkpoints);
+        let one = lock(&self.checkpoints);
         let mut writer = lock(&self.writer);
         let meta = self.cf(CF_META)?;
-        *count = match self.db.get_cf(meta, b"checkpoints").map_err(io)? {
-            Some(v) => be_u64(&v)?,
-            None => 0,
-        };
         let mut lsn: HashMap<u32, u64> = HashMap::new();
         for item in self.db.iterator_cf(meta, IteratorMode::From(b"ckpt", Direction::Forward)) {
             let (key, value) = item.map_err(io)?;
@@ -208,7 +177,9 @@ impl Inner {
                 return Err(corrupt(format!("log entry {shard}/{entry} holds something else")));
             };
             for item in items {
-                let (records, dedup) = logged.entry(item.id).or_default();
+                let (records, dedup) = logged
+                    .entry(item.id)
+                    .or_insert_with(|| (Vec::new(), DedupMap::with_hasher(SeededState(self.seed))));
                 records.extend(item.records);
                 dedup.extend(item.dedup);
             }
@@ -218,8 +189,8 @@ impl Inner {
             tail.active_bytes += value.len() as u64;
         }
         for (id, (mut records, dedup)) in logged {
-            // An account's entries are in one shard unless `shards` changed
-            // between runs: order by sequence, not by log position.
+            // An account's entries are in its shard, in log order; sorting
+            // by sequence costs nothing then and is what replay needs.
             records.sort_by_key(|r| r.seq);
             records.dedup_by_key(|r| r.seq);
             let mut state = self.load_snapshot(&id)?;
@@ -244,7 +215,7 @@ impl Inner {
         writer.lsn = lsn;
         *lock(&self.tail) = tail;
         drop(writer);
-        drop(count);
+        drop(one);
         self.tail_changed.notify_all();
         Ok(())
     }

@@ -12,31 +12,43 @@
 //! The small indexes (timers, recharges in flight, webhook marks) are
 //! written with the log, in the group's own write.
 //!
-//! Key layout (ids never contain a zero byte, so `id 0x00 …` is unambiguous
-//! and a prefix scan of `id 0x00` reads exactly one account):
+//! Key layout. Every key starts with its shard (`shard`, u32 BE, as
+//! `AccountId::shard` places the account), so one shard's whole state is
+//! one key range of each family — what a shard's move between nodes copies.
+//! Ids never contain a zero byte, so `shard id 0x00 …` is unambiguous and a
+//! prefix scan of it reads exactly one account.
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `log` | shard(u32 BE) lsn(u64 BE) | one shard's entry for one group (`Stored::Log`) |
-//! | `accounts` | id | snapshot (`Stored::Snapshot`) |
-//! | `journal` | id 0x00 first seq(u64 BE) | a page of consecutive records (`Stored::History`) |
-//! | `dedup` | id 0x00 newest at_ms(u64 BE) checkpoint(u64 BE) | a page of idempotency records (`Stored::DedupPage`) |
-//! | `timers` | deadline(u64 BE) id | empty |
-//! | `inflight` | id | attempt id (u64 BE), amount (i128 BE) |
-//! | `webhooks` | `p` id | last sequence written (u64 BE), when webhooks are on |
-//! | `webhooks` | `c` id | last sequence delivered to webhooks (u64 BE) |
+//! | `log` | shard lsn(u64 BE) | one shard's entry for one group (`Stored::Log`) |
+//! | `accounts` | shard id | snapshot (`Stored::Snapshot`) |
+//! | `journal` | shard id 0x00 first seq(u64 BE) | a page of consecutive records (`Stored::History`) |
+//! | `dedup` | shard id 0x00 idempotency key | its first result (`Stored::Dedup`) |
+//! | `timers` | shard deadline(u64 BE) id | empty |
+//! | `inflight` | shard id | attempt id (u64 BE), amount (i128 BE) |
+//! | `webhooks` | shard `p` id | last sequence written (u64 BE), when webhooks are on |
+//! | `webhooks` | shard `c` id | last sequence delivered to webhooks (u64 BE) |
 //! | `meta` | `format` | the format version byte |
+//! | `meta` | `shards` | the shard count the data dir was made with (u32 BE): fixed |
 //! | `meta` | `probe` | written by recovery probes after a storage failure |
-//! | `meta` | `ckpt` shard(u32 BE) | the newest lsn of the shard its checkpoint covers (u64 BE) |
-//! | `meta` | `checkpoints` | checkpoints written (u64 BE): numbers idempotency pages |
+//! | `meta` | `ckpt` shard | the newest lsn of the shard its checkpoint covers (u64 BE) |
+//! | `meta` | `dedup_newest` | the newest idempotency record's time when the last checkpoint ended (u64 BE) |
+//!
+//! `meta` is the node's own, not a shard's. Idempotency records are one key
+//! each, found by a point lookup (the family has bloom filters, so a key
+//! that was never used costs no disk read); records past the window are
+//! dropped by a compaction filter, and a lookup ignores one that is older
+//! than the window but not yet compacted away.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, CompactionDecision, DB, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 
 use super::tail::Tail;
 use super::{Loaded, Store, StoreError, WriteSet};
@@ -56,6 +68,9 @@ const CF_META: &str = "meta";
 const CF_WEBHOOKS: &str = "webhooks";
 const ALL_CFS: [&str; 8] = [CF_LOG, CF_ACCOUNTS, CF_JOURNAL, CF_DEDUP, CF_TIMERS, CF_INFLIGHT, CF_META, CF_WEBHOOKS];
 
+/// The shard count of a data dir made without one asked for.
+const DEFAULT_SHARDS: u32 = 256;
+
 /// How long a write waits for the checkpointer when the log tail is full
 /// before it fails (storage then counts as failed and is probed).
 const TAIL_FULL_WAIT: Duration = Duration::from_secs(30);
@@ -66,15 +81,18 @@ const TAIL_FULL_WAIT: Duration = Duration::from_secs(30);
 pub struct RocksOptions {
     /// Memtable size per column family, MiB.
     pub memtable_mb: u32,
-    /// Log entries are per shard (`stable_hash(id) mod shards`).
-    pub shards: u32,
+    /// Shards accounts are placed in (`AccountId::shard`); every key starts
+    /// with its shard, so the count is fixed when a data dir is made and a
+    /// different one is refused. `None`: the data dir's own (256 for a new
+    /// one) — what tools that inspect a data dir use.
+    pub shards: Option<u32>,
     /// The log tail not yet checkpointed, bytes: a checkpoint starts at
     /// half of it, writes wait at all of it. Bounds restart time.
     pub checkpoint_log_bytes_max: u64,
     /// A checkpoint starts at least this often while anything is dirty.
     pub checkpoint_interval_ms: u64,
-    /// Idempotency pages whose newest record is older than this, on an
-    /// account's own clock, are deleted by checkpoints.
+    /// Idempotency records older than this (against the newest record
+    /// written) are not answered with and are dropped by compaction.
     pub idempotency_window_ms: u64,
     /// Checkpoint a tail rebuilt at open at once, in the background (a
     /// node that restarts often must not replay a longer log each time).
@@ -86,20 +104,13 @@ impl Default for RocksOptions {
     fn default() -> RocksOptions {
         RocksOptions {
             memtable_mb: 64,
-            shards: 256,
+            shards: None,
             checkpoint_log_bytes_max: 64 << 20,
             checkpoint_interval_ms: 30_000,
             idempotency_window_ms: 24 * 3_600_000,
             checkpoint_on_open: true,
         }
     }
-}
-
-fn webhook_key(kind: u8, id: &AccountId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + id.as_str().len());
-    key.push(kind);
-    key.extend_from_slice(id.as_str().as_bytes());
-    key
 }
 
 fn be_u64(bytes: &[u8]) -> Result<u64, StoreError> {
@@ -114,23 +125,37 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-fn account_prefix(id: &AccountId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(id.as_str().len() + 1 + 16);
+/// A key of `cap` more bytes after the shard.
+fn shard_key(shard: u32, cap: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + cap);
+    key.extend_from_slice(&shard.to_be_bytes());
+    key
+}
+
+/// `shard id`: the account's key in `accounts` and `inflight`.
+fn account_key(shard: u32, id: &AccountId) -> Vec<u8> {
+    let mut key = shard_key(shard, id.as_str().len());
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+/// `shard id 0x00`: every journal page and idempotency record of the account.
+fn account_prefix(shard: u32, id: &AccountId) -> Vec<u8> {
+    let mut key = shard_key(shard, id.as_str().len() + 1 + 16);
     key.extend_from_slice(id.as_str().as_bytes());
     key.push(0);
     key
 }
 
-fn journal_key(id: &AccountId, seq: u64) -> Vec<u8> {
-    let mut key = account_prefix(id);
+fn journal_key(shard: u32, id: &AccountId, seq: u64) -> Vec<u8> {
+    let mut key = account_prefix(shard, id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 
-fn dedup_key(id: &AccountId, newest_ms: u64, checkpoint: u64) -> Vec<u8> {
-    let mut key = account_prefix(id);
-    key.extend_from_slice(&newest_ms.to_be_bytes());
-    key.extend_from_slice(&checkpoint.to_be_bytes());
+fn dedup_key(shard: u32, id: &AccountId, idem: &IdemKey) -> Vec<u8> {
+    let mut key = account_prefix(shard, id);
+    key.extend_from_slice(idem.as_str().as_bytes());
     key
 }
 
@@ -147,11 +172,23 @@ fn checkpoint_key(shard: u32) -> Vec<u8> {
     key
 }
 
-fn timer_key(at_ms: u64, id: &AccountId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + id.as_str().len());
+fn timer_key(shard: u32, at_ms: u64, id: &AccountId) -> Vec<u8> {
+    let mut key = shard_key(shard, 8 + id.as_str().len());
     key.extend_from_slice(&at_ms.to_be_bytes());
     key.extend_from_slice(id.as_str().as_bytes());
     key
+}
+
+fn webhook_key(shard: u32, kind: u8, id: &AccountId) -> Vec<u8> {
+    let mut key = shard_key(shard, 1 + id.as_str().len());
+    key.push(kind);
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+/// The key without its shard.
+fn after_shard(key: &[u8]) -> Result<&[u8], StoreError> {
+    key.get(4..).ok_or_else(|| corrupt("a key is shorter than its shard"))
 }
 
 fn account_id(bytes: &[u8]) -> Result<AccountId, StoreError> {
@@ -178,6 +215,8 @@ struct LogWriter {
 
 pub(crate) struct Inner {
     db: DB,
+    /// The data dir's shard count.
+    shards: u32,
     opts: RocksOptions,
     tail: Mutex<Tail>,
     /// Signalled when the tail grows (the checkpointer may start) and when
@@ -186,9 +225,11 @@ pub(crate) struct Inner {
     writer: Mutex<LogWriter>,
     /// Seeds the tail's hash maps (per store).
     seed: u64,
-    /// Serializes checkpoints and tail rebuilds; holds the number of
-    /// checkpoints written.
-    checkpoints: Mutex<u64>,
+    /// Serializes checkpoints and tail rebuilds.
+    checkpoints: Mutex<()>,
+    /// The newest idempotency record's time written since open: the
+    /// compaction filter drops records a window older than it.
+    dedup_newest_ms: Arc<AtomicU64>,
     stop: AtomicBool,
 }
 
@@ -221,12 +262,36 @@ impl RocksStore {
         db_opts.set_max_background_jobs(2);
         let write_buffer = opts.memtable_mb as usize * 1024 * 1024;
         db_opts.set_write_buffer_size(write_buffer);
+        // Point lookups (activation, idempotency) skip tables that cannot
+        // hold the key.
+        let mut lookups = BlockBasedOptions::default();
+        lookups.set_bloom_filter(10.0, false);
+        let dedup_newest_ms = Arc::new(AtomicU64::new(0));
+        let window = opts.idempotency_window_ms;
         // The unused `default` family too: left out, the binding would open
         // it with RocksDB's default 64 MiB.
-        let cfs = ALL_CFS.iter().chain(&["default"]).map(|name| {
+        let cfs = ALL_CFS.iter().chain(&["default"]).map(|&name| {
             let mut cf = Options::default();
             cf.set_write_buffer_size(write_buffer);
-            ColumnFamilyDescriptor::new(*name, cf)
+            if name == CF_ACCOUNTS || name == CF_DEDUP {
+                cf.set_block_based_table_factory(&lookups);
+            }
+            if name == CF_DEDUP {
+                let newest = Arc::clone(&dedup_newest_ms);
+                cf.set_compaction_filter("prepaid-idempotency-window", move |_, _: &[u8], value: &[u8]| {
+                    // A record at or before the horizon has expired by every
+                    // clock that has seen the newest record.
+                    let newest = newest.load(Ordering::Relaxed);
+                    let horizon = newest.checked_sub(window).filter(|_| newest > 0);
+                    match (codec::decode(value), horizon) {
+                        (Ok(Stored::Dedup(_, record)), Some(horizon)) if record.at_ms <= horizon => {
+                            CompactionDecision::Remove
+                        }
+                        _ => CompactionDecision::Keep,
+                    }
+                });
+            }
+            ColumnFamilyDescriptor::new(name, cf)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(io)?;
         let seed = stable_hash(
@@ -235,14 +300,16 @@ impl RocksStore {
                 .map_or(0, |d| d.as_nanos())
                 .to_le_bytes(),
         );
-        let inner = Inner {
+        let mut inner = Inner {
+            shards: DEFAULT_SHARDS,
             db,
             opts,
             seed,
             tail: Mutex::new(Tail::with_seed(seed)),
             tail_changed: Condvar::new(),
             writer: Mutex::new(LogWriter::default()),
-            checkpoints: Mutex::new(0),
+            checkpoints: Mutex::new(()),
+            dedup_newest_ms,
             stop: AtomicBool::new(false),
         };
         let meta = inner.cf(CF_META)?;
@@ -255,6 +322,37 @@ impl RocksStore {
             Some(v) if v.as_slice() == [FORMAT_VERSION] => {}
             Some(v) => return Err(corrupt(format!("data format {v:?}; this build reads {FORMAT_VERSION}"))),
         }
+        // Keys start with their shard: the count is fixed for a data dir.
+        let shards = match (inner.db.get_cf(meta, b"shards").map_err(io)?, inner.opts.shards) {
+            (None, wanted) => {
+                let shards = wanted.unwrap_or(DEFAULT_SHARDS);
+                inner.db.put_cf(meta, b"shards", shards.to_be_bytes()).map_err(io)?;
+                shards
+            }
+            (Some(v), wanted) => {
+                let made = v
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt("meta shards is not 4 bytes"))?;
+                match wanted {
+                    Some(wanted) if wanted != made => {
+                        return Err(StoreError::Incompatible(format!(
+                            "the data dir was made with {made} shards and node.shards is {wanted}; the number is fixed for a data dir"
+                        )));
+                    }
+                    _ => made,
+                }
+            }
+        };
+        if shards == 0 {
+            return Err(corrupt("meta shards is 0"));
+        }
+        // The compaction filter's clock goes on from where it was.
+        if let Some(v) = inner.db.get_cf(meta, b"dedup_newest").map_err(io)? {
+            inner.dedup_newest_ms.store(be_u64(&v)?, Ordering::Relaxed);
+        }
+        inner.shards = shards;
         inner.rebuild()?;
         let inner = Arc::new(inner);
         let runner = Arc::clone(&inner);
@@ -274,6 +372,15 @@ impl RocksStore {
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.inner.checkpoint()
     }
+
+    /// Compacts every column family now, which also drops idempotency
+    /// records past the window (tests, maintenance).
+    pub fn compact(&self) -> Result<(), StoreError> {
+        for name in ALL_CFS {
+            self.inner.db.compact_range_cf(self.inner.cf(name)?, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for RocksStore {
@@ -292,7 +399,7 @@ impl Inner {
     }
 
     fn shard_of(&self, id: &AccountId) -> u32 {
-        id.shard(u64::from(self.opts.shards)) as u32
+        id.shard(u64::from(self.shards)) as u32
     }
 
     /// Waits while the tail is at its bound, for the checkpointer.
@@ -352,13 +459,15 @@ impl Inner {
             bytes += buf.len() as u64;
             entries.push((shard, next));
         }
+        let mut newest_dedup = 0;
         for w in &set.accounts {
+            let shard = self.shard_of(&w.id);
             if w.timer_before != w.timer_after {
                 if let Some(at) = w.timer_before {
-                    batch.delete_cf(timers, timer_key(at, &w.id));
+                    batch.delete_cf(timers, timer_key(shard, at, &w.id));
                 }
                 if let Some(at) = w.timer_after {
-                    batch.put_cf(timers, timer_key(at, &w.id), []);
+                    batch.put_cf(timers, timer_key(shard, at, &w.id), []);
                 }
             }
             match w.in_flight() {
@@ -366,15 +475,16 @@ impl Inner {
                 Some((attempt, amount)) => {
                     let mut value = attempt.to_be_bytes().to_vec();
                     value.extend_from_slice(&amount.units().to_be_bytes());
-                    batch.put_cf(inflight, w.id.as_str(), value);
+                    batch.put_cf(inflight, account_key(shard, &w.id), value);
                 }
-                None => batch.delete_cf(inflight, w.id.as_str()),
+                None => batch.delete_cf(inflight, account_key(shard, &w.id)),
             }
             if set.webhooks
                 && let Some(last) = w.records.last()
             {
-                batch.put_cf(self.cf(CF_WEBHOOKS)?, webhook_key(b'p', &w.id), last.seq.to_be_bytes());
+                batch.put_cf(self.cf(CF_WEBHOOKS)?, webhook_key(shard, b'p', &w.id), last.seq.to_be_bytes());
             }
+            newest_dedup = w.dedup.iter().map(|(_, d)| d.at_ms).fold(newest_dedup, u64::max);
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
@@ -384,6 +494,7 @@ impl Inner {
         for &(shard, next) in &entries {
             lsn.insert(shard, next);
         }
+        self.dedup_newest_ms.fetch_max(newest_dedup, Ordering::Relaxed);
         Ok(Logged { entries, bytes })
     }
 
@@ -405,7 +516,8 @@ impl Inner {
     }
 
     fn load_snapshot(&self, id: &AccountId) -> Result<Option<AccountState>, StoreError> {
-        let Some(bytes) = self.db.get_cf(self.cf(CF_ACCOUNTS)?, id.as_str()).map_err(io)? else {
+        let key = account_key(self.shard_of(id), id);
+        let Some(bytes) = self.db.get_cf(self.cf(CF_ACCOUNTS)?, key).map_err(io)? else {
             return Ok(None);
         };
         let Stored::Snapshot(state) = codec::decode(&bytes).map_err(corrupt)? else {
@@ -418,30 +530,46 @@ impl Inner {
         Ok(Some(*state))
     }
 
-    /// The account's idempotency pages in tables, every record.
-    fn dedup_pages(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, StoreError> {
-        let prefix = account_prefix(id);
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_DEDUP)?, IteratorMode::From(&prefix, Direction::Forward)) {
-            let (key, value) = item.map_err(io)?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let Stored::DedupPage(page) = codec::decode(&value).map_err(corrupt)? else {
-                return Err(corrupt(format!("account {id}: an idempotency key holds something else")));
-            };
-            out.extend(page);
+    /// The account's idempotency record for `key` in tables, of any age.
+    fn dedup_record(&self, id: &AccountId, key: &IdemKey) -> Result<Option<DedupRecord>, StoreError> {
+        let Some(bytes) = self.db.get_cf(self.cf(CF_DEDUP)?, dedup_key(self.shard_of(id), id, key)).map_err(io)? else {
+            return Ok(None);
+        };
+        match codec::decode(&bytes).map_err(corrupt)? {
+            Stored::Dedup(stored, record) if &stored == key => Ok(Some(record)),
+            _ => Err(corrupt(format!("account {id}: idempotency key {key} holds something else"))),
         }
-        Ok(out)
+    }
+
+    /// The account's largest idempotency key in tables, of any age.
+    fn dedup_max(&self, id: &AccountId) -> Result<Option<IdemKey>, StoreError> {
+        let prefix = account_prefix(self.shard_of(id), id);
+        let mut end = prefix.clone();
+        // Past every key of the account: its prefix with the zero byte
+        // raised to one.
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_DEDUP)?);
+        it.seek_for_prev(&end);
+        it.status().map_err(io)?;
+        match it.key() {
+            Some(key) if key.starts_with(&prefix) && key.len() > prefix.len() => {
+                let text = std::str::from_utf8(&key[prefix.len()..]).map_err(corrupt)?;
+                IdemKey::new(text).map(Some).map_err(|_| corrupt(format!("bad idempotency key in a key: {text:?}")))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Journal records in tables after `after_seq`, at most `limit`.
     fn history_pages(&self, id: &AccountId, after_seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let prefix = account_prefix(id);
+        let shard = self.shard_of(id);
+        let prefix = account_prefix(shard, id);
         let first = after_seq.saturating_add(1);
         let mut it = self.db.raw_iterator_cf(self.cf(CF_JOURNAL)?);
         // The page holding `first` starts at or before it.
-        it.seek_for_prev(journal_key(id, first));
+        it.seek_for_prev(journal_key(shard, id, first));
         if !it.valid() || !it.key().is_some_and(|k| k.starts_with(&prefix)) {
             it.seek(&prefix);
         }
@@ -499,12 +627,12 @@ impl Store for RocksStore {
         Ok(())
     }
 
-    fn load(&self, id: &AccountId, dedup_since_ms: u64) -> Result<Option<Loaded>, StoreError> {
+    fn load(&self, id: &AccountId) -> Result<Option<Loaded>, StoreError> {
         // The tail first, then tables: a checkpoint that lands in between
         // only moves records from one to the other.
-        let (snapshot, tail_dedup) = {
+        let (snapshot, tail_max) = {
             let tail = lock(&self.inner.tail);
-            (tail.snapshot(id), tail.dedup(id))
+            (tail.snapshot(id), tail.dedup_max(id))
         };
         let state = match snapshot {
             Some(state) => AccountState::clone(&state),
@@ -513,15 +641,16 @@ impl Store for RocksStore {
                 None => return Ok(None),
             },
         };
-        let mut by_key: HashMap<IdemKey, DedupRecord> = HashMap::new();
-        for (key, record) in self.inner.dedup_pages(id)?.into_iter().chain(tail_dedup) {
-            if record.at_ms >= dedup_since_ms {
-                by_key.insert(key, record);
-            }
-        }
-        let mut dedup: Vec<_> = by_key.into_iter().collect();
-        dedup.sort_by(|(ka, a), (kb, b)| a.at_ms.cmp(&b.at_ms).then_with(|| ka.cmp(kb)));
-        Ok(Some(Loaded { state, dedup }))
+        let dedup_max = tail_max.max(self.inner.dedup_max(id)?);
+        Ok(Some(Loaded { state, dedup_max }))
+    }
+
+    fn dedup(&self, id: &AccountId, key: &IdemKey, since_ms: u64) -> Result<Option<DedupRecord>, StoreError> {
+        let found = match lock(&self.inner.tail).dedup(id, key) {
+            Some(record) => Some(record),
+            None => self.inner.dedup_record(id, key)?,
+        };
+        Ok(found.filter(|record| record.at_ms > since_ms))
     }
 
     fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
@@ -535,18 +664,34 @@ impl Store for RocksStore {
     }
 
     fn due(&self, until_ms: u64, limit: usize) -> Result<Vec<(u64, AccountId)>, StoreError> {
+        // Each shard's timers are in deadline order: the soonest `limit` of
+        // each, merged.
         let mut out = Vec::new();
-        for item in self.inner.db.iterator_cf(self.inner.cf(CF_TIMERS)?, IteratorMode::Start) {
-            let (key, _) = item.map_err(io)?;
-            if key.len() < 8 {
-                return Err(corrupt("a timer key is shorter than its deadline"));
+        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_TIMERS)?);
+        for shard in 0..self.inner.shards {
+            let prefix = shard.to_be_bytes();
+            it.seek(prefix);
+            let mut taken = 0;
+            while let Some(key) = it.key() {
+                if !key.starts_with(&prefix) || taken >= limit {
+                    break;
+                }
+                let rest = after_shard(key)?;
+                if rest.len() < 8 {
+                    return Err(corrupt("a timer key is shorter than its deadline"));
+                }
+                let at = u64::from_be_bytes(rest[..8].try_into().map_err(corrupt)?);
+                if at > until_ms {
+                    break;
+                }
+                out.push((at, account_id(&rest[8..])?));
+                taken += 1;
+                it.next();
             }
-            let at = u64::from_be_bytes(key[..8].try_into().map_err(corrupt)?);
-            if at > until_ms || out.len() >= limit {
-                break;
-            }
-            out.push((at, account_id(&key[8..])?));
+            it.status().map_err(io)?;
         }
+        out.sort_unstable();
+        out.truncate(limit);
         Ok(out)
     }
 
@@ -559,7 +704,7 @@ impl Store for RocksStore {
             }
             let attempt = u64::from_be_bytes(value[..8].try_into().map_err(corrupt)?);
             let units = i128::from_be_bytes(value[8..].try_into().map_err(corrupt)?);
-            out.push((account_id(&key)?, attempt, Amount::from_units(units)));
+            out.push((account_id(after_shard(&key)?)?, attempt, Amount::from_units(units)));
         }
         Ok(out)
     }
@@ -568,14 +713,15 @@ impl Store for RocksStore {
         let db = &self.inner.db;
         let cf = self.inner.cf(CF_WEBHOOKS)?;
         let mut out = Vec::new();
-        for item in db.iterator_cf(cf, IteratorMode::From(b"p", Direction::Forward)) {
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
             let (key, value) = item.map_err(io)?;
-            if key.first() != Some(&b'p') {
-                break;
+            let rest = after_shard(&key)?;
+            if rest.first() != Some(&b'p') {
+                continue;
             }
-            let id = account_id(&key[1..])?;
+            let id = account_id(&rest[1..])?;
             let written = be_u64(&value)?;
-            let delivered = match db.get_cf(cf, webhook_key(b'c', &id)).map_err(io)? {
+            let delivered = match db.get_cf(cf, webhook_key(self.inner.shard_of(&id), b'c', &id)).map_err(io)? {
                 Some(v) => be_u64(&v)?,
                 None => 0,
             };
@@ -587,11 +733,13 @@ impl Store for RocksStore {
     }
 
     fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError> {
-        self.inner.db.put_cf(self.inner.cf(CF_WEBHOOKS)?, webhook_key(b'c', id), seq.to_be_bytes()).map_err(io)
+        let key = webhook_key(self.inner.shard_of(id), b'c', id);
+        self.inner.db.put_cf(self.inner.cf(CF_WEBHOOKS)?, key, seq.to_be_bytes()).map_err(io)
     }
 
     fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError> {
-        match self.inner.db.get_cf(self.inner.cf(CF_WEBHOOKS)?, webhook_key(b'c', id)).map_err(io)? {
+        let key = webhook_key(self.inner.shard_of(id), b'c', id);
+        match self.inner.db.get_cf(self.inner.cf(CF_WEBHOOKS)?, key).map_err(io)? {
             Some(v) => be_u64(&v),
             None => Ok(0),
         }
