@@ -149,3 +149,26 @@ fn docs_events_lists_exactly_the_event_names() {
     }
     assert_eq!(in_docs, in_code, "docs/events.md against Event::name");
 }
+
+/// The deployment kit (deploy/) fits the code: the container's config is
+/// valid, what the Dockerfile copies exists, the service unit starts
+/// `prepaid serve` with flags the binary has.
+#[test]
+fn the_deployment_kit_matches_the_code() {
+    let read = |path: &str| std::fs::read_to_string(repo_file(path)).unwrap();
+    let config = prepaid::NodeConfig::from_toml(&read("deploy/prepaid.docker.toml")).unwrap();
+    assert_eq!(config.node.data_dir, std::path::PathBuf::from("/var/lib/prepaid"));
+    let dockerfile = read("deploy/Dockerfile");
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+        let source = line.split_whitespace().nth(1).unwrap();
+        assert!(repo_file(source).exists(), "the Dockerfile copies {source}, which is missing");
+    }
+    let port = |addr: &str| addr.rsplit(':').next().unwrap().to_string();
+    let expose = format!("EXPOSE {} {}", port(&config.server.grpc_addr), port(&config.server.http_addr));
+    assert!(dockerfile.contains(&expose), "the image exposes the ports it listens on: {expose}");
+    let unit = read("deploy/prepaid.service");
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+    assert!(exec.ends_with("prepaid serve --config /etc/prepaid/prepaid.toml"), "{exec}");
+    let usage = read("src/bin/prepaid/main.rs");
+    assert!(usage.contains("serve [--config FILE]"), "serve takes --config");
+}

@@ -156,6 +156,27 @@ async fn metrics_and_health_report_the_node() {
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
+    // The Grafana dashboard (deploy/) asks only for metrics that exist.
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let dashboard = std::fs::read_to_string(std::path::Path::new(&root).join("deploy/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut asked = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("prepaid_") {
+                let name: String = rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                rest = &rest[at + name.len()..];
+                asked.push(name);
+            }
+        }
+    }
+    assert!(asked.len() >= 10, "{asked:?}");
+    for name in asked {
+        let exposed = text.lines().any(|line| line.starts_with(&name) && line[name.len()..].starts_with([' ', '{']));
+        assert!(exposed, "the dashboard asks for {name}, which /metrics does not expose");
+    }
     s.stop().await;
 }
 
