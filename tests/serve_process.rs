@@ -158,6 +158,14 @@ fn a_failed_start_stops_the_node_cleanly_every_time() {
 /// `prepaid serve` with its stderr read: logs filtered by `RUST_LOG`.
 /// The log is complete once the returned thread ends (the child exited).
 fn start_logged(dir: &std::path::Path, rust_log: Option<&str>) -> (Server, std::thread::JoinHandle<String>) {
+    start_logged_with(dir, rust_log, &[])
+}
+
+fn start_logged_with(
+    dir: &std::path::Path,
+    rust_log: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Server, std::thread::JoinHandle<String>) {
     use std::io::BufRead;
     // A short grace period: the test leaves a client connection open.
     let config = dir.with_extension("toml");
@@ -175,6 +183,7 @@ fn start_logged(dir: &std::path::Path, rust_log: Option<&str>) -> (Server, std::
     if let Some(filter) = rust_log {
         command.env("RUST_LOG", filter);
     }
+    command.envs(env.iter().copied());
     let mut child = command.spawn().unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next().unwrap().unwrap();
@@ -252,6 +261,21 @@ fn logs_request_ids_version_and_uptime() {
     assert_eq!(sigterm(server), 0);
     let text = log.join().unwrap();
     assert!(!text.contains("node started"), "RUST_LOG=warn:\n{text}");
+    // JSON on request: every line one object, the message in its fields.
+    let (server, log) = start_logged_with(&dir, None, &[("PREPAID_LOG_FORMAT", "json")]);
+    assert_eq!(sigterm(server), 0);
+    let text = log.join().unwrap();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "node started" && l["level"] == "INFO"), "{text}");
+    // A format it does not know is refused before anything starts.
+    let refused = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["serve", "--ephemeral", "--simulated-gateway"])
+        .env("PREPAID_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PREPAID_LOG_FORMAT is text or json"));
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(dir.with_extension("toml"));
 }

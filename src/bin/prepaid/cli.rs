@@ -84,7 +84,7 @@ fn serve_gateway(config: &NodeConfig, ephemeral: bool) -> Result<Arc<dyn Payment
         return Ok(Arc::new(HttpGateway::new(&r.gateway_url, timeout).map_err(Failure::Run)?));
     }
     if r.simulated_gateway {
-        eprintln!("prepaid: warning: simulated gateway: every auto-recharge succeeds and no money moves");
+        tracing::warn!("simulated gateway: every auto-recharge succeeds and no money moves");
         return Ok(Arc::new(SimulatedGateway::new()));
     }
     Err(Failure::Run(

@@ -69,7 +69,10 @@ fn main() -> ExitCode {
     if !serving {
         quiet_on_closed_stdout();
     }
-    logs(if serving { "info" } else { "warn" });
+    if let Err(e) = logs(if serving { "info" } else { "warn" }) {
+        eprintln!("prepaid: {e}");
+        return ExitCode::from(2);
+    }
     let asks_help = args.iter().skip(1).any(|a| a == "--help" || a == "-h");
     let result = match args.first().map(String::as_str) {
         Some("--version" | "-V" | "version") => {
@@ -183,17 +186,24 @@ fn main() -> ExitCode {
 /// `RUST_LOG=prepaid=debug,tonic=warn`); without it, `default` (`info`
 /// for `serve`: starts, stops, storage failures and recoveries, declined or
 /// unanswered recharges, failed webhooks; `warn` for the other commands).
-fn logs(default: &str) {
+/// `PREPAID_LOG_FORMAT=json` prints one JSON object a line (for a log
+/// pipeline); anything else but `text` (the default) is refused.
+fn logs(default: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colours only on a terminal: a log file or journald gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi)
-        .try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match std::env::var("PREPAID_LOG_FORMAT").as_deref() {
+        Ok("json") => {
+            let _ = logs.json().with_current_span(true).try_init();
+        }
+        Ok("text") | Err(_) => {
+            // Colours only on a terminal: a log file or journald gets plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let _ = logs.with_ansi(ansi).try_init();
+        }
+        Ok(other) => return Err(format!("PREPAID_LOG_FORMAT is text or json, not {other:?}")),
+    }
+    Ok(())
 }
 
 /// Rust ignores SIGPIPE, so printing to a closed pipe (`prepaid help |
