@@ -40,6 +40,38 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// Latencies in nanoseconds, kept as an HDR histogram (3 significant
+/// digits, up to an hour) instead of every sample: constant memory
+/// whatever the number of debits.
+struct Latencies(hdrhistogram::Histogram<u64>);
+
+impl Latencies {
+    fn new() -> Latencies {
+        Latencies(hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"))
+    }
+
+    fn record(&mut self, ns: u64) {
+        self.0.saturating_record(ns.max(1));
+    }
+
+    fn add(&mut self, other: &Latencies) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The `p` quantile (0.5, 0.99…) in microseconds; 0 when empty.
+    fn percentile(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.value_at_quantile(p) as f64 / 1_000.0
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -151,7 +183,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         let (node, next, ids) = (Arc::clone(&node), Arc::clone(&next), Arc::clone(&ids));
         let (debits, batch, hot) = (args.debits, args.batch.max(1), args.hot);
         callers.push(tokio::spawn(async move {
-            let mut latencies: Vec<u32> = Vec::new();
+            let mut latencies = Latencies::new();
             let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (c + 1);
             let mut refused = 0u64;
             loop {
@@ -182,10 +214,10 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
                 } else {
                     node.execute_batch(requests).await.unwrap_or_else(|e| vec![Err(e)])
                 };
-                let per_request = (t.elapsed().as_nanos() as u64).min(u32::MAX as u64) as u32;
+                let per_request = t.elapsed().as_nanos() as u64;
                 for r in results {
                     refused += r.is_err() as u64;
-                    latencies.push(per_request);
+                    latencies.record(per_request);
                 }
             }
             (latencies, refused)
@@ -205,11 +237,11 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
             }
         })
     };
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::new();
     let mut refused = 0;
     for c in callers {
         let (l, r) = c.await.map_err(|e| e.to_string())?;
-        latencies.extend(l);
+        latencies.add(&l);
         refused += r;
     }
     let elapsed = started.elapsed();
@@ -217,16 +249,15 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     eprintln!();
     let (fsync_p50, fsync_p99) = fsync_latency(&data_dir)?;
     println!("fsync after: p50 {fsync_p50:.2} ms p99 {fsync_p99:.2} ms");
-    latencies.sort_unstable();
     println!(
         "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1}  rss/account {} B  durability {:?}",
         args.debits,
         refused,
         elapsed.as_secs_f64(),
         args.debits as f64 / elapsed.as_secs_f64().max(1e-9),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 0.999),
+        latencies.percentile(0.50),
+        latencies.percentile(0.99),
+        latencies.percentile(0.999),
         rss_per_account,
         args.durability
     );
@@ -435,12 +466,12 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             let (client, next, ids) = (client.clone(), Arc::clone(&next), Arc::clone(&ids));
             let (debits, batch, hot, rate) = (args.debits, args.batch, args.hot, args.rate);
             tasks.push(tokio::spawn(async move {
-                let mut latencies: Vec<u32> = Vec::new();
+                let mut latencies = Latencies::new();
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64) << 20 | k);
                 let mut debited = Amount::ZERO;
                 let mut refused = 0u64;
                 // Answered `overloaded`: how many, and how fast.
-                let mut shed: Vec<u32> = Vec::new();
+                let mut shed = Latencies::new();
                 loop {
                     let first = next.fetch_add(batch, Ordering::Relaxed);
                     if first >= debits {
@@ -502,16 +533,16 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                             Err(e) => outcomes.extend(picks.iter().map(|(n, _)| (*n, Err(e.clone())))),
                         }
                     }
-                    let per_request = (t.elapsed().as_nanos() as u64).min(u32::MAX as u64) as u32;
+                    let per_request = t.elapsed().as_nanos() as u64;
                     for (n, result) in outcomes {
                         match result {
                             Ok(()) => {
-                                latencies.push(per_request);
+                                latencies.record(per_request);
                                 debited += amount_units(n)
                             }
-                            Err(ClientError::Refused { code, .. }) if code == "overloaded" => shed.push(per_request),
+                            Err(ClientError::Refused { code, .. }) if code == "overloaded" => shed.record(per_request),
                             Err(ClientError::Refused { .. }) => {
-                                latencies.push(per_request);
+                                latencies.record(per_request);
                                 refused += 1
                             }
                             Err(e) => return Err(format!("debit d{n}: {e}")),
@@ -522,21 +553,19 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             }));
         }
     }
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::new();
     let mut debited = Amount::ZERO;
     let mut refused = 0;
-    let mut shed = Vec::new();
+    let mut shed = Latencies::new();
     for t in tasks {
         let (l, d, r, o) = t.await.map_err(|e| e.to_string())??;
-        latencies.extend(l);
+        latencies.add(&l);
         debited += d;
         refused += r;
-        shed.extend(o);
+        shed.add(&o);
     }
     let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    shed.sort_unstable();
-    let overloaded = shed.len() as u64;
+    let overloaded = shed.count();
     // Conservation: what was bought minus what was accepted is what is left.
     let mut total = Amount::ZERO;
     for chunk in ids.chunks(1_000) {
@@ -561,8 +590,8 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
     let expected = funded - debited;
     let throughput = args.debits as f64 / elapsed.as_secs_f64().max(1e-9);
     let accepted_per_s = (args.debits - overloaded - refused) as f64 / elapsed.as_secs_f64().max(1e-9);
-    let (shed_p50, shed_p99) = (percentile(&shed, 0.50), percentile(&shed, 0.99));
-    let (p50, p99, p999) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99), percentile(&latencies, 0.999));
+    let (shed_p50, shed_p99) = (shed.percentile(0.50), shed.percentile(0.99));
+    let (p50, p99, p999) = (latencies.percentile(0.50), latencies.percentile(0.99), latencies.percentile(0.999));
     let ok = total == expected;
     if args.json {
         println!(
@@ -598,4 +627,28 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
         println!("conservation: total balance {total}, expected {expected}: {}", if ok { "ok" } else { "MISMATCH" });
     }
     if ok { Ok(()) } else { Err("conservation failed".into()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Latencies;
+
+    #[test]
+    fn latency_percentiles_come_from_the_histogram_within_its_precision() {
+        let (mut a, mut b) = (Latencies::new(), Latencies::new());
+        for us in 1..=1_000u64 {
+            let half = if us % 2 == 0 { &mut a } else { &mut b };
+            half.record(us * 1_000);
+        }
+        a.add(&b);
+        assert_eq!(a.count(), 1_000);
+        for (p, want) in [(0.5, 500.0), (0.99, 990.0), (0.999, 999.0)] {
+            let got = a.percentile(p);
+            assert!((got - want).abs() <= want * 0.001 + 1.0, "p{p}: {got} µs, not {want}");
+        }
+        assert_eq!(Latencies::new().percentile(0.99), 0.0, "empty");
+        // Past the top bound it saturates instead of failing.
+        a.record(u64::MAX);
+        assert_eq!(a.count(), 1_001);
+    }
 }
