@@ -9,8 +9,7 @@
 
 mod ops;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -70,8 +69,9 @@ pub struct Node {
     inner: Arc<Inner>,
     writer: Option<std::thread::JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
-    /// A temporary data directory, removed on shutdown.
-    temp_dir: Option<PathBuf>,
+    /// A temporary data directory, removed on shutdown (or when the node
+    /// is dropped).
+    temp_dir: Option<tempfile::TempDir>,
 }
 
 impl Node {
@@ -81,13 +81,10 @@ impl Node {
     pub async fn start(config: NodeConfig, gateway: Arc<dyn PaymentGateway>) -> Result<Node, StartError> {
         config.validate()?;
         let (dir, temp_dir) = if config.node.data_dir.as_os_str().is_empty() {
-            // Unique within the process too: two nodes may start in the same
-            // millisecond.
-            static STARTED: AtomicU64 = AtomicU64::new(0);
-            let n = STARTED.fetch_add(1, Ordering::Relaxed);
-            let name = format!("prepaid-{}-{}-{n}", std::process::id(), SystemClock.now_ms());
-            let dir = std::env::temp_dir().join(name);
-            (dir.clone(), Some(dir))
+            // A new directory of its own (tempfile makes it unique and
+            // private), removed when the node stops.
+            let temp = tempfile::Builder::new().prefix("prepaid-").tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
         } else {
             (config.node.data_dir.clone(), None)
         };
@@ -324,9 +321,8 @@ impl Node {
         tracing::info!("node stopped");
         let temp_dir = self.temp_dir.take();
         drop(self);
-        if let Some(dir) = temp_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        // Removed once the store is closed.
+        drop(temp_dir);
     }
 }
 

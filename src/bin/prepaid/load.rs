@@ -136,6 +136,14 @@ pub async fn bench_until_interrupted(args: BenchArgs) -> Result<(), String> {
     }
 }
 
+/// A debit's idempotency key: the debit's number, zero-padded, so that
+/// each account's keys grow (and sort above its `fund-…` key) — the shape
+/// the node serves without a store lookup (ARCHITECTURE.md, "Idempotency in
+/// bounded memory"), as a client numbering its requests would.
+fn debit_key(n: u64) -> String {
+    format!("u{n:016}")
+}
+
 /// The data directory a bench makes when none is given.
 fn own_bench_dir() -> PathBuf {
     std::env::temp_dir().join(format!("prepaid-bench-{}", std::process::id()))
@@ -204,7 +212,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
                             service: Service::ApiRequest,
                             reference: None,
                         };
-                        keyed(id, format!("d{n}"), command)
+                        keyed(id, debit_key(n), command)
                     })
                     .collect();
                 let t = Instant::now();
@@ -494,7 +502,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                             (n, slot as usize)
                         })
                         .collect();
-                    let op = |&(n, slot): &(u64, usize)| remote_debit(&ids[slot], format!("d{n}"), n);
+                    let op = |&(n, slot): &(u64, usize)| remote_debit(&ids[slot], debit_key(n), n);
                     let t = Instant::now();
                     let mut outcomes: Vec<(u64, Result<(), ClientError>)> = Vec::with_capacity(picks.len());
                     if let [pick] = picks[..] {
