@@ -217,6 +217,12 @@ impl Cell {
         Ok(())
     }
 
+    /// Between requests (the idle sweep): what became durable since the
+    /// cell last ran is evicted down to `cap`.
+    pub fn trim(&mut self, cap: usize) {
+        self.evict(cap);
+    }
+
     /// Keeps at most `cap` idempotency records resident, oldest out first,
     /// but never one whose write is not yet durable (the store would not
     /// have it yet).

@@ -273,6 +273,14 @@ impl WorkerState {
             _ => None,
         };
         if idle {
+            // Cells that stay: idempotency records that became durable since
+            // each last ran go down to the cap.
+            let cap = self.shared.cfg.node.idempotency_resident_keys;
+            for slot in self.cells.values_mut() {
+                if let Slot::Ready(cell) = slot {
+                    cell.trim(cap);
+                }
+            }
             passivate.extend(
                 self.cells
                     .iter()
