@@ -61,7 +61,7 @@ impl Account {
         }
         // 2. Idempotency: a key seen before answers without running.
         self.dedup.prune(now_ms, cfg.idempotency_window_ms);
-        let key = req.key.as_ref().filter(|_| !req.command.is_query());
+        let key = req.idempotency_key();
         // The table is the account's own, so the command alone identifies
         // the request.
         let mut new_key = None;

@@ -68,6 +68,14 @@ pub struct Request {
     pub command: Command,
 }
 
+impl Request {
+    /// The key idempotency is decided under: none for a query (a read
+    /// needs no first result), whatever it carries.
+    pub fn idempotency_key(&self) -> Option<&IdemKey> {
+        self.key.as_ref().filter(|_| !self.command.is_query())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {

@@ -203,7 +203,7 @@ impl Cell {
     /// be stored is read back from the store, so the ledger sees its first
     /// result.
     fn recall(&mut self, job: &Job, now: u64, shared: &Shared) -> Result<(), StoreError> {
-        let Some(key) = job.req.key.as_ref().filter(|_| !job.req.command.is_query()) else {
+        let Some(key) = job.req.idempotency_key() else {
             return Ok(());
         };
         if self.account.dedup.contains(key) || self.dedup_max.as_ref().is_none_or(|max| key > max) {
@@ -248,7 +248,11 @@ impl Cell {
     /// Brings the node's gauge of resident idempotency records up to date.
     fn count_resident(&mut self) {
         let now = self.account.dedup.len();
-        if now >= self.resident_keys {
+        // Most batches leave the count as it was: no shared write then.
+        if now == self.resident_keys {
+            return;
+        }
+        if now > self.resident_keys {
             self.stats.idempotency_resident.fetch_add((now - self.resident_keys) as u64, Ordering::Relaxed);
         } else {
             self.stats.idempotency_resident.fetch_sub((self.resident_keys - now) as u64, Ordering::Relaxed);

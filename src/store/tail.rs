@@ -107,29 +107,23 @@ impl Tail {
     /// The account's newest snapshot in the tail, if it was written since
     /// the last checkpoint.
     pub fn snapshot(&self, id: &AccountId) -> Option<Arc<AccountState>> {
-        if let Some(dirty) = self.active.get(id) {
-            return Some(Arc::clone(&dirty.snapshot));
-        }
-        self.pending.as_ref().and_then(|p| p.get(id)).map(|d| Arc::clone(&d.snapshot))
+        self.newest_first().find_map(|generation| generation.get(id)).map(|d| Arc::clone(&d.snapshot))
+    }
+
+    /// The generations, `active` (the newest) first.
+    fn newest_first(&self) -> impl Iterator<Item = &Generation> {
+        [Some(&self.active), self.pending.as_deref()].into_iter().flatten()
     }
 
     /// The account's idempotency record for `key` in the tail (the newest
     /// generation first).
     pub fn dedup(&self, id: &AccountId, key: &IdemKey) -> Option<DedupRecord> {
-        [Some(&self.active), self.pending.as_deref()]
-            .into_iter()
-            .flatten()
-            .find_map(|generation| generation.get(id)?.dedup.get(key).cloned())
+        self.newest_first().find_map(|generation| generation.get(id)?.dedup.get(key).cloned())
     }
 
     /// The account's largest idempotency key in the tail.
     pub fn dedup_max(&self, id: &AccountId) -> Option<IdemKey> {
-        [Some(&self.active), self.pending.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|generation| generation.get(id)?.dedup.keys().max())
-            .max()
-            .cloned()
+        self.newest_first().filter_map(|generation| generation.get(id)?.dedup.keys().max()).max().cloned()
     }
 
     /// The account's journal records in the tail after `after_seq`, at most
