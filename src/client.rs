@@ -62,6 +62,44 @@ fn from_status(s: tonic::Status) -> ClientError {
     }
 }
 
+/// An error and its sources, `: `-separated ("transport error" alone says
+/// nothing of a refused connection or a certificate that is not trusted).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Asks the node whether it serves (gRPC health checking, which needs no
+/// token), so that an address where no node answers (a wrong port, the HTTP
+/// side, a TLS mismatch) is `Unavailable` at connect, with nothing sent,
+/// instead of a first call whose outcome is unknown. A node that answers
+/// at all counts, whatever it says of its health: calls say the rest.
+async fn probe(channel: Channel, addr: &str) -> Result<(), ClientError> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut health = HealthClient::new(channel);
+    let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+    request.set_timeout(Duration::from_secs(5));
+    match tokio::time::timeout(Duration::from_secs(5), health.check(request)).await {
+        Err(_) => Err(ClientError::Unavailable(format!("{addr} gave no answer within 5 s"))),
+        Ok(Ok(_)) => Ok(()),
+        // An answer from a gRPC server (one without health checking, or one
+        // that refuses it) is still an answer.
+        Ok(Err(status))
+            if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal) =>
+        {
+            Ok(())
+        }
+        Ok(Err(status)) => Err(ClientError::Unavailable(format!("{addr}: {}", causes(&status)))),
+    }
+}
+
 /// Most calls gathered into one stream message. A node whose
 /// `node.max_batch` is below this refuses full batches (`batch_too_large`);
 /// the default there is 10,000.
@@ -85,18 +123,42 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port` or `http://host:port`) with an API
-    /// token. Calls time out after 10 s unless `with_deadline` says
-    /// otherwise.
+    /// Connects to `addr` (`host:port`, `http://host:port`, or
+    /// `https://host:port` for a node with TLS, verified against Mozilla's
+    /// roots) with an API token. Calls time out after 10 s unless
+    /// `with_deadline` says otherwise.
     pub async fn connect(addr: &str, token: &str) -> Result<Client, ClientError> {
-        let url = if addr.starts_with("http://") { addr.to_string() } else { format!("http://{addr}") };
-        let endpoint = Endpoint::from_shared(url).map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        Client::connect_with(addr, token, None).await
+    }
+
+    /// As `connect`; with `ca_pem` (PEM certificates of a private CA) the
+    /// connection is TLS (`https://` is implied) and the node's certificate
+    /// may chain to that CA too.
+    pub async fn connect_with(addr: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Client, ClientError> {
+        let tls = addr.starts_with("https://") || ca_pem.is_some();
+        let url = match (addr.starts_with("http://") || addr.starts_with("https://"), tls) {
+            (true, _) => addr.to_string(),
+            (false, true) => format!("https://{addr}"),
+            (false, false) => format!("http://{addr}"),
+        };
+        if tls && url.starts_with("http://") {
+            return Err(ClientError::Unavailable(format!("{addr}: a CA certificate was given for an http:// address")));
+        }
+        let mut endpoint = Endpoint::from_shared(url).map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        if tls {
+            let mut config = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+            if let Some(pem) = ca_pem {
+                config = config.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            endpoint = endpoint.tls_config(config).map_err(|e| ClientError::Unavailable(format!("TLS: {e}")))?;
+        }
         let channel = endpoint
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
-            .map_err(|e| ClientError::Unavailable(format!("cannot connect to {addr}: {e}")))?;
+            .map_err(|e| ClientError::Unavailable(format!("cannot connect to {addr}: {}", causes(&e))))?;
+        probe(channel.clone(), addr).await?;
         let token: MetadataValue<_> = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::Unavailable("the token is not printable ASCII".into()))?;

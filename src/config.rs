@@ -220,7 +220,8 @@ impl Default for ServerSettings {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
-    /// Receivers (`http://host:port/path`; TLS belongs to a local proxy).
+    /// Receivers (`http://` or `https://host[:port]/path`; https is
+    /// verified against Mozilla's roots and `tls.ca_file`).
     pub urls: Vec<String>,
     /// HMAC-SHA256 key for the `Prepaid-Signature` header. Env:
     /// PREPAID_WEBHOOK_SECRET.
@@ -271,12 +272,41 @@ impl Default for WebhookSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RechargeSettings {
-    /// The payment gateway (`http://host:port/path`, a JSON POST with the
-    /// idempotency key). Env: PREPAID_GATEWAY_URL.
+    /// The payment gateway (`http://` or `https://host[:port]/path`, a JSON
+    /// POST with the idempotency key; https verified against Mozilla's
+    /// roots and `tls.ca_file`). Env: PREPAID_GATEWAY_URL.
     pub gateway_url: String,
     /// Use the simulated gateway (demos and tests only: every charge
     /// succeeds, no money moves). Env: PREPAID_SIMULATED_GATEWAY=true.
     pub simulated_gateway: bool,
+}
+
+/// Transport security. With `cert_file` and `key_file` both listeners
+/// speak TLS only (gRPC with ALPN `h2`, HTTP over HTTPS); `ca_file` adds a
+/// private CA to the roots the gateway and webhook client trusts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM, leaf first). Env:
+    /// PREPAID_TLS_CERT.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1). Env: PREPAID_TLS_KEY.
+    pub key_file: PathBuf,
+    /// Extra CA certificates (PEM) for outbound `https://` (gateway,
+    /// webhooks), besides Mozilla's roots. Env: PREPAID_TLS_CA.
+    pub ca_file: PathBuf,
+}
+
+impl TlsSettings {
+    /// Whether the listeners speak TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+
+    /// `ca_file` when set.
+    pub fn ca_path(&self) -> Option<&Path> {
+        (!self.ca_file.as_os_str().is_empty()).then_some(self.ca_file.as_path())
+    }
 }
 
 /// The whole configuration file.
@@ -288,6 +318,7 @@ pub struct NodeConfig {
     pub server: ServerSettings,
     pub webhooks: WebhookSettings,
     pub recharge: RechargeSettings,
+    pub tls: TlsSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -318,7 +349,8 @@ impl NodeConfig {
     /// `PREPAID_SHARDS`, `PREPAID_WORKERS`, `PREPAID_FLUSH_INTERVAL_MS`,
     /// `PREPAID_MAX_RESIDENT_ACCOUNTS`, `PREPAID_GRPC_ADDR`,
     /// `PREPAID_HTTP_ADDR`, `PREPAID_WEBHOOK_SECRET`, `PREPAID_GATEWAY_URL`,
-    /// `PREPAID_SIMULATED_GATEWAY` override the file;
+    /// `PREPAID_SIMULATED_GATEWAY`, `PREPAID_TLS_CERT`, `PREPAID_TLS_KEY`,
+    /// `PREPAID_TLS_CA` override the file;
     /// `PREPAID_TOKENS` adds tokens.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
@@ -384,6 +416,15 @@ impl NodeConfig {
         }
         if let Some(v) = var("PREPAID_GATEWAY_URL") {
             self.recharge.gateway_url = v;
+        }
+        if let Some(v) = var("PREPAID_TLS_CERT") {
+            self.tls.cert_file = PathBuf::from(v);
+        }
+        if let Some(v) = var("PREPAID_TLS_KEY") {
+            self.tls.key_file = PathBuf::from(v);
+        }
+        if let Some(v) = var("PREPAID_TLS_CA") {
+            self.tls.ca_file = PathBuf::from(v);
         }
         if let Some(v) = var("PREPAID_SIMULATED_GATEWAY") {
             self.recharge.simulated_gateway = match v.as_str() {
@@ -471,16 +512,19 @@ impl NodeConfig {
             );
         }
         for url in &w.urls {
-            if !url.starts_with("http://") {
-                return bad("webhooks.urls are http:// URLs (TLS belongs to a local proxy)");
-            }
+            crate::httpc::parse_url(url).map_err(|e| ConfigError::Invalid(format!("webhooks.urls: {e}")))?;
         }
         let r = &self.recharge;
-        if !r.gateway_url.is_empty() && !r.gateway_url.starts_with("http://") {
-            return bad("recharge.gateway_url is an http:// URL (TLS belongs to a local proxy)");
+        if !r.gateway_url.is_empty() {
+            crate::httpc::parse_url(&r.gateway_url)
+                .map_err(|e| ConfigError::Invalid(format!("recharge.gateway_url: {e}")))?;
         }
         if !r.gateway_url.is_empty() && r.simulated_gateway {
             return bad("recharge.gateway_url and recharge.simulated_gateway are exclusive: choose one gateway");
+        }
+        let t = &self.tls;
+        if t.cert_file.as_os_str().is_empty() != t.key_file.as_os_str().is_empty() {
+            return bad("tls.cert_file and tls.key_file go together: set both (TLS on both listeners) or neither");
         }
         Ok(())
     }

@@ -17,7 +17,8 @@ pub mod codec;
 pub mod config;
 pub mod error;
 mod health;
-mod httpc;
+/// The outbound HTTP client (gateway, webhooks).
+pub mod httpc;
 mod journal;
 pub mod ledger;
 mod node;
@@ -28,6 +29,7 @@ pub mod server;
 mod shard;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod wire;
 
 /// This build's version (Cargo's), as `/health` and `prepaid_build_info`

@@ -169,6 +169,6 @@ fn the_deployment_kit_matches_the_code() {
     let unit = read("deploy/prepaid.service");
     let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
     assert!(exec.ends_with("prepaid serve --config /etc/prepaid/prepaid.toml"), "{exec}");
-    let usage = read("src/bin/prepaid/main.rs");
-    assert!(usage.contains("serve [--config FILE]"), "serve takes --config");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_prepaid")).args(["serve", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--config <FILE>"), "serve takes --config");
 }

@@ -38,43 +38,83 @@ fn demo_walks_every_rule_and_checks_conservation() {
 #[test]
 fn bad_arguments_are_refused_with_a_sentence() {
     for (args, says) in [
-        (vec!["demo", "--accounts", "0"], "--accounts is 1 to"),
-        (vec!["demo", "--debits", "lots"], "takes a whole number"),
-        (vec!["demo", "--debits"], "needs a value"),
-        (vec!["demo", "--fast", "1"], "unknown flag"),
-        (vec!["mint"], "unknown command"),
-        (vec!["serve", "--port", "1"], "unknown flag"),
-        (vec!["bench", "--addr"], "--addr needs HOST:PORT"),
-        (vec!["bench"], "needs --embedded or --addr"),
-        (vec!["bench", "--addr", "127.0.0.1:1", "--rate", "lots"], "takes a whole number"),
-        (vec!["bench", "--addr", "127.0.0.1:1", "--rate", "100000001"], "--rate is 0 to 100000000"),
-        (vec!["account"], "account needs an operation"),
-        (vec!["account", "show"], "--account is required"),
-        (vec!["account", "debit", "--account", "a"], "debit needs --amount"),
-        (vec![], "usage: prepaid"),
+        (vec!["demo", "--accounts", "0"], "0 is not in 1..=1000000"),
+        (vec!["demo", "--debits", "lots"], "invalid value 'lots' for '--debits <N>'"),
+        (vec!["demo", "--debits"], "a value is required for '--debits <N>'"),
+        (vec!["demo", "--fast", "1"], "unexpected argument '--fast'"),
+        (vec!["mint"], "unrecognized subcommand 'mint'"),
+        (vec!["serve", "--port", "1"], "unexpected argument '--port'"),
+        (vec!["serve", "--gateway-url", "http://x", "--simulated-gateway"], "cannot be used with"),
+        (vec!["bench", "--addr"], "a value is required for '--addr <HOST:PORT>'"),
+        (vec!["bench"], "--embedded|--addr"),
+        (vec!["bench", "--embedded", "--addr", "127.0.0.1:1"], "cannot be used with"),
+        (vec!["bench", "--embedded", "--conns", "2"], "cannot be used with"),
+        (vec!["bench", "--addr", "127.0.0.1:1", "--rate", "lots"], "invalid value 'lots' for '--rate <PER_S>'"),
+        (vec!["bench", "--addr", "127.0.0.1:1", "--rate", "100000001"], "100000001 is not in 0..=100000000"),
+        (vec!["bench", "--embedded", "--batch", "10001"], "10001 is not in 1..=10000"),
+        (vec!["bench", "--embedded", "--durability", "eventually"], "[possible values: sync, async]"),
+        (vec!["account"], "Usage: prepaid account"),
+        (vec!["account", "show"], "--account <ID>"),
+        (vec!["account", "debit", "--account", "a"], "--amount <X>"),
+        (
+            vec!["account", "capture", "--account", "a", "--amount", "1", "--hold", "x"],
+            "invalid value 'x' for '--hold <ID>'",
+        ),
+        (
+            vec!["account", "debit", "--account", "a", "--amount", "1", "--service", "gpu"],
+            "possible values: api_request",
+        ),
+        (vec![], "Usage: prepaid"),
     ] {
-        let (code, _, err) = prepaid(&args);
-        assert_eq!(code, 2, "{args:?}");
+        let (code, out, err) = prepaid(&args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
         assert!(err.contains(says), "{args:?}: {err}");
+        // Every error names the command's own usage, not the whole CLI's.
+        assert!(!err.contains("torture-client") && !err.contains("crash-child"), "{args:?}: {err}");
     }
+    // An error shows the usage of the command it is about.
+    let (_, _, err) = prepaid(&["account", "debit", "--account", "a"]);
+    assert!(err.contains("Usage: prepaid account debit"), "{err}");
+    // Help: every command answers --help with its own flags; internal
+    // commands are not listed.
     let (code, out, _) = prepaid(&["help"]);
     assert_eq!((code, out.contains("demo")), (0, true));
-    // Every command answers --help (it used to be "unknown flag"), and
-    // --version the version.
-    for args in [&["serve", "--help"][..], &["demo", "--help"], &["bench", "-h"]] {
+    assert!(!out.contains("torture-client") && !out.contains("crash-child"), "{out}");
+    for (args, usage) in [
+        (&["serve", "--help"][..], "Usage: prepaid serve"),
+        (&["demo", "--help"], "Usage: prepaid demo"),
+        (&["bench", "-h"], "Usage: prepaid bench"),
+        (&["account", "debit", "--help"], "Usage: prepaid account debit"),
+        (&["help", "account", "hold"], "Usage: prepaid account hold"),
+    ] {
         let (code, out, err) = prepaid(args);
         assert_eq!(code, 0, "{args:?}: {err}");
-        assert!(out.contains("usage: prepaid"), "{args:?}: {out}");
+        assert!(out.contains(usage), "{args:?}: {out}");
     }
-    let (code, out, _) = prepaid(&["account", "debit", "--help"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("usage: prepaid account"), "{out}");
     let (code, out, _) = prepaid(&["--version"]);
     assert_eq!((code, out.trim()), (0, format!("prepaid {}", prepaid::VERSION).as_str()));
+    let (code, out, _) = prepaid(&["account", "--version"]);
+    assert_eq!((code, out.trim()), (0, format!("prepaid-account {}", prepaid::VERSION).as_str()));
     // `--name=value` is read as `--name value`.
     let (code, _, err) = prepaid(&["demo", "--accounts=0"]);
     assert_eq!(code, 2);
-    assert!(err.contains("--accounts is 1 to"), "{err}");
+    assert!(err.contains("0 is not in 1..=1000000"), "{err}");
+}
+
+/// `bench --embedded --json`: the figures as one JSON object, nothing else
+/// on stdout.
+#[test]
+fn bench_embedded_prints_json_on_request() {
+    let (code, out, err) = prepaid(&["bench", "--embedded", "--accounts", "20", "--debits", "500", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!((v["debits"].as_u64(), v["refused"].as_u64()), (Some(500), Some(0)));
+    assert_eq!(v["conservation"], "ok");
+    assert_eq!(v["durability"], "sync");
+    for figure in ["throughput_per_s", "elapsed_s", "restart_first_request_ms"] {
+        assert!(v[figure].as_f64().is_some(), "{figure}: {v}");
+    }
+    assert!(v["latency_us"]["p99"].as_f64().is_some() && v["fsync_ms"]["after"]["p50"].as_f64().is_some(), "{v}");
 }
 
 /// `prepaid help | head -1`: a closed stdout ends the command quietly (by

@@ -175,8 +175,42 @@ fn the_gateway_comes_from_the_file_or_the_environment() {
     assert!(err.contains("PREPAID_SIMULATED_GATEWAY"), "{err}");
     let both = "[recharge]\ngateway_url = \"http://127.0.0.1:9/charge\"\nsimulated_gateway = true\n";
     assert!(NodeConfig::from_toml(both).unwrap_err().to_string().contains("exclusive"));
-    let https = "[recharge]\ngateway_url = \"ftp://pay\"\n";
-    assert!(NodeConfig::from_toml(https).unwrap_err().to_string().contains("recharge.gateway_url"));
+    let ftp = "[recharge]\ngateway_url = \"ftp://pay\"\n";
+    assert!(NodeConfig::from_toml(ftp).unwrap_err().to_string().contains("recharge.gateway_url"));
+    // https:// is a gateway URL (verified against Mozilla's roots and
+    // tls.ca_file), and the port is optional.
+    let https = NodeConfig::from_toml("[recharge]\ngateway_url = \"https://pay.example/charge\"\n").unwrap();
+    assert_eq!(https.recharge.gateway_url, "https://pay.example/charge");
+    let no_host = "[recharge]\ngateway_url = \"https:///charge\"\n";
+    assert!(NodeConfig::from_toml(no_host).unwrap_err().to_string().contains("recharge.gateway_url"));
+    let hooks = "[webhooks]\nurls = [\"https://hooks.example/prepaid\", \"mailto:x\"]\nsecret = \"0123456789abcdef\"\n";
+    assert!(NodeConfig::from_toml(hooks).unwrap_err().to_string().contains("webhooks.urls"));
+}
+
+#[test]
+fn tls_takes_a_certificate_and_its_key_together() {
+    let both =
+        NodeConfig::from_toml("[tls]\ncert_file = \"/etc/prepaid/cert.pem\"\nkey_file = \"/etc/prepaid/key.pem\"\n")
+            .unwrap();
+    assert!(both.tls.enabled());
+    assert!(!NodeConfig::default().tls.enabled());
+    for one in ["[tls]\ncert_file = \"/etc/prepaid/cert.pem\"\n", "[tls]\nkey_file = \"/etc/prepaid/key.pem\"\n"] {
+        let err = NodeConfig::from_toml(one).unwrap_err().to_string();
+        assert!(err.contains("tls.cert_file and tls.key_file go together"), "{err}");
+    }
+    let mut cfg = NodeConfig::default();
+    cfg.apply_env(|n| match n {
+        "PREPAID_TLS_CERT" => Some("/c.pem".into()),
+        "PREPAID_TLS_KEY" => Some("/k.pem".into()),
+        "PREPAID_TLS_CA" => Some("/ca.pem".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        (cfg.tls.cert_file.to_str(), cfg.tls.key_file.to_str(), cfg.tls.ca_path().and_then(|p| p.to_str())),
+        (Some("/c.pem"), Some("/k.pem"), Some("/ca.pem"))
+    );
+    assert!(NodeConfig::from_toml("[tls]\ncertificate = \"x\"\n").is_err(), "unknown fields are refused");
 }
 
 /// A file of the checkout under test. Read at run time (cargo sets

@@ -49,7 +49,7 @@ fn cli_against_a_served_node_then_sigterm_stops_it_cleanly() {
     assert!(out.contains("debited"), "{out}");
     let (code, _, err) = cli(&server, &["mint", "--account", "acme"]);
     assert_eq!(code, 2);
-    assert!(err.contains("unknown account operation"), "{err}");
+    assert!(err.contains("unrecognized subcommand 'mint'"), "{err}");
     // Without a token the node refuses.
     let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
         .args(["account", "show", "--account", "acme", "--addr", &server.grpc])
@@ -300,15 +300,186 @@ fn the_account_cli_says_each_thing_once() {
     // top-level usage with internal commands.
     let (code, _, err) = cli(&server, &["mint", "--account", "acme"]);
     assert_eq!(code, 2);
-    assert!(err.contains("unknown account operation") && !err.contains("torture-client"), "{err}");
-    // The CLI pointed at the HTTP port, for a read: no retry-with-key advice.
-    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
-        .args(["account", "show", "--account", "acme", "--addr", &server.http, "--token", ADMIN])
+    assert!(err.contains("unrecognized subcommand 'mint'") && !err.contains("torture-client"), "{err}");
+    assert!(err.contains("Usage: prepaid account"), "{err}");
+    // The CLI pointed at the HTTP port: nothing reached a node, so it is
+    // `unavailable` (not "outcome unknown", no retry-with-key advice), for
+    // a read and for a write alike.
+    for op in [&["show"][..], &["debit", "--amount", "1"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+            .arg("account")
+            .args(op)
+            .args(["--account", "acme", "--addr", &server.http, "--token", ADMIN])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("unavailable") && err.contains("gRPC address"), "{op:?}: {err}");
+        assert!(!err.contains("idempotency key") && !err.contains("outcome unknown"), "{op:?}: {err}");
+    }
+    // A closed stdout ends the CLI by SIGPIPE, not by a panic (it keeps
+    // SIGPIPE ignored for its socket, and prints through its own check).
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+            .args(["account", "history", "--account", "acme", "--addr", &server.grpc, "--token", ADMIN])
+            .stdout(std::process::Stdio::from(writer))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
+    }
+    // Human output gives times as dates.
+    let (code, out, err) = cli(&server, &["hold", "--account", "acme", "--amount", "1", "--timeout-ms", "91800000"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("expires 20") && out.contains(" UTC (in 1d 1h)"), "{out}");
+    let (code, out, err) = cli(&server, &["history", "--account", "acme"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" UTC  credited"), "{out}");
+    assert_eq!(sigterm(server), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tls_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One GET over HTTPS, trusting the test CA: the whole answer.
+fn get_tls(http: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = prepaid::tls::client_config(Some(std::path::Path::new(&tls_fixture("ca.pem")))).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(http).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut text = String::new();
+        tls.read_to_string(&mut text).await?;
+        Ok(text)
+    })
+}
+
+#[test]
+fn with_tls_both_listeners_speak_only_tls() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tls.toml");
+    let (cert, key, ca) = (tls_fixture("server.pem"), tls_fixture("server.key"), tls_fixture("ca.pem"));
+    std::fs::write(&config, format!("[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n")).unwrap();
+    let server = serve::start(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let account = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+            .args(["account", "open", "--account", "tls_acme", "--token", ADMIN])
+            .args(extra)
+            .env_remove("PREPAID_CA_CERT")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The CLI over TLS, trusting the test CA (https:// implied by --ca-cert).
+    let (code, out, err) = account(&["--addr", &server.grpc, "--ca-cert", &ca]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("status       inactive"), "{out}");
+    // Plaintext to a TLS listener reaches nothing.
+    let (code, _, err) = account(&["--addr", &server.grpc]);
+    assert_eq!(code, Some(1), "{err}");
+    // TLS without the CA: the certificate is not trusted.
+    let (code, _, err) = account(&["--addr", &format!("https://{}", server.grpc)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+    // The HTTP side is HTTPS: /health answers over TLS, not in plaintext.
+    let answer = get_tls(&server.http, "/health").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(prepaid::VERSION), "{answer}");
+    let mut plain = std::net::TcpStream::connect(&server.http).unwrap();
+    plain.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut plain, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut bytes = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut bytes);
+    assert!(!String::from_utf8_lossy(&bytes).contains("HTTP/1.1 200"), "plaintext was answered");
+    assert_eq!(sigterm(server), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tls_setting_that_cannot_work_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-tls-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = tls_fixture("server.pem");
+    let base = ["--ephemeral", "--simulated-gateway"];
+    // A certificate without its key.
+    let (code, err) = serve_once(&base, &[("PREPAID_TLS_CERT", cert.as_str())]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("tls.cert_file and tls.key_file go together"), "{err}");
+    // A key file that is not a key: refused before serving, node stopped.
+    let not_key = dir.join("not-a-key.pem");
+    std::fs::write(&not_key, "hello").unwrap();
+    let env = [("PREPAID_TLS_CERT", cert.as_str()), ("PREPAID_TLS_KEY", not_key.to_str().unwrap())];
+    let (code, err) = serve_once(&base, &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not-a-key.pem"), "{err}");
+    // A certificate and a key that do not belong together (the CA's
+    // certificate with the server's key).
+    let (ca, key) = (tls_fixture("ca.pem"), tls_fixture("server.key"));
+    let (code, err) = serve_once(&base, &[("PREPAID_TLS_CERT", ca.as_str()), ("PREPAID_TLS_KEY", key.as_str())]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("do not make a TLS identity"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The OpenAPI document at /openapi.json describes the server: schemathesis
+/// (PyPI, installed by .ci/setup) generates requests from it, valid and
+/// invalid, and checks every answer against it (status codes, content
+/// types, headers, bodies; no 5xx). Bounded: a fixed seed and example count.
+#[test]
+fn the_openapi_document_describes_the_http_api() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-openapi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve::start(&dir, &[]);
+    let (head, body) = get(&server.http, "/openapi.json", "");
+    assert!(head.starts_with("http/1.1 200") && head.contains("content-type: application/json"), "{head}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["info"]["version"], prepaid::VERSION);
+    for path in ["/health", "/metrics", "/openapi.json", "/admin/v1/requests", "/admin/v1/accounts/{id}"] {
+        assert!(doc["paths"][path].is_object(), "{path} is not in the document");
+    }
+    // Unknown paths answer JSON errors too (the document promises JSON).
+    let (head, body) = get(&server.http, "/admin/v1/nothing", "");
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    assert!(body.contains("\"code\":\"invalid_request\""), "{body}");
+    let report = dir.join("schemathesis.xml");
+    let out = Command::new("python3")
+        .args(["-m", "schemathesis.cli", "run", &format!("http://{}/openapi.json", server.http)])
+        .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
+        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance,ignored_auth"])
+        .args(["--phases", "examples,coverage,fuzzing", "--max-examples", "40", "--seed", "1"])
+        .args(["--workers", "1", "--request-timeout", "10", "--generation-database", "none", "--no-color"])
+        .args(["--report", "junit", "--report-junit-path", report.to_str().unwrap()])
+        .current_dir(&dir)
         .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("gRPC address") && !err.contains("idempotency key"), "{err}");
+        .expect("python3 runs (bash .ci/setup installs schemathesis)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schemathesis found the server and its document disagree:\n{text}");
+    // It tested every operation (a schema it could not load would test
+    // none); /openapi.json itself, the schema, it leaves out: read above.
+    let report = std::fs::read_to_string(&report).unwrap();
+    for path in doc["paths"].as_object().unwrap().keys().filter(|p| *p != "/openapi.json") {
+        for method in doc["paths"][path].as_object().unwrap().keys() {
+            let case = format!("testcase name=\"{} {path}\"", method.to_uppercase());
+            assert!(report.contains(&case), "{case} is not in the report:\n{report}\n{text}");
+        }
+    }
     assert_eq!(sigterm(server), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

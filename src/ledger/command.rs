@@ -82,7 +82,10 @@ pub enum Command {
     /// Create the account. Opening again with the same settings is a no-op
     /// that returns the account; with other settings, `account_exists`.
     Open {
+        /// JSON may leave these out, as the proto may: `prepaid`, `USD`.
+        #[serde(default)]
         mode: Mode,
+        #[serde(default)]
         currency: Currency,
         /// Whether a past-due invoice suspends access; `None` takes the
         /// configured default.

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::httpc::Target;
+use crate::httpc::{Outbound, Target};
 use crate::ledger::hash::stable_hash;
 use crate::ledger::{AccountId, Amount};
 
@@ -209,18 +209,25 @@ impl PaymentGateway for SimulatedGateway {
 ///
 /// Answers: 2xx charged; 402 declined (the body, up to 200 bytes, is the
 /// reason); any other 4xx declined as refused by the gateway; 5xx, no
-/// answer or a timeout: unknown, asked again later with the same key. Plain
-/// `http://` only (no TLS here: put a local proxy in front of a remote HTTPS
-/// gateway).
+/// answer or a timeout: unknown, asked again later with the same key.
+/// `https://` gateways are verified against Mozilla's roots, and a private
+/// CA's with `with_client` (`[tls] ca_file` in `prepaid serve`).
 pub struct HttpGateway {
     target: Target,
     timeout: Duration,
 }
 
 impl HttpGateway {
-    /// `url` is `http://host:port/path`.
+    /// `url` is `http://` or `https://host[:port]/path`; the server's
+    /// certificate must chain to one of Mozilla's roots.
     pub fn new(url: &str, timeout: Duration) -> Result<HttpGateway, String> {
-        Ok(HttpGateway { target: Target::parse(url)?, timeout })
+        HttpGateway::with_client(url, timeout, &Outbound::new(None)?)
+    }
+
+    /// As `new`, through a client of your own (one that also trusts a
+    /// private CA: `Outbound::new(Some(ca_file))`).
+    pub fn with_client(url: &str, timeout: Duration, client: &Outbound) -> Result<HttpGateway, String> {
+        Ok(HttpGateway { target: Target::parse(url, client)?, timeout })
     }
 
     async fn post(target: Target, request: ChargeRequest) -> Result<ChargeOutcome, GatewayUnavailable> {

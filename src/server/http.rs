@@ -9,6 +9,7 @@
 //! | GET | `/admin/v1/accounts/{id}` | the balance view |
 //! | GET | `/admin/v1/accounts/{id}/history?after_seq=&limit=` | a page of the ledger |
 //! | GET | `/admin/v1/webhooks` | delivery figures and dead letters |
+//! | GET | `/openapi.json` | the OpenAPI 3.1 document of all of the above (`openapi.json` here) |
 //!
 //! A request's key is `idempotency_key` (as in the proto; `key` is read
 //! too), or the `Idempotency-Key` header for a single request; a debit's
@@ -45,6 +46,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/admin/v1/accounts/{id}", get(account))
         .route("/admin/v1/accounts/{id}/history", get(history))
         .route("/admin/v1/webhooks", get(webhooks))
+        .route("/openapi.json", get(openapi))
+        .fallback(no_such_path)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&api), with_request_id))
         .with_state(api)
@@ -65,6 +68,29 @@ async fn with_request_id(
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// The OpenAPI 3.1 document of this API (`src/server/openapi.json`; a
+/// test runs schemathesis against a real server with it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    let doc = OPENAPI.replacen("\"version\": \"VERSION\"", &format!("\"version\": \"{}\"", crate::VERSION), 1);
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
+}
+
+/// A path the API does not have: 404 with a JSON error like every other.
+async fn no_such_path(uri: axum::http::Uri) -> Response {
+    let e = Error::InvalidRequest(format!("no such path: {}", uri.path()));
+    (StatusCode::NOT_FOUND, axum::Json(error_json(&e))).into_response()
+}
+
+/// A path segment that is not text (bad percent-encoding) is not an id.
+fn path_id(path: Result<Path<String>, axum::extract::rejection::PathRejection>) -> Result<AccountId, Error> {
+    match path {
+        Ok(Path(id)) => account_id(&id),
+        Err(_) => Err(Error::Refused(crate::ledger::Reason::InvalidAccountId)),
+    }
 }
 
 fn http_status(e: &Error) -> StatusCode {
@@ -172,7 +198,13 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
         }
     }
     // A single request may carry its key in the `Idempotency-Key` header;
-    // a key in both places must agree.
+    // a key in both places must agree. A batch's requests carry their own.
+    if !single && headers.contains_key("idempotency-key") {
+        return refuse(Error::InvalidRequest(
+            "the Idempotency-Key header is for a single request; in a batch each request carries its idempotency_key"
+                .into(),
+        ));
+    }
     if let (true, Some(header)) = (single, headers.get("idempotency-key")) {
         let key = match header.to_str().ok().map(crate::ledger::IdemKey::new) {
             Some(Ok(key)) => key,
@@ -251,11 +283,15 @@ fn account_id(id: &str) -> Result<AccountId, Error> {
     Ok(AccountId::new(id)?)
 }
 
-async fn account(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn account(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
     if let Err(e) = admin(&api, &headers) {
         return refuse(e);
     }
-    let id = match account_id(&id) {
+    let id = match path_id(id) {
         Ok(id) => id,
         Err(e) => return refuse(e),
     };
@@ -278,13 +314,13 @@ struct Page {
 async fn history(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(e) = admin(&api, &headers) {
         return refuse(e);
     }
-    let id = match account_id(&id) {
+    let id = match path_id(id) {
         Ok(id) => id,
         Err(e) => return refuse(e),
     };

@@ -6,6 +6,7 @@
 //! Both listeners bound their open connections (`server.max_connections`):
 //! a connection past the bound is closed as soon as it is accepted, so
 //! thousands of idle clients cost file descriptors only up to the bound.
+//! With `[tls]` both speak TLS only (rustls; gRPC negotiates `h2`).
 //! Shutdown (SIGTERM, SIGINT, or the future given to `run`): stop accepting,
 //! let calls in flight finish, stop the node (drain actors, sync, flush),
 //! then return.
@@ -89,62 +90,136 @@ impl Api {
     }
 }
 
-/// A TCP connection that holds one of its listener's connection permits.
+/// An accepted connection, plain or TLS, that holds one of its listener's
+/// connection permits.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
+    info: tonic::transport::server::TcpConnectInfo,
     _permit: OwnedSemaphorePermit,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 
-/// A listener that keeps at most `max` connections open.
+/// Longest a client may take over its TLS handshake before the connection
+/// (and its permit) is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A listener that keeps at most `max` connections open, handshaking TLS
+/// when given an acceptor. A task accepts; TLS handshakes run each in a task
+/// of its own, so one slow client never holds up the next; ready
+/// connections come out of `next`. The task stops when this is dropped.
 pub struct Limited {
-    listener: TcpListener,
-    permits: Arc<Semaphore>,
+    ready: tokio::sync::mpsc::Receiver<(Conn, SocketAddr)>,
+    local: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Limited {
-    pub fn new(listener: TcpListener, max: usize) -> Limited {
-        Limited { listener, permits: Arc::new(Semaphore::new(max)) }
+    pub fn new(listener: TcpListener, max: usize, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Limited> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(accept_loop(listener, Arc::new(Semaphore::new(max)), tls, tx));
+        Ok(Limited { ready, local, task })
     }
 
-    /// The next connection within the bound; those past it are closed.
+    /// The next connection within the bound (past it they are closed).
     pub async fn next(&mut self) -> (Conn, SocketAddr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, addr)) => match Arc::clone(&self.permits).try_acquire_owned() {
-                    Ok(permit) => {
-                        let _ = stream.set_nodelay(true);
-                        return (Conn { stream, _permit: permit }, addr);
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task ended (it never does while this lives).
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ready: tokio::sync::mpsc::Sender<(Conn, SocketAddr)>,
+) {
+    use tonic::transport::server::Connected;
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors or a connection reset before accept: wait
+            // a little rather than spin.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let info = stream.connect_info();
+        match &tls {
+            None => {
+                let conn = Conn { stream: Stream::Plain(stream), info, _permit: permit };
+                if ready.send((conn, addr)).await.is_err() {
+                    return;
+                }
+            }
+            Some(acceptor) => {
+                let (acceptor, ready) = (acceptor.clone(), ready.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let conn = Conn { stream: Stream::Tls(Box::new(tls)), info, _permit: permit };
+                            let _ = ready.send((conn, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %addr, "TLS handshake timed out"),
                     }
-                    Err(_) => drop(stream),
-                },
-                // Out of descriptors or a connection reset before accept:
-                // wait a little rather than spin.
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                });
             }
         }
     }
@@ -159,7 +234,7 @@ impl axum::serve::Listener for Limited {
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        Ok(self.local)
     }
 }
 
@@ -198,14 +273,34 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Start(format!("gRPC reflection: {e}")));
-    let (reflection, (grpc_listener, http_listener, bound)) = match (reflection, bind(&cfg).await) {
-        (Ok(reflection), Ok(bound)) => (reflection, bound),
+    let tls = match cfg.tls.enabled() {
+        true => crate::tls::Acceptors::new(&cfg.tls.cert_file, &cfg.tls.key_file)
+            .map(Some)
+            .map_err(|e| ServeError::Start(format!("TLS: {e}"))),
+        false => Ok(None),
+    };
+    let (reflection, tls, (grpc_listener, http_listener, bound)) = match (reflection, tls, bind(&cfg).await) {
+        (Ok(reflection), Ok(tls), Ok(bound)) => (reflection, tls, bound),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            node.shutdown().await;
+            return Err(e);
+        }
+    };
+    let (grpc_tls, http_tls) = match tls {
+        Some(a) => (Some(a.grpc), Some(a.http)),
+        None => (None, None),
+    };
+    let limited = |listener, tls| {
+        Limited::new(listener, cfg.server.max_connections, tls).map_err(|e| ServeError::Start(e.to_string()))
+    };
+    let (mut grpc_limited, http_limited) = match (limited(grpc_listener, grpc_tls), limited(http_listener, http_tls)) {
+        (Ok(g), Ok(h)) => (g, h),
         (Err(e), _) | (_, Err(e)) => {
             node.shutdown().await;
             return Err(e);
         }
     };
-    tracing::info!(grpc = %bound.grpc, http = %bound.http, version = crate::VERSION, "serving");
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, tls = cfg.tls.enabled(), version = crate::VERSION, "serving");
     let node = Arc::new(node);
     let webhooks = match webhooks::Webhooks::start(&cfg, &node) {
         Ok(w) => w,
@@ -242,7 +337,6 @@ pub async fn run(
 
     // gRPC: accepted connections flow through a channel from the bounded
     // listener.
-    let mut grpc_limited = Limited::new(grpc_listener, cfg.server.max_connections);
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
     let accept_stop = stopped(stop_rx.clone());
     let acceptor = tokio::spawn(async move {
@@ -276,8 +370,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
 
     let app = http::router(Arc::clone(&api));
-    let http_server = axum::serve(Limited::new(http_listener, cfg.server.max_connections), app)
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_server = axum::serve(http_limited, app).with_graceful_shutdown(stopped(stop_rx.clone()));
 
     on_bound(bound);
     // Calls in flight get `shutdown_grace_ms` to finish once stopping starts;

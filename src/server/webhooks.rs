@@ -34,7 +34,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{NodeConfig, WebhookSettings};
-use crate::httpc::Target;
+use crate::httpc::{Outbound, Target};
 use crate::journal::AccountEvent;
 use crate::ledger::{AccountId, EventRecord};
 use crate::node::Node;
@@ -119,8 +119,13 @@ impl Webhooks {
         if cfg.webhooks.urls.is_empty() {
             return Ok(None);
         }
-        let targets =
-            cfg.webhooks.urls.iter().map(|u| Target::parse(u).map(|t| (u.clone(), t))).collect::<Result<_, _>>()?;
+        let client = Outbound::new(cfg.tls.ca_path())?;
+        let targets = cfg
+            .webhooks
+            .urls
+            .iter()
+            .map(|u| Target::parse(u, &client).map(|t| (u.clone(), t)))
+            .collect::<Result<_, _>>()?;
         let (stop, stop_rx) = watch::channel(false);
         let hooks = Arc::new(Webhooks {
             store: node.store(),

@@ -231,6 +231,17 @@ async fn admin_json_api_runs_requests_and_reads_accounts() {
         harness::http_with(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: other\r\n", keyed)
             .await;
     assert_eq!(status, 400, "a header and a body key that differ: {out}");
+    // The header is for one request: a batch with it is refused, not run
+    // with the header ignored.
+    let batch = format!("[{keyed}]");
+    let (status, out) =
+        harness::http_with(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: b2\r\n", &batch).await;
+    assert_eq!(status, 400, "{out}");
+    assert!(out.contains("single request"), "{out}");
+    // The account's Open takes the proto's defaults too (prepaid, USD).
+    let (status, out) =
+        http_post(s.http, "/admin/v1/requests", Some(ADMIN), r#"{"account":"j_defaults","command":{"open":{}}}"#).await;
+    assert_eq!(status, 200, "{out}");
     let broke = r#"{"account":"j1","idempotency_key":"big","command":{"debit":{"amount":"1000"}}}"#;
     let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), broke).await;
     assert_eq!(status, 400, "a single refusal is not 200: {out}");

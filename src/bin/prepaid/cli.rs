@@ -1,35 +1,41 @@
 //! `prepaid serve` and `prepaid account …`: the served node and the command
 //! line against it (over gRPC with `prepaid::Client`).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use clap::{Args, Subcommand, ValueEnum};
 use prepaid::wire::pb;
 use prepaid::wire::pb::request::Op;
 use prepaid::{Client, ClientError, HttpGateway, Node, NodeConfig, PaymentGateway, SimulatedGateway};
 use serde_json::{Value, json};
 
-use crate::{Failure, Flags};
+use crate::Failure;
 
-pub fn serve(f: &Flags) -> Result<(), Failure> {
-    let mut config = match f.text("--config") {
-        Some(path) => NodeConfig::load(std::path::Path::new(&path)),
+pub fn serve(
+    config_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    gateway_url: Option<String>,
+    simulated_gateway: bool,
+    ephemeral: bool,
+) -> Result<(), Failure> {
+    let mut config = match config_file {
+        Some(path) => NodeConfig::load(&path),
         None => {
             let mut c = NodeConfig::default();
             c.apply_env(|name| std::env::var(name).ok()).map(|_| c)
         }
     }
     .map_err(|e| Failure::Run(e.to_string()))?;
-    if let Some(dir) = f.text("--data-dir") {
-        config.node.data_dir = dir.into();
+    if let Some(dir) = data_dir {
+        config.node.data_dir = dir;
     }
-    if let Some(url) = f.text("--gateway-url") {
+    if let Some(url) = gateway_url {
         config.recharge.gateway_url = url;
     }
-    if f.flag("--simulated-gateway") {
+    if simulated_gateway {
         config.recharge.simulated_gateway = true;
     }
-    let ephemeral = f.flag("--ephemeral");
-    f.done()?;
     config.validate().map_err(|e| Failure::Run(e.to_string()))?;
     let gateway = serve_gateway(&config, ephemeral)?;
     if config.server.tokens.is_empty() {
@@ -52,12 +58,12 @@ pub fn serve(f: &Flags) -> Result<(), Failure> {
     io_runtime.block_on(async move {
         prepaid::server::run(config, node, prepaid::server::termination(), |bound| {
             // Tests and scripts read this line for the ports.
-            println!("prepaid: serving gRPC on {} and HTTP on {}", bound.grpc, bound.http);
+            say!("prepaid: serving gRPC on {} and HTTP on {}", bound.grpc, bound.http);
         })
         .await
         .map_err(|e| Failure::Run(e.to_string()))
     })?;
-    println!("prepaid: stopped cleanly");
+    say!("prepaid: stopped cleanly");
     Ok(())
 }
 
@@ -81,7 +87,8 @@ fn serve_gateway(config: &NodeConfig, ephemeral: bool) -> Result<Arc<dyn Payment
     let r = &config.recharge;
     if !r.gateway_url.is_empty() {
         let timeout = std::time::Duration::from_millis(config.node.recharge_charge_timeout_ms);
-        return Ok(Arc::new(HttpGateway::new(&r.gateway_url, timeout).map_err(Failure::Run)?));
+        let client = prepaid::httpc::Outbound::new(config.tls.ca_path()).map_err(Failure::Run)?;
+        return Ok(Arc::new(HttpGateway::with_client(&r.gateway_url, timeout, &client).map_err(Failure::Run)?));
     }
     if r.simulated_gateway {
         tracing::warn!("simulated gateway: every auto-recharge succeeds and no money moves");
@@ -92,264 +99,413 @@ fn serve_gateway(config: &NodeConfig, ephemeral: bool) -> Result<Arc<dyn Payment
     ))
 }
 
-const ACCOUNT_USAGE: &str = "\
-usage: prepaid account <operation> --account ID [flags] [--addr HOST:PORT] [--token T] [--json]
-
-  --addr defaults to $PREPAID_ADDR or 127.0.0.1:7070; --token to $PREPAID_TOKEN.
-  Operations that move money take --key K (default: a new key, printed so you
-  can retry with it).
-
-operations:
-  open [--mode prepaid|contract] [--currency USD] [--credit-limit X]
-  show | check
-  history [--after SEQ] [--limit N]
-  purchase --amount X [--reference R]
-  grant --amount X [--expires-at-ms T] [--priority P] [--reference R]
-  debit --amount X [--metered] [--service S] [--reference R]
-  hold --amount X [--timeout-ms T] [--service S] [--reference R]
-  capture --hold ID --amount X
-  release --hold ID
-  auto-recharge (--enable --threshold X [--amount Y] | --disable)
-  expire-grants --at-ms T [--grant ID]
-  close-period [--due-at-ms T]
-  pay-invoice --invoice ID --amount X
-  freeze | unfreeze | close --reason TEXT
-  adjust --amount X --reason TEXT
-services: api_request (default), dedicated_endpoint, fine_tuning, evaluation, other";
-
-/// `prepaid account …`; a usage error shows the account usage only, not
-/// the top-level one.
-pub fn account(args: &[String]) -> Result<(), Failure> {
-    account_op(args).map_err(|f| match f {
-        Failure::Usage(m) if m.contains(ACCOUNT_USAGE) => Failure::Shown(m),
-        Failure::Usage(m) => {
-            Failure::Shown(format!("{m}\n\n`prepaid account help` lists every operation and its flags"))
-        }
-        other => other,
-    })
+/// `prepaid account <operation>`: where the node is, and what to do.
+#[derive(Args)]
+pub struct AccountArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    op: AccountOp,
 }
 
-fn account_op(args: &[String]) -> Result<(), Failure> {
-    let Some(op) = args.first() else {
-        return Err(Failure::Usage(format!("account needs an operation\n\n{ACCOUNT_USAGE}")));
-    };
-    if op == "help" {
-        println!("{ACCOUNT_USAGE}");
-        return Ok(());
+#[derive(Args)]
+struct Conn {
+    /// The node's gRPC address (https://HOST:PORT, or --ca-cert, for TLS)
+    #[arg(long, global = true, value_name = "HOST:PORT", env = "PREPAID_ADDR", default_value = "127.0.0.1:7070")]
+    addr: String,
+    /// API token
+    #[arg(long, global = true, env = "PREPAID_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
+    /// PEM file of the CA the node's TLS certificate chains to (implies TLS)
+    #[arg(long, global = true, value_name = "FILE", env = "PREPAID_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Print the result as JSON
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct Who {
+    /// The account id
+    #[arg(long, value_name = "ID")]
+    account: String,
+}
+
+#[derive(Args)]
+struct Key {
+    /// Idempotency key: the same key applies the operation at most once
+    /// (default: a new key, printed so you can retry with it)
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Prepaid,
+    Contract,
+}
+
+/// Named as in the proto and the JSON API (`api_request`, …).
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum ServiceArg {
+    ApiRequest,
+    DedicatedEndpoint,
+    FineTuning,
+    Evaluation,
+    Other,
+}
+
+impl ServiceArg {
+    fn pb(self) -> i32 {
+        (match self {
+            ServiceArg::ApiRequest => pb::Service::ApiRequest,
+            ServiceArg::DedicatedEndpoint => pb::Service::DedicatedEndpoint,
+            ServiceArg::FineTuning => pb::Service::FineTuning,
+            ServiceArg::Evaluation => pb::Service::Evaluation,
+            ServiceArg::Other => pb::Service::Other,
+        }) as i32
     }
-    let f = crate::parse(&args[1..])?;
-    let addr = f.text("--addr").or_else(|| std::env::var("PREPAID_ADDR").ok()).unwrap_or("127.0.0.1:7070".into());
-    let token = f.text("--token").or_else(|| std::env::var("PREPAID_TOKEN").ok()).unwrap_or_default();
-    let as_json = f.flag("--json");
-    let account =
-        f.text("--account").ok_or_else(|| Failure::Usage(format!("--account is required\n\n{ACCOUNT_USAGE}")))?;
+}
+
+/// What every operation that moves money names: the account, its key,
+/// the amount (passed on as written: the node says what is wrong with it).
+#[derive(Args)]
+struct Move {
+    #[command(flatten)]
+    who: Who,
+    #[command(flatten)]
+    key: Key,
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
+    amount: String,
+}
+
+/// An operator's change of status, with its reason.
+#[derive(Args)]
+struct Reasoned {
+    #[command(flatten)]
+    who: Who,
+    #[command(flatten)]
+    key: Key,
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
+}
+
+#[derive(Subcommand)]
+enum AccountOp {
+    /// Create the account (again with the same settings: nothing changes)
+    Open {
+        #[command(flatten)]
+        who: Who,
+        #[arg(long, value_enum, default_value = "prepaid")]
+        mode: ModeArg,
+        /// Three capital letters [default: USD]
+        #[arg(long)]
+        currency: Option<String>,
+        /// Contract accounts: the most usage may reach before invoices are paid
+        #[arg(long, value_name = "X")]
+        credit_limit: Option<String>,
+    },
+    /// The balance with its parts, status and auto-recharge
+    Show(Who),
+    /// May the account make API calls now?
+    Check(Who),
+    /// A page of the ledger, oldest first
+    History {
+        #[command(flatten)]
+        who: Who,
+        /// Records after this sequence number
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: u64,
+        /// Records in the page (at most ledger.history_page_max)
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
+    /// A credit pack paid for (at least the minimum purchase; activates)
+    Purchase {
+        #[command(flatten)]
+        m: Move,
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Free credits (never activate)
+    Grant {
+        #[command(flatten)]
+        m: Move,
+        /// When the grant expires, in Unix milliseconds
+        #[arg(long, value_name = "MS")]
+        expires_at_ms: Option<u64>,
+        /// Lower burns first among grants with the same expiry
+        #[arg(long, value_name = "P")]
+        priority: Option<u8>,
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Usage: strict (declined unless covered) or --metered (applied even past zero)
+    Debit {
+        #[command(flatten)]
+        m: Move,
+        #[arg(long)]
+        metered: bool,
+        #[arg(long, value_enum, default_value = "api_request")]
+        service: ServiceArg,
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Reserve credits for a job (released by itself after the timeout)
+    Hold {
+        #[command(flatten)]
+        m: Move,
+        /// Hold lifetime in milliseconds [default: ledger.hold_timeout_default_ms]
+        #[arg(long, value_name = "MS")]
+        timeout_ms: Option<u64>,
+        #[arg(long, value_enum, default_value = "api_request")]
+        service: ServiceArg,
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Settle a hold at the final cost
+    Capture {
+        #[command(flatten)]
+        m: Move,
+        #[arg(long, value_name = "ID")]
+        hold: u64,
+    },
+    /// Release a hold unused
+    Release {
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        key: Key,
+        #[arg(long, value_name = "ID")]
+        hold: u64,
+    },
+    /// Turn auto-recharge on (buy --amount when the balance falls below
+    /// --threshold) or off
+    AutoRecharge {
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        key: Key,
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        /// Buy when the balance falls below this (needed with --enable)
+        #[arg(long, value_name = "X", required_if_eq("enable", "true"))]
+        threshold: Option<String>,
+        /// Purchase size [default: ledger.recharge_amount_default]
+        #[arg(long, value_name = "Y")]
+        amount: Option<String>,
+    },
+    /// Set when grants expire (one with --grant, or all), with notice
+    ExpireGrants {
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        key: Key,
+        /// When, in Unix milliseconds
+        #[arg(long, value_name = "MS")]
+        at_ms: u64,
+        #[arg(long, value_name = "ID")]
+        grant: Option<u64>,
+    },
+    /// Invoice the open period
+    ClosePeriod {
+        #[command(flatten)]
+        who: Who,
+        #[command(flatten)]
+        key: Key,
+        /// Due date in Unix milliseconds [default: now + ledger.invoice_due_ms]
+        #[arg(long, value_name = "MS")]
+        due_at_ms: Option<u64>,
+    },
+    /// Pay an invoice (credits never pay invoices)
+    PayInvoice {
+        #[command(flatten)]
+        m: Move,
+        #[arg(long, value_name = "ID")]
+        invoice: u64,
+    },
+    /// Stop all use of the account
+    Freeze(Reasoned),
+    /// Lift a freeze
+    Unfreeze(Reasoned),
+    /// Close the account (open holds are released)
+    Close(Reasoned),
+    /// Operator correction: positive credits, negative debits
+    Adjust {
+        #[command(flatten)]
+        m: Move,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+/// `prepaid account …`.
+pub fn account(args: AccountArgs) -> Result<(), Failure> {
+    let Conn { addr, token, ca_cert, json: as_json } = args.conn;
+    let ca = crate::read_ca(ca_cert.as_deref())?;
     let mut generated_key = None;
-    let mut key = || {
-        f.text("--key").unwrap_or_else(|| {
+    let mut key = |k: Key| {
+        k.key.unwrap_or_else(|| {
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
             let k = format!("cli-{}-{nanos}", std::process::id());
             generated_key = Some(k.clone());
             k
         })
     };
-    let need = |name: &str| f.text(name).ok_or_else(|| Failure::Usage(format!("{op} needs {name}")));
-    let number = |name: &str| -> Result<Option<u64>, Failure> {
-        f.text(name).map(|v| v.parse().map_err(|_| Failure::Usage(format!("{name} takes a whole number")))).transpose()
-    };
-    let service = |f: &Flags| -> Result<i32, Failure> {
-        let s = match f.text("--service").as_deref() {
-            None | Some("api_request") => pb::Service::ApiRequest,
-            Some("dedicated_endpoint") => pb::Service::DedicatedEndpoint,
-            Some("fine_tuning") => pb::Service::FineTuning,
-            Some("evaluation") => pb::Service::Evaluation,
-            Some("other") => pb::Service::Other,
-            Some(other) => return Err(Failure::Usage(format!("unknown service {other:?}"))),
-        };
-        Ok(s as i32)
-    };
-    let a = account.clone();
-    let operation = match op.as_str() {
-        "history" => None,
-        "open" => Some(Op::OpenAccount(pb::OpenAccount {
-            account: a,
+    use AccountOp as A;
+    let operation = match args.op {
+        A::History { who, after, limit } => Err((who.account, after, limit)),
+        A::Open { who, mode, currency, credit_limit } => Ok(Op::OpenAccount(pb::OpenAccount {
+            account: who.account,
             idempotency_key: String::new(),
-            mode: match f.text("--mode").as_deref() {
-                None | Some("prepaid") => pb::Mode::Prepaid as i32,
-                Some("contract") => pb::Mode::Contract as i32,
-                Some(other) => return Err(Failure::Usage(format!("--mode is prepaid or contract, not {other:?}"))),
-            },
-            currency: f.text("--currency").unwrap_or_default(),
+            mode: match mode {
+                ModeArg::Prepaid => pb::Mode::Prepaid,
+                ModeArg::Contract => pb::Mode::Contract,
+            } as i32,
+            currency: currency.unwrap_or_default(),
             past_due_suspends: None,
-            credit_limit: f.text("--credit-limit"),
+            credit_limit,
         })),
-        "show" => Some(Op::Balance(pb::Balance { account: a })),
-        "check" => Some(Op::CheckAccess(pb::CheckAccess { account: a })),
-        "purchase" => Some(Op::Purchase(pb::Purchase {
-            account: a,
-            idempotency_key: key(),
-            amount: need("--amount")?,
-            reference: f.text("--reference"),
+        A::Show(who) => Ok(Op::Balance(pb::Balance { account: who.account })),
+        A::Check(who) => Ok(Op::CheckAccess(pb::CheckAccess { account: who.account })),
+        A::Purchase { m, reference } => Ok(Op::Purchase(pb::Purchase {
+            idempotency_key: key(m.key),
+            account: m.who.account,
+            amount: m.amount,
+            reference,
         })),
-        "grant" => Some(Op::Grant(pb::Grant {
-            account: a,
-            idempotency_key: key(),
-            amount: need("--amount")?,
-            expires_at_ms: number("--expires-at-ms")?,
-            priority: number("--priority")?.map(|p| p.min(u32::MAX as u64) as u32),
-            reference: f.text("--reference"),
+        A::Grant { m, expires_at_ms, priority, reference } => Ok(Op::Grant(pb::Grant {
+            idempotency_key: key(m.key),
+            account: m.who.account,
+            amount: m.amount,
+            expires_at_ms,
+            priority: priority.map(u32::from),
+            reference,
         })),
-        "debit" => Some(Op::Debit(pb::Debit {
-            account: a,
-            idempotency_key: key(),
-            amount: need("--amount")?,
-            mode: if f.flag("--metered") { pb::DebitMode::Metered } else { pb::DebitMode::Strict } as i32,
-            service: service(&f)?,
-            reference: f.text("--reference"),
+        A::Debit { m, metered, service, reference } => Ok(Op::Debit(pb::Debit {
+            idempotency_key: key(m.key),
+            account: m.who.account,
+            amount: m.amount,
+            mode: if metered { pb::DebitMode::Metered } else { pb::DebitMode::Strict } as i32,
+            service: service.pb(),
+            reference,
         })),
-        "hold" => Some(Op::Hold(pb::Hold {
-            account: a,
-            idempotency_key: key(),
-            amount: need("--amount")?,
-            service: service(&f)?,
-            reference: f.text("--reference"),
-            timeout_ms: number("--timeout-ms")?,
+        A::Hold { m, timeout_ms, service, reference } => Ok(Op::Hold(pb::Hold {
+            idempotency_key: key(m.key),
+            account: m.who.account,
+            amount: m.amount,
+            service: service.pb(),
+            reference,
+            timeout_ms,
         })),
-        "capture" => Some(Op::Capture(pb::Capture {
-            account: a,
-            idempotency_key: key(),
-            hold_id: number("--hold")?.ok_or_else(|| Failure::Usage("capture needs --hold".into()))?,
-            amount: need("--amount")?,
+        A::Capture { m, hold } => Ok(Op::Capture(pb::Capture {
+            idempotency_key: key(m.key),
+            account: m.who.account,
+            amount: m.amount,
+            hold_id: hold,
         })),
-        "release" => Some(Op::Release(pb::Release {
-            account: a,
-            idempotency_key: key(),
-            hold_id: number("--hold")?.ok_or_else(|| Failure::Usage("release needs --hold".into()))?,
-        })),
-        "auto-recharge" => {
-            let enabled = match (f.flag("--enable"), f.flag("--disable")) {
-                (true, false) => true,
-                (false, true) => false,
-                _ => return Err(Failure::Usage("auto-recharge takes --enable or --disable".into())),
-            };
-            // Enabling without a threshold used to mean a threshold of 0
-            // (recharge only once the balance is gone): say it instead.
-            let threshold = match (enabled, f.text("--threshold")) {
-                (_, Some(t)) => t,
-                (false, None) => "0".into(),
-                (true, None) => {
-                    return Err(Failure::Usage(
-                        "auto-recharge --enable needs --threshold (buy when the balance falls below it)".into(),
-                    ));
-                }
-            };
-            Some(Op::SetAutoRecharge(pb::SetAutoRecharge {
-                account: a,
-                idempotency_key: key(),
-                enabled,
-                amount: f.text("--amount"),
-                threshold,
+        A::Release { who, key: k, hold } => {
+            Ok(Op::Release(pb::Release { account: who.account, idempotency_key: key(k), hold_id: hold }))
+        }
+        A::AutoRecharge { who, key: k, enable, disable: _, threshold, amount } => {
+            Ok(Op::SetAutoRecharge(pb::SetAutoRecharge {
+                account: who.account,
+                idempotency_key: key(k),
+                enabled: enable,
+                amount,
+                // Required with --enable (clap says so); off needs none.
+                threshold: threshold.unwrap_or_else(|| "0".into()),
             }))
         }
-        "expire-grants" => Some(Op::SetGrantExpiry(pb::SetGrantExpiry {
-            account: a,
-            idempotency_key: key(),
-            grant_id: number("--grant")?,
-            expires_at_ms: number("--at-ms")?.ok_or_else(|| Failure::Usage("expire-grants needs --at-ms".into()))?,
+        A::ExpireGrants { who, key: k, at_ms, grant } => Ok(Op::SetGrantExpiry(pb::SetGrantExpiry {
+            account: who.account,
+            idempotency_key: key(k),
+            grant_id: grant,
+            expires_at_ms: at_ms,
         })),
-        "close-period" => Some(Op::ClosePeriod(pb::ClosePeriod {
-            account: a,
-            idempotency_key: key(),
-            due_at_ms: number("--due-at-ms")?,
-        })),
-        "pay-invoice" => Some(Op::PayInvoice(pb::PayInvoice {
-            account: a,
-            idempotency_key: key(),
-            invoice_id: number("--invoice")?.ok_or_else(|| Failure::Usage("pay-invoice needs --invoice".into()))?,
-            amount: need("--amount")?,
-        })),
-        "freeze" => Some(Op::Freeze(pb::Freeze { account: a, idempotency_key: key(), reason: need("--reason")? })),
-        "unfreeze" => {
-            Some(Op::Unfreeze(pb::Unfreeze { account: a, idempotency_key: key(), reason: need("--reason")? }))
+        A::ClosePeriod { who, key: k, due_at_ms } => {
+            Ok(Op::ClosePeriod(pb::ClosePeriod { account: who.account, idempotency_key: key(k), due_at_ms }))
         }
-        "close" => Some(Op::Close(pb::Close { account: a, idempotency_key: key(), reason: need("--reason")? })),
-        "adjust" => Some(Op::Adjust(pb::Adjust {
-            account: a,
-            idempotency_key: key(),
-            amount: need("--amount")?,
-            reason: need("--reason")?,
+        A::PayInvoice { m, invoice } => Ok(Op::PayInvoice(pb::PayInvoice {
+            idempotency_key: key(m.key),
+            account: m.who.account,
+            amount: m.amount,
+            invoice_id: invoice,
         })),
-        other => return Err(Failure::Usage(format!("unknown account operation {other:?}\n\n{ACCOUNT_USAGE}"))),
+        A::Freeze(r) => {
+            Ok(Op::Freeze(pb::Freeze { idempotency_key: key(r.key), account: r.who.account, reason: r.reason }))
+        }
+        A::Unfreeze(r) => {
+            Ok(Op::Unfreeze(pb::Unfreeze { idempotency_key: key(r.key), account: r.who.account, reason: r.reason }))
+        }
+        A::Close(r) => {
+            Ok(Op::Close(pb::Close { idempotency_key: key(r.key), account: r.who.account, reason: r.reason }))
+        }
+        A::Adjust { m, reason } => {
+            Ok(Op::Adjust(pb::Adjust { idempotency_key: key(m.key), account: m.who.account, amount: m.amount, reason }))
+        }
     };
-    let (after, limit) = if operation.is_none() { (number("--after")?, number("--limit")?) } else { (None, None) };
-    f.done()?;
     let generated_key = generated_key;
     crate::runtime()?.block_on(async move {
-        let client = Client::connect(&addr, &token).await.map_err(|e| Failure::Run(e.to_string()))?;
-        let Some(operation) = operation else {
-            let limit = u32::try_from(limit.unwrap_or(100)).unwrap_or(u32::MAX);
-            let records = client
-                .history(&account, after.unwrap_or(0), limit)
-                .await
-                .map_err(|e| read_failed(e, &addr, as_json))?;
-            print_history(&records, as_json);
-            return Ok(());
+        let client =
+            Client::connect_with(&addr, &token, ca.as_deref()).await.map_err(|e| no_node(e, &addr, as_json))?;
+        let operation = match operation {
+            Ok(operation) => operation,
+            Err((account, after, limit)) => {
+                let records = client.history(&account, after, limit).await.map_err(|e| refused(e, as_json))?;
+                print_history(&records, as_json);
+                return Ok(());
+            }
         };
-        let read = matches!(operation, Op::Balance(_) | Op::CheckAccess(_));
-        let accepted = client.call(operation).await.map_err(|e| {
-            if read {
-                return read_failed(e, &addr, as_json);
-            }
-            match (&generated_key, &e) {
-                // The message says to retry with the same key: say which.
-                (Some(k), ClientError::OutcomeUnknown(detail)) => {
-                    let detail = detail.split("; retry with the same idempotency key").next().unwrap_or(detail);
-                    Failure::Run(format!(
-                        "outcome unknown ({detail}); retry with --key {k}: the same key applies it at most once"
-                    ))
+        let accepted = client.call(operation).await.map_err(|e| match (&generated_key, &e) {
+            // The message says to retry with the same key: say which.
+            (Some(k), ClientError::OutcomeUnknown(detail)) => {
+                let detail = detail.split("; retry with the same idempotency key").next().unwrap_or(detail);
+                let message =
+                    format!("outcome unknown ({detail}); retry with --key {k}: the same key applies it at most once");
+                if as_json {
+                    say!("{}", json!({ "error": { "code": "outcome_unknown", "message": message } }));
                 }
-                _ => refused(e, as_json),
+                Failure::Run(message)
             }
+            _ => refused(e, as_json),
         })?;
         if as_json {
-            println!("{}", accepted_json(&accepted));
+            say!("{}", accepted_json(&accepted));
         } else {
             print_accepted(&accepted);
             if let Some(k) = generated_key {
-                println!("key          {k}");
+                say!("key          {k}");
             }
         }
         Ok(())
     })
 }
 
+/// Nothing answered as a node: nothing was sent, so nothing to retry with
+/// a key; most likely the wrong address.
+fn no_node(e: ClientError, addr: &str, as_json: bool) -> Failure {
+    let message = format!(
+        "unavailable: no node answered at {addr} ({e}); is it the node's gRPC address (server.grpc_addr, not the HTTP one)? Nothing was sent"
+    );
+    if as_json {
+        say!("{}", json!({ "error": { "code": "unavailable", "message": message } }));
+    }
+    Failure::Run(message)
+}
+
 /// A refusal: printed (as JSON with --json), exit 1. A refusal's message
 /// already starts with its code.
 fn refused(e: ClientError, as_json: bool) -> Failure {
     if as_json {
-        println!("{}", json!({ "error": { "code": e.code(), "message": e.to_string() } }));
+        say!("{}", json!({ "error": { "code": e.code(), "message": e.to_string() } }));
     }
     match e {
         ClientError::Refused { .. } => Failure::Run(e.to_string()),
         other => Failure::Run(format!("{} ({})", other, other.code())),
-    }
-}
-
-/// A read that got no answer: nothing to retry with a key, and most likely
-/// the wrong address.
-fn read_failed(e: ClientError, addr: &str, as_json: bool) -> Failure {
-    match e {
-        ClientError::OutcomeUnknown(detail) => {
-            // The client's own advice (retry with the same key) is for writes.
-            let detail = detail.split("; retry with the same idempotency key").next().unwrap_or(&detail);
-            let message = format!(
-                "no answer from {addr} ({detail}); is it the node's gRPC address (server.grpc_addr, not the HTTP one)? A read is safe to repeat"
-            );
-            if as_json {
-                println!("{}", json!({ "error": { "code": "outcome_unknown", "message": message } }));
-            }
-            Failure::Run(message)
-        }
-        other => refused(other, as_json),
     }
 }
 
@@ -414,30 +570,97 @@ fn accepted_json(a: &pb::Accepted) -> Value {
 
 fn print_accepted(a: &pb::Accepted) {
     if let Some(pb::accepted::Detail::BalanceView(v)) = &a.detail {
-        println!("account      {} ({}, {})", v.account, status_name(v.status), v.currency);
-        println!("balance      {}   available {}   held {}   debt {}", v.balance, v.available, v.held, v.debt);
-        println!("credits      free {}   purchased {}   adjusted {}", v.free, v.purchased, v.adjusted);
+        say!("account      {} ({}, {})", v.account, status_name(v.status), v.currency);
+        say!("balance      {}   available {}   held {}   debt {}", v.balance, v.available, v.held, v.debt);
+        say!("credits      free {}   purchased {}   adjusted {}", v.free, v.purchased, v.adjusted);
         if let (Some(code), Some(msg)) = (&v.refusal, &v.refusal_message) {
-            println!("access       refused: {msg} ({code})");
+            say!("access       refused: {msg} ({code})");
         }
-        println!(
+        say!(
             "auto-recharge {} (amount {}, threshold {})",
             if v.auto_recharge_enabled { "on" } else { "off" },
             v.auto_recharge_amount,
             v.auto_recharge_threshold
         );
+        if let Some(at) = v.auto_recharge_retry_at_ms {
+            say!("              next try {}", human_time(at));
+        }
         return;
     }
     if a.replayed {
-        println!("replayed     the first result of this key, given again: nothing ran now");
+        say!("replayed     the first result of this key, given again: nothing ran now");
     }
-    println!("status       {}", status_name(a.status));
-    println!("balance      {}", a.balance);
-    println!("available    {}", a.available);
+    say!("status       {}", status_name(a.status));
+    say!("balance      {}", a.balance);
+    say!("available    {}", a.available);
     if let Value::Object(map) = detail_json(&a.detail) {
         for (name, fields) in map {
-            println!("{name:<12} {fields}");
+            let parts: Vec<String> = match fields {
+                Value::Object(fields) => fields.iter().map(|(k, v)| human_field(k, v)).collect(),
+                other => vec![other.to_string()],
+            };
+            say!("{name:<12} {}", parts.join("   "));
         }
+    }
+}
+
+/// `hold_id 3`, `expires 2026-12-03 07:44:03.120 UTC (in 1d 0h)`: times as
+/// dates, not Unix milliseconds; nothing for a field that is absent.
+fn human_field(name: &str, value: &Value) -> String {
+    match (name.strip_suffix("_at_ms"), value) {
+        (Some(what), Value::Number(n)) => match n.as_u64() {
+            Some(ms) => format!("{what} {}", human_time(ms)),
+            None => format!("{name} {n}"),
+        },
+        (_, Value::String(text)) => format!("{name} {text}"),
+        (_, Value::Null) => format!("{name} -"),
+        (_, other) => format!("{name} {other}"),
+    }
+}
+
+/// Unix milliseconds as `YYYY-MM-DD hh:mm:ss.mmm UTC`, and how far from now.
+fn human_time(ms: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let when = if ms >= now {
+        format!("in {}", human_duration(ms - now))
+    } else {
+        format!("{} ago", human_duration(now - ms))
+    };
+    format!("{} ({when})", utc(ms))
+}
+
+/// A calendar date and time in UTC (Howard Hinnant's days-to-civil).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        ms % 1_000
+    )
+}
+
+/// `2d 3h`, `5h 12m`, `3m 20s`, `850 ms`: the two largest units.
+fn human_duration(ms: u64) -> String {
+    let s = ms / 1_000;
+    match s {
+        0 => format!("{ms} ms"),
+        1..60 => format!("{s}s"),
+        60..3_600 => format!("{}m {}s", s / 60, s % 60),
+        3_600..86_400 => format!("{}h {}m", s / 3_600, s % 3_600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3_600),
     }
 }
 
@@ -446,9 +669,26 @@ fn print_history(records: &[pb::HistoryRecord], as_json: bool) {
         if as_json {
             let event: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
             let line = json!({ "seq": r.seq, "at_ms": r.at_ms, "balance_after": r.balance_after, "kind": r.kind, "event": event });
-            println!("{line}");
+            say!("{line}");
         } else {
-            println!("{:>6}  {:>14}  {:<22} balance {:<14} {}", r.seq, r.at_ms, r.kind, r.balance_after, r.json);
+            say!("{:>6}  {}  {:<22} balance {:<14} {}", r.seq, utc(r.at_ms), r.kind, r.balance_after, r.json);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_dates_and_durations_in_human_output() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20.123 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
+        assert_eq!(human_duration(850), "850 ms");
+        assert_eq!(human_duration(200_000), "3m 20s");
+        assert_eq!(human_duration(86_400_000 + 3 * 3_600_000), "1d 3h");
+        assert_eq!(human_field("hold_id", &json!(3)), "hold_id 3");
+        assert!(human_field("expires_at_ms", &json!(0)).starts_with("expires 1970-01-01 00:00:00.000 UTC ("));
     }
 }

@@ -17,6 +17,8 @@ pub struct BenchArgs {
     pub batch: u64,
     pub durability: Durability,
     pub data_dir: PathBuf,
+    /// The figures as one JSON object at the end instead of lines.
+    pub json: bool,
 }
 
 fn amount_units(n: u64) -> Amount {
@@ -161,7 +163,10 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     cfg.node.durability = args.durability;
     cfg.node.data_dir = data_dir.clone();
     let (fsync_p50, fsync_p99) = fsync_latency(&data_dir)?;
-    println!("fsync before: p50 {fsync_p50:.2} ms p99 {fsync_p99:.2} ms (4 KiB appends + fdatasync, in the data dir)");
+    let fsync_before = (fsync_p50, fsync_p99);
+    if !args.json {
+        say!("fsync before: p50 {fsync_p50:.2} ms p99 {fsync_p99:.2} ms (4 KiB appends + fdatasync, in the data dir)");
+    }
     let node = Arc::new(Node::start(cfg.clone(), Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?);
     let ids: Vec<AccountId> =
         (0..args.accounts).map(|i| AccountId::new(&format!("acct_{i:08}")).expect("valid id")).collect();
@@ -256,19 +261,22 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     progress.abort();
     eprintln!();
     let (fsync_p50, fsync_p99) = fsync_latency(&data_dir)?;
-    println!("fsync after: p50 {fsync_p50:.2} ms p99 {fsync_p99:.2} ms");
-    println!(
-        "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1}  rss/account {} B  durability {:?}",
-        args.debits,
-        refused,
-        elapsed.as_secs_f64(),
-        args.debits as f64 / elapsed.as_secs_f64().max(1e-9),
-        latencies.percentile(0.50),
-        latencies.percentile(0.99),
-        latencies.percentile(0.999),
-        rss_per_account,
-        args.durability
-    );
+    let throughput = args.debits as f64 / elapsed.as_secs_f64().max(1e-9);
+    if !args.json {
+        say!("fsync after: p50 {fsync_p50:.2} ms p99 {fsync_p99:.2} ms");
+        say!(
+            "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1}  rss/account {} B  durability {:?}",
+            args.debits,
+            refused,
+            elapsed.as_secs_f64(),
+            throughput,
+            latencies.percentile(0.50),
+            latencies.percentile(0.99),
+            latencies.percentile(0.999),
+            rss_per_account,
+            args.durability
+        );
+    }
     // Conservation: every account's balance is what was bought minus what was debited.
     let mut total = Amount::ZERO;
     for chunk in ids.chunks(1_000) {
@@ -281,10 +289,12 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let debited: Amount = (0..args.debits).map(amount_units).sum();
     let funded = Amount::whole(1_000_000).checked_mul_int(args.accounts as u32).unwrap_or(Amount::ZERO);
     let expected = funded - debited;
-    println!(
-        "conservation: total balance {total}, expected {expected}: {}",
-        if total == expected { "ok" } else { "MISMATCH" }
-    );
+    if !args.json {
+        say!(
+            "conservation: total balance {total}, expected {expected}: {}",
+            if total == expected { "ok" } else { "MISMATCH" }
+        );
+    }
     let node = Arc::into_inner(node).ok_or("node still shared")?;
     node.shutdown().await;
     // Restart: open the data directory again and serve one request.
@@ -292,11 +302,39 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let node = Node::start(cfg, Arc::new(SimulatedGateway::new())).await.map_err(|e| e.to_string())?;
     let first = Request { account: ids[ids.len() / 2].clone(), key: None, command: Command::Balance };
     node.execute(first).await.map_err(|e| e.to_string())?;
-    println!(
-        "restart: first request served {:.1} ms after start, with {} accounts on disk",
-        started.elapsed().as_secs_f64() * 1e3,
-        args.accounts
-    );
+    let restart_ms = started.elapsed().as_secs_f64() * 1e3;
+    if args.json {
+        let round = |x: f64| (x * 100.0).round() / 100.0;
+        say!(
+            "{}",
+            serde_json::json!({
+                "accounts": args.accounts,
+                "debits": args.debits,
+                "refused": refused,
+                "callers": args.callers,
+                "batch": args.batch,
+                "durability": match args.durability { Durability::Sync => "sync", Durability::Async => "async" },
+                "elapsed_s": round(elapsed.as_secs_f64()),
+                "throughput_per_s": throughput.round(),
+                "latency_us": {
+                    "p50": round(latencies.percentile(0.50)),
+                    "p99": round(latencies.percentile(0.99)),
+                    "p999": round(latencies.percentile(0.999)),
+                },
+                "rss_per_account_bytes": rss_per_account,
+                "fsync_ms": {
+                    "before": { "p50": round(fsync_before.0), "p99": round(fsync_before.1) },
+                    "after": { "p50": round(fsync_p50), "p99": round(fsync_p99) },
+                },
+                "conservation": if total == expected { "ok" } else { "mismatch" },
+                "total_balance": total.to_string(),
+                "expected_balance": expected.to_string(),
+                "restart_first_request_ms": round(restart_ms),
+            })
+        );
+    } else {
+        say!("restart: first request served {restart_ms:.1} ms after start, with {} accounts on disk", args.accounts);
+    }
     node.shutdown().await;
     if own_dir {
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -352,10 +390,10 @@ pub async fn crash_child(data_dir: PathBuf, seed: u64, settle: bool) -> Result<(
         }
         let node = Arc::into_inner(node).ok_or("node still shared")?;
         node.shutdown().await;
-        println!("settled");
+        say!("settled");
         return Ok(());
     }
-    println!("ready");
+    say!("ready");
     let callers: Vec<_> = (0..4u64)
         .map(|caller| {
             let (node, ids) = (Arc::clone(&node), Arc::clone(&ids));
@@ -385,7 +423,7 @@ pub async fn crash_child(data_dir: PathBuf, seed: u64, settle: bool) -> Result<(
                     };
                     let key = format!("s{seed}c{caller}-{n}");
                     if node.execute(keyed(id, key.clone(), command)).await.is_ok() {
-                        println!("ack {id} {key}");
+                        say!("ack {id} {key}");
                     }
                 }
             })
@@ -400,6 +438,8 @@ pub async fn crash_child(data_dir: PathBuf, seed: u64, settle: bool) -> Result<(
 pub struct RemoteArgs {
     pub addr: String,
     pub token: String,
+    /// PEM of a private CA for a node with TLS.
+    pub ca: Option<Vec<u8>>,
     pub accounts: u64,
     pub debits: u64,
     pub hot: u64,
@@ -437,7 +477,8 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
     let ids: Arc<Vec<String>> = Arc::new((0..args.accounts).map(|i| format!("b{run}_{i:08}")).collect());
     let mut clients = Vec::new();
     for _ in 0..args.conns {
-        clients.push(Client::connect(&args.addr, &args.token).await.map_err(|e| e.to_string())?);
+        clients
+            .push(Client::connect_with(&args.addr, &args.token, args.ca.as_deref()).await.map_err(|e| e.to_string())?);
     }
     eprintln!("prepaid bench: funding {} accounts at {}", args.accounts, args.addr);
     for chunk in ids.chunks(1_000) {
@@ -602,7 +643,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
     let (p50, p99, p999) = (latencies.percentile(0.50), latencies.percentile(0.99), latencies.percentile(0.999));
     let ok = total == expected;
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "debits": args.debits, "refused": refused, "elapsed_s": elapsed.as_secs_f64(),
@@ -614,7 +655,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             })
         );
     } else {
-        println!(
+        say!(
             "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1}  conns {}  batch {}",
             args.debits,
             refused,
@@ -627,12 +668,12 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             args.batch
         );
         if overloaded > 0 {
-            println!(
+            say!(
                 "overloaded {overloaded} (answered in p50 {shed_p50:.1} µs, p99 {shed_p99:.1} µs)  accepted {:.0}/s",
                 accepted_per_s
             );
         }
-        println!("conservation: total balance {total}, expected {expected}: {}", if ok { "ok" } else { "MISMATCH" });
+        say!("conservation: total balance {total}, expected {expected}: {}", if ok { "ok" } else { "MISMATCH" });
     }
     if ok { Ok(()) } else { Err("conservation failed".into()) }
 }

@@ -4,6 +4,16 @@
 //! core, then runs a short load on an embedded node. `prepaid bench
 //! --embedded` measures the authorization workload in-process.
 
+/// `println!` for commands that talk to a node: they keep SIGPIPE ignored
+/// (a node that closes its socket must be an error, not a signal that
+/// kills the client), so a closed stdout (`prepaid account history | head
+/// -1`) ends the process here, by SIGPIPE as Unix tools end, not by a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::say_line(format_args!($($arg)*))
+    };
+}
+
 mod cli;
 mod load;
 mod torture;
@@ -12,6 +22,7 @@ mod tour;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum, value_parser};
 use prepaid::Durability;
 
 /// Threads free what others allocated all the time here (records made by
@@ -20,42 +31,6 @@ use prepaid::Durability;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "\
-usage: prepaid <command>
-
-commands:
-  demo [--accounts N] [--debits N] [--data-dir DIR]
-                                     walk through the billing FAQ's rules, then run
-                                     strict debits on an embedded node with RocksDB
-                                     (defaults: 10000 accounts, 200000 debits,
-                                     a temporary data dir)
-  bench --embedded [--accounts N] [--debits N] [--hot N] [--callers N]
-        [--batch N] [--durability sync|async] [--data-dir DIR]
-                                     the authorization workload on an embedded node
-                                     (defaults: 100000 accounts, 1000000 debits,
-                                     64 callers, batch 1, sync, a temporary dir)
-  serve [--config FILE] [--data-dir DIR | --ephemeral]
-        [--gateway-url http://HOST:PORT/PATH | --simulated-gateway]
-                                     a served node: gRPC API and HTTP ops side
-                                     (config/default.toml; SIGTERM stops it cleanly;
-                                     refuses to start without a data dir or a
-                                     gateway unless told by the flags after |)
-  account <operation> --account ID [--addr HOST:PORT] [--token T] [--json] ...
-                                     operate on an account of a served node
-                                     (`prepaid account help` lists operations)
-  bench --addr HOST:PORT --token T [--accounts N] [--debits N] [--hot N]
-        [--conns N] [--batch N] [--rate PER_S] [--json]
-                                     the same workload against a served node
-  crash-child --data-dir DIR --seed N [--settle]
-                                     load for the crash test, until killed
-                                     (--settle: finish in-flight recharges, stop)
-  torture-client --addr HOST:PORT --token T --client K --seed N [--accounts N] [--ops N]
-                 [--resend FILE]     one client of the crash torture: money operations
-                                     until the node goes away, one line per outcome
-                                     (--resend: the requests listed, under their keys)
-  help, <command> --help             this text (`prepaid account help`: the account operations)
-  --version                          the version";
-
 /// Bounds on what the command line accepts: enough to measure, never
 /// enough to exhaust the machine by a typo.
 const MAX_ACCOUNTS: u64 = 10_000_000;
@@ -63,123 +38,261 @@ const MAX_DEBITS: u64 = 1_000_000_000;
 const MAX_CALLERS: u64 = 4_096;
 const MAX_BATCH: u64 = 10_000;
 
+/// A balance cluster for prepaid credits: an exact ledger, authorization in
+/// microseconds, auto-recharge exactly once.
+#[derive(Parser)]
+#[command(name = "prepaid", version, propagate_version = true, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Walk through the billing FAQ's rules, then run strict debits on an
+    /// embedded node with RocksDB
+    Demo(DemoArgs),
+    /// The authorization workload: on an embedded node (--embedded) or
+    /// against a served one (--addr)
+    Bench(BenchCli),
+    /// A served node: the gRPC API and the HTTP ops side (SIGTERM stops it
+    /// cleanly)
+    ///
+    /// Settings come from --config (see config/default.toml) and PREPAID_*
+    /// variables. It refuses to start without a data dir or a payment
+    /// gateway unless told (--ephemeral, --simulated-gateway).
+    Serve(ServeArgs),
+    /// Operate on an account of a served node, over gRPC
+    Account(cli::AccountArgs),
+    /// Load for the crash test, until killed (internal)
+    #[command(hide = true)]
+    CrashChild(CrashChildArgs),
+    /// One client of the crash torture (internal)
+    #[command(hide = true)]
+    TortureClient(TortureCli),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Accounts the load runs on
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = value_parser!(u64).range(1..=1_000_000))]
+    accounts: u64,
+    /// Strict debits the load makes
+    #[arg(long, value_name = "N", default_value_t = 200_000, value_parser = value_parser!(u64).range(1..=100_000_000))]
+    debits: u64,
+    /// Where the node keeps its data (default: a temporary directory,
+    /// removed at the end or on Ctrl-C)
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Sync,
+    Async,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["embedded", "addr"])))]
+struct BenchCli {
+    /// On a node embedded in this process (RocksDB in --data-dir or a
+    /// temporary directory)
+    #[arg(long)]
+    embedded: bool,
+    /// Against a served node's gRPC address (https://HOST:PORT, or
+    /// --ca-cert, for TLS)
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// API token (--addr)
+    #[arg(long, env = "PREPAID_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
+    /// PEM file of the CA the node's TLS certificate chains to (--addr)
+    #[arg(long, value_name = "FILE", env = "PREPAID_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Accounts funded and debited [default: 100000 embedded, 10000 with --addr]
+    #[arg(long, value_name = "N", value_parser = value_parser!(u64).range(1..=MAX_ACCOUNTS))]
+    accounts: Option<u64>,
+    /// Strict debits in all
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = value_parser!(u64).range(1..=MAX_DEBITS))]
+    debits: u64,
+    /// Hot accounts that take half the traffic (0: uniform)
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = value_parser!(u64).range(0..=MAX_ACCOUNTS))]
+    hot: u64,
+    /// Concurrent callers (--embedded)
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = value_parser!(u64).range(1..=MAX_CALLERS), conflicts_with = "addr")]
+    callers: u64,
+    /// Connections (--addr)
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = value_parser!(u64).range(1..=MAX_CALLERS), conflicts_with = "embedded")]
+    conns: u64,
+    /// Debits per call (1: unbatched)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = value_parser!(u64).range(1..=MAX_BATCH))]
+    batch: u64,
+    /// Debits per second offered (0: as fast as the node answers; --addr)
+    #[arg(long, value_name = "PER_S", default_value_t = 0, value_parser = value_parser!(u64).range(0..=100_000_000), conflicts_with = "embedded")]
+    rate: u64,
+    /// When a write is acknowledged (--embedded)
+    #[arg(long, value_enum, default_value = "sync", conflicts_with = "addr")]
+    durability: DurabilityArg,
+    /// Where the embedded node keeps its data (default: a temporary
+    /// directory, removed at the end or on Ctrl-C)
+    #[arg(long, value_name = "DIR", conflicts_with = "addr")]
+    data_dir: Option<PathBuf>,
+    /// The figures as one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A configuration file (every setting: config/default.toml)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the node keeps its data (node.data_dir, PREPAID_DATA_DIR)
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep balances in a temporary directory deleted at stop (demos, tests)
+    #[arg(long)]
+    ephemeral: bool,
+    /// The payment gateway auto-recharge charges (recharge.gateway_url,
+    /// PREPAID_GATEWAY_URL)
+    #[arg(long, value_name = "URL", conflicts_with = "simulated_gateway")]
+    gateway_url: Option<String>,
+    /// A simulated gateway that charges without moving money: it grants paid
+    /// credits for nothing (demos and tests only)
+    #[arg(long)]
+    simulated_gateway: bool,
+}
+
+#[derive(Args)]
+struct CrashChildArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Finish in-flight recharges, then stop
+    #[arg(long)]
+    settle: bool,
+}
+
+#[derive(Args)]
+struct TortureCli {
+    #[arg(long)]
+    addr: String,
+    #[arg(long)]
+    token: String,
+    #[arg(long, default_value_t = 0, value_parser = value_parser!(u64).range(0..=1_000))]
+    client: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 6, value_parser = value_parser!(u64).range(1..=MAX_ACCOUNTS))]
+    accounts: u64,
+    #[arg(long, default_value_t = 1_000_000, value_parser = value_parser!(u64).range(1..=MAX_DEBITS))]
+    ops: u64,
+    /// Send again the requests listed, under their keys
+    #[arg(long)]
+    resend: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let serving = args.first().map(String::as_str) == Some("serve");
-    if !serving {
+    // Usage errors, --help and --version print and exit here (2 for an
+    // error, with the command's own usage; 0 for help and the version; a
+    // closed stdout is ignored).
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Cmd::Serve(_));
+    // Commands that only compute and print end by SIGPIPE on a closed
+    // stdout. Those with sockets of their own keep it ignored and print
+    // through `say!`.
+    let own_sockets = matches!(&cli.command, Cmd::Serve(_) | Cmd::Account(_))
+        || matches!(&cli.command, Cmd::Bench(b) if b.addr.is_some());
+    if !own_sockets {
         quiet_on_closed_stdout();
     }
     if let Err(e) = logs(if serving { "info" } else { "warn" }) {
         eprintln!("prepaid: {e}");
         return ExitCode::from(2);
     }
-    let asks_help = args.iter().skip(1).any(|a| a == "--help" || a == "-h");
-    let result = match args.first().map(String::as_str) {
-        Some("--version" | "-V" | "version") => {
-            println!("prepaid {}", prepaid::VERSION);
-            Ok(())
-        }
-        // `prepaid account … --help` is the account usage; any other
-        // command's `--help` the whole usage.
-        Some("account") if asks_help => cli::account(&["help".to_string()]),
-        Some(_) if asks_help => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some("demo") => parse(&args[1..]).and_then(|f| {
+    let result = match cli.command {
+        Cmd::Demo(a) => {
             let bench = load::BenchArgs {
-                accounts: f.number("--accounts", 10_000, 1, 1_000_000)?,
-                debits: f.number("--debits", 200_000, 1, 100_000_000)?,
+                accounts: a.accounts,
+                debits: a.debits,
                 hot: 0,
                 callers: 64,
                 batch: 1,
                 durability: Durability::Sync,
-                data_dir: f.text("--data-dir").map(PathBuf::from).unwrap_or_default(),
+                data_dir: a.data_dir.unwrap_or_default(),
+                json: false,
             };
-            f.done()?;
-            tour::run(&mut std::io::stdout().lock()).map_err(|e| Failure::Run(e.to_string()))?;
-            println!("\nLoad on an embedded node (RocksDB, sync durability: every debit durable before its reply)");
-            runtime()?.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run)
-        }),
-        Some("serve") => parse(&args[1..]).and_then(|f| cli::serve(&f)),
-        Some("account") => cli::account(&args[1..]),
-        Some("bench") if args.iter().any(|a| a == "--addr") => parse(&args[1..]).and_then(|f| {
-            let bench = load::RemoteArgs {
-                addr: f.text("--addr").ok_or_else(|| Failure::Usage("--addr needs HOST:PORT".into()))?,
-                token: f.text("--token").or_else(|| std::env::var("PREPAID_TOKEN").ok()).unwrap_or_default(),
-                accounts: f.number("--accounts", 10_000, 1, MAX_ACCOUNTS)?,
-                debits: f.number("--debits", 1_000_000, 1, MAX_DEBITS)?,
-                hot: f.number("--hot", 0, 0, MAX_ACCOUNTS)?,
-                conns: f.number("--conns", 64, 1, MAX_CALLERS)?,
-                batch: f.number("--batch", 1, 1, MAX_BATCH)?,
-                rate: f.number("--rate", 0, 0, 100_000_000)?,
-                json: f.flag("--json"),
-            };
-            f.done()?;
-            runtime()?.block_on(load::remote(bench)).map_err(Failure::Run)
-        }),
-        Some("bench") => parse(&args[1..]).and_then(|f| {
-            if !f.flag("--embedded") {
-                return Err(Failure::Usage("bench needs --embedded or --addr HOST:PORT".into()));
-            }
-            let bench = load::BenchArgs {
-                accounts: f.number("--accounts", 100_000, 1, MAX_ACCOUNTS)?,
-                debits: f.number("--debits", 1_000_000, 1, MAX_DEBITS)?,
-                hot: f.number("--hot", 0, 0, MAX_ACCOUNTS)?,
-                callers: f.number("--callers", 64, 1, MAX_CALLERS)?,
-                batch: f.number("--batch", 1, 1, MAX_BATCH)?,
-                durability: match f.text("--durability").as_deref() {
-                    None | Some("sync") => Durability::Sync,
-                    Some("async") => Durability::Async,
-                    Some(other) => return Err(Failure::Usage(format!("--durability is sync or async, not {other:?}"))),
-                },
-                data_dir: f.text("--data-dir").map(PathBuf::from).unwrap_or_default(),
-            };
-            f.done()?;
-            runtime()?.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run)
-        }),
-        Some("crash-child") => parse(&args[1..]).and_then(|f| {
-            let dir = f.text("--data-dir").ok_or_else(|| Failure::Usage("crash-child needs --data-dir".into()))?;
-            let seed = f.number("--seed", 1, 0, u64::MAX)?;
-            let settle = f.flag("--settle");
-            f.done()?;
-            runtime()?.block_on(load::crash_child(PathBuf::from(dir), seed, settle)).map_err(Failure::Run)
-        }),
-        Some("torture-client") => parse(&args[1..]).and_then(|f| {
-            let args = torture::TortureArgs {
-                addr: f.text("--addr").ok_or_else(|| Failure::Usage("torture-client needs --addr".into()))?,
-                token: f.text("--token").ok_or_else(|| Failure::Usage("torture-client needs --token".into()))?,
-                client: f.number("--client", 0, 0, 1_000)?,
-                seed: f.number("--seed", 1, 0, u64::MAX)?,
-                accounts: f.number("--accounts", 6, 1, MAX_ACCOUNTS)?,
-                ops: f.number("--ops", 1_000_000, 1, MAX_DEBITS)?,
-                resend: f.text("--resend").map(PathBuf::from),
-            };
-            f.done()?;
-            runtime()?.block_on(torture::client(args)).map_err(Failure::Run)
-        }),
-        Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
-            Ok(())
+            tour::run(&mut std::io::stdout().lock()).map_err(|e| Failure::Run(e.to_string())).and_then(|()| {
+                println!("\nLoad on an embedded node (RocksDB, sync durability: every debit durable before its reply)");
+                runtime()?.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run)
+            })
         }
-        Some(other) => Err(Failure::Usage(format!("unknown command {other:?}"))),
-        None => Err(Failure::Usage("no command given".into())),
+        Cmd::Serve(a) => cli::serve(a.config, a.data_dir, a.gateway_url, a.simulated_gateway, a.ephemeral),
+        Cmd::Account(a) => cli::account(a),
+        Cmd::Bench(a) => match a.addr {
+            Some(addr) => read_ca(a.ca_cert.as_deref()).and_then(|ca| {
+                let bench = load::RemoteArgs {
+                    addr,
+                    token: a.token,
+                    ca,
+                    accounts: a.accounts.unwrap_or(10_000),
+                    debits: a.debits,
+                    hot: a.hot,
+                    conns: a.conns,
+                    batch: a.batch,
+                    rate: a.rate,
+                    json: a.json,
+                };
+                runtime()?.block_on(load::remote(bench)).map_err(Failure::Run)
+            }),
+            None => {
+                let bench = load::BenchArgs {
+                    accounts: a.accounts.unwrap_or(100_000),
+                    debits: a.debits,
+                    hot: a.hot,
+                    callers: a.callers,
+                    batch: a.batch,
+                    durability: match a.durability {
+                        DurabilityArg::Sync => Durability::Sync,
+                        DurabilityArg::Async => Durability::Async,
+                    },
+                    data_dir: a.data_dir.unwrap_or_default(),
+                    json: a.json,
+                };
+                runtime().and_then(|rt| rt.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run))
+            }
+        },
+        Cmd::CrashChild(a) => {
+            runtime().and_then(|rt| rt.block_on(load::crash_child(a.data_dir, a.seed, a.settle)).map_err(Failure::Run))
+        }
+        Cmd::TortureClient(a) => {
+            let args = torture::TortureArgs {
+                addr: a.addr,
+                token: a.token,
+                client: a.client,
+                seed: a.seed,
+                accounts: a.accounts,
+                ops: a.ops,
+                resend: a.resend,
+            };
+            runtime().and_then(|rt| rt.block_on(torture::client(args)).map_err(Failure::Run))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(e)) => {
-            eprintln!("prepaid: {e}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Shown(e)) => {
-            eprintln!("prepaid: {e}");
-            ExitCode::from(2)
-        }
         Err(Failure::Run(e)) => {
             eprintln!("prepaid: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The PEM of `--ca-cert FILE`: a private CA the node's TLS certificate
+/// chains to.
+fn read_ca(path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, Failure> {
+    let Some(path) = path else { return Ok(None) };
+    std::fs::read(path).map(Some).map_err(|e| Failure::Run(format!("cannot read --ca-cert {}: {e}", path.display())))
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=debug`,
@@ -206,87 +319,39 @@ fn logs(default: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One line to stdout; a closed stdout ends the process by SIGPIPE.
+fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(args).and_then(|()| out.write_all(b"\n")).is_err() {
+        quiet_on_closed_stdout();
+        // SAFETY: raising a signal whose disposition is now the default.
+        unsafe {
+            libc::raise(libc::SIGPIPE);
+        }
+        std::process::exit(141);
+    }
+}
+
 /// Rust ignores SIGPIPE, so printing to a closed pipe (`prepaid help |
 /// head -1`) is an error every `println!` turns into a panic. A command
 /// that only prints ends the way Unix tools do instead: quietly, by the
 /// signal. `serve` keeps ignoring it (a closed stdout must not stop a node).
 fn quiet_on_closed_stdout() {
-    // SAFETY: called first in `main`, before any thread exists; SIG_DFL is
-    // a valid disposition for SIGPIPE.
+    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE; the disposition is
+    // process-wide and may be set from any thread.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
+/// Usage errors never get here (clap prints them with the command's usage
+/// and exits 2).
 enum Failure {
-    /// A usage error: the message, then the top-level usage; exit 2.
-    Usage(String),
-    /// A usage error whose message already says what to do; exit 2.
-    Shown(String),
     /// The command ran and failed; exit 1.
     Run(String),
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Failure::Run(e.to_string()))
-}
-
-/// `--name value` pairs and bare `--flag`s, each used at most once.
-struct Flags(std::cell::RefCell<Vec<(String, Option<String>)>>);
-
-fn parse(args: &[String]) -> Result<Flags, Failure> {
-    let mut out = Vec::new();
-    let mut it = args.iter().peekable();
-    while let Some(arg) = it.next() {
-        if !arg.starts_with("--") {
-            return Err(Failure::Usage(format!("unexpected argument {arg:?}")));
-        }
-        // `--amount=1` as well as `--amount 1`.
-        if let Some((name, value)) = arg.split_once('=') {
-            out.push((name.to_string(), Some(value.to_string())));
-            continue;
-        }
-        let value = match it.peek() {
-            Some(v) if !v.starts_with("--") => it.next().cloned(),
-            _ => None,
-        };
-        out.push((arg.clone(), value));
-    }
-    Ok(Flags(std::cell::RefCell::new(out)))
-}
-
-impl Flags {
-    fn take(&self, name: &str) -> Option<Option<String>> {
-        let mut flags = self.0.borrow_mut();
-        let i = flags.iter().position(|(n, _)| n == name)?;
-        Some(flags.remove(i).1)
-    }
-
-    fn flag(&self, name: &str) -> bool {
-        self.take(name).is_some()
-    }
-
-    fn text(&self, name: &str) -> Option<String> {
-        self.take(name).flatten()
-    }
-
-    fn number(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, Failure> {
-        match self.take(name) {
-            None => Ok(default),
-            Some(None) => Err(Failure::Usage(format!("{name} needs a value"))),
-            Some(Some(v)) => match v.parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                Ok(_) => Err(Failure::Usage(format!("{name} is {min} to {max}"))),
-                Err(_) => Err(Failure::Usage(format!("{name} takes a whole number, not {v:?}"))),
-            },
-        }
-    }
-
-    /// Anything not taken is a mistake.
-    fn done(&self) -> Result<(), Failure> {
-        match self.0.borrow().first() {
-            Some((name, _)) => Err(Failure::Usage(format!("unknown flag {name:?}"))),
-            None => Ok(()),
-        }
-    }
 }
