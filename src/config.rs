@@ -321,6 +321,23 @@ pub struct NodeConfig {
     pub tls: TlsSettings,
 }
 
+/// `text` as a value of the kind `current` is.
+fn setting_like(current: &toml::Value, text: &str) -> Result<toml::Value, String> {
+    use toml::Value as V;
+    match current {
+        V::Integer(_) => text.parse().map(V::Integer).map_err(|_| "a whole number".to_string()),
+        V::Boolean(_) => match text {
+            "true" | "1" => Ok(V::Boolean(true)),
+            "false" | "0" => Ok(V::Boolean(false)),
+            _ => Err("true or false".to_string()),
+        },
+        V::Array(_) => Ok(V::Array(
+            text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| V::String(t.to_string())).collect(),
+        )),
+        _ => Ok(V::String(text.to_string())),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {error}")]
@@ -350,8 +367,9 @@ impl NodeConfig {
     /// `PREPAID_MAX_RESIDENT_ACCOUNTS`, `PREPAID_GRPC_ADDR`,
     /// `PREPAID_HTTP_ADDR`, `PREPAID_WEBHOOK_SECRET`, `PREPAID_GATEWAY_URL`,
     /// `PREPAID_SIMULATED_GATEWAY`, `PREPAID_TLS_CERT`, `PREPAID_TLS_KEY`,
-    /// `PREPAID_TLS_CA` override the file;
-    /// `PREPAID_TOKENS` adds tokens.
+    /// `PREPAID_TLS_CA` override the file, and so does every setting as
+    /// `PREPAID_<SECTION>_<FIELD>` (`apply_setting_env`, which wins over
+    /// these short names); `PREPAID_TOKENS` adds tokens.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
             value.parse().map_err(|_| ConfigError::Invalid(format!("{name}={value:?} is not a whole number")))
@@ -433,7 +451,34 @@ impl NodeConfig {
                 _ => return Err(ConfigError::Invalid(format!("PREPAID_SIMULATED_GATEWAY={v:?}: true or false"))),
             };
         }
+        self.apply_setting_env(&var)?;
         self.validate()
+    }
+
+    /// Every setting of the file as `PREPAID_<SECTION>_<FIELD>` too
+    /// (`PREPAID_NODE_MAX_BATCH=5000`, `PREPAID_LEDGER_MIN_PURCHASE=10.00`,
+    /// `PREPAID_WEBHOOKS_URLS=https://a/x,https://b/y`): numbers, `true` or
+    /// `false`, text, and lists as comma-separated text. They win over the
+    /// short names above. Tokens have their own variable, `PREPAID_TOKENS`.
+    fn apply_setting_env(&mut self, var: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let invalid = |e: String| ConfigError::Invalid(e);
+        let mut value = toml::Value::try_from(&*self).map_err(|e| invalid(e.to_string()))?;
+        let mut changed = false;
+        for (section, fields) in value.as_table_mut().into_iter().flatten() {
+            for (field, current) in fields.as_table_mut().into_iter().flatten() {
+                if (section.as_str(), field.as_str()) == ("server", "tokens") {
+                    continue;
+                }
+                let name = format!("PREPAID_{}_{}", section.to_uppercase(), field.to_uppercase());
+                let Some(text) = var(&name) else { continue };
+                *current = setting_like(current, &text).map_err(|e| invalid(format!("{name}={text:?}: {e}")))?;
+                changed = true;
+            }
+        }
+        if changed {
+            *self = value.try_into().map_err(|e: toml::de::Error| invalid(format!("from the environment: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Bounds that make the node unable to run are refused up front.

@@ -57,6 +57,82 @@ fn environment_overrides_the_file() {
     assert!(matches!(NodeConfig::default().apply_env(bad("PREPAID_SHARDS", "many")), Err(ConfigError::Invalid(_))));
 }
 
+/// Every setting of the file can come from `PREPAID_<SECTION>_<FIELD>`
+/// too: each one, set to a value other than its default, changes exactly
+/// that setting.
+#[test]
+fn every_setting_comes_from_the_environment_too() {
+    let defaults = toml::Value::try_from(NodeConfig::default()).unwrap();
+    let mut seen = 0;
+    for (section, fields) in defaults.as_table().unwrap() {
+        for (field, default) in fields.as_table().unwrap() {
+            if (section.as_str(), field.as_str()) == ("server", "tokens") {
+                continue; // PREPAID_TOKENS, tested above
+            }
+            let other = match (section.as_str(), field.as_str(), default) {
+                (_, _, toml::Value::Integer(n)) => (n + 1).to_string(),
+                (_, _, toml::Value::Boolean(b)) => (!b).to_string(),
+                ("node", "durability", _) => "async".into(),
+                ("node", "data_dir", _) => "/var/lib/prepaid".into(),
+                ("ledger", "min_purchase", _) => "10.00".into(),
+                ("ledger", "recharge_amount_default", _) => "30.00".into(),
+                ("ledger", "max_amount", _) => "5000.00".into(),
+                ("ledger", "max_balance", _) => "2000000000000.00".into(),
+                ("server", "grpc_addr" | "http_addr", _) => "0.0.0.0:9000".into(),
+                ("webhooks", "urls", _) => "https://a.example/h, http://b.example:81/h".into(),
+                ("webhooks", "secret", _) => "0123456789abcdef-secret".into(),
+                ("recharge", "gateway_url", _) => "https://pay.example/charge".into(),
+                ("tls", "cert_file" | "key_file" | "ca_file", _) => format!("/etc/prepaid/{field}.pem"),
+                other => panic!("no test value for {other:?}: add one"),
+            };
+            let name = format!("PREPAID_{}_{}", section.to_uppercase(), field.to_uppercase());
+            let mut cfg = NodeConfig::default();
+            let result = cfg.apply_env(|n| {
+                if n == name {
+                    return Some(other.clone());
+                }
+                // Settings that only make sense with a partner.
+                match (name.as_str(), n) {
+                    ("PREPAID_WEBHOOKS_URLS", "PREPAID_WEBHOOKS_SECRET") => Some("0123456789abcdef".into()),
+                    ("PREPAID_TLS_CERT_FILE", "PREPAID_TLS_KEY_FILE") => Some("/k.pem".into()),
+                    ("PREPAID_TLS_KEY_FILE", "PREPAID_TLS_CERT_FILE") => Some("/c.pem".into()),
+                    _ => None,
+                }
+            });
+            result.unwrap_or_else(|e| panic!("{name}={other}: {e}"));
+            let after = toml::Value::try_from(&cfg).unwrap();
+            assert_ne!(after[section][field], *default, "{name} changed nothing");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 50, "only {seen} settings were tried");
+    let err = NodeConfig::default()
+        .apply_env(|n| (n == "PREPAID_NODE_MAX_BATCH").then(|| "lots".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PREPAID_NODE_MAX_BATCH=\"lots\": a whole number"), "{err}");
+    // Values from the environment are validated like the file's.
+    let err = NodeConfig::default()
+        .apply_env(|n| (n == "PREPAID_LEDGER_IDEMPOTENCY_WINDOW_MS").then(|| "0".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("idempotency_window_ms"), "{err}");
+    let err = NodeConfig::default()
+        .apply_env(|n| (n == "PREPAID_LEDGER_MIN_PURCHASE").then(|| "five".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PREPAID") || err.contains("min_purchase"), "{err}");
+    // The longer name wins over the short one.
+    let mut cfg = NodeConfig::default();
+    cfg.apply_env(|n| match n {
+        "PREPAID_SHARDS" => Some("8".into()),
+        "PREPAID_NODE_SHARDS" => Some("16".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(cfg.node.shards, 16);
+}
+
 #[test]
 fn bounds_are_checked_at_and_past_their_limits() {
     let with = |text: &str| NodeConfig::from_toml(&format!("[node]\n{text}\n"));
