@@ -50,6 +50,50 @@ pub struct Gauges {
     pub webhook_dead_letters: u64,
     /// Seconds since the server started.
     pub uptime_seconds: u64,
+    /// The process's own figures (`None` where /proc cannot be read).
+    pub process: Option<Process>,
+}
+
+/// The standard Prometheus process metrics, read from `/proc/self` (Linux).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Process {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub threads: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+impl Process {
+    pub fn read() -> Option<Process> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name may hold spaces and parentheses: fields start
+        // after its last ')', with the state (field 3) first.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        // SAFETY: sysconf and getrlimit only read process-wide values into
+        // what they are given.
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let (ticks, page) = (ticks.max(1) as f64, page.max(1) as u64);
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: as above; `limit` is a valid rlimit to fill.
+        let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 0 };
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok())))
+            .unwrap_or(0);
+        Some(Process {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
+            resident_bytes: field(24)? * page,
+            virtual_bytes: field(23)?,
+            threads: field(20)?,
+            open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+            max_fds,
+            start_time_seconds: boot as f64 + field(22)? as f64 / ticks,
+        })
+    }
 }
 
 impl Metrics {
@@ -188,6 +232,27 @@ impl Metrics {
         let _ = writeln!(out, "# HELP prepaid_build_info The running build: 1, labelled with its version.");
         let _ = writeln!(out, "# TYPE prepaid_build_info gauge");
         let _ = writeln!(out, "prepaid_build_info{{version=\"{}\"}} 1", crate::VERSION);
+        if let Some(p) = g.process {
+            let process: [(&str, &str, &str, f64); 7] = [
+                ("process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.", p.cpu_seconds),
+                ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", p.resident_bytes as f64),
+                ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", p.virtual_bytes as f64),
+                ("process_threads", "gauge", "Threads of the process.", p.threads as f64),
+                ("process_open_fds", "gauge", "Open file descriptors.", p.open_fds as f64),
+                ("process_max_fds", "gauge", "The most file descriptors the process may open.", p.max_fds as f64),
+                (
+                    "process_start_time_seconds",
+                    "gauge",
+                    "When the process started, in seconds since the Unix epoch.",
+                    p.start_time_seconds,
+                ),
+            ];
+            for (name, kind, help, value) in process {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
         out
     }
 }
@@ -212,6 +277,7 @@ mod tests {
             webhook_failed_attempts: 0,
             webhook_dead_letters: 0,
             uptime_seconds: 42,
+            process: Process::read(),
         });
         assert!(text.contains("prepaid_requests_total{op=\"debit\",code=\"ok\"} 2"), "{text}");
         assert!(text.contains("prepaid_requests_total{op=\"debit\",code=\"insufficient_funds\"} 1"));
@@ -224,5 +290,13 @@ mod tests {
         assert!(text.contains("prepaid_uptime_seconds 42"), "{text}");
         assert!(text.contains(&format!("prepaid_build_info{{version=\"{}\"}} 1", crate::VERSION)), "{text}");
         assert_eq!(m.count("debit", "ok"), 2);
+        // The process's own figures, from /proc (this test's process).
+        let p = Process::read().expect("/proc/self is readable");
+        assert!(p.resident_bytes > 0 && p.virtual_bytes >= p.resident_bytes, "{p:?}");
+        assert!(p.threads >= 1 && p.open_fds >= 3 && p.max_fds >= p.open_fds, "{p:?}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(p.start_time_seconds > 1.6e9 && p.start_time_seconds <= now + 1.0, "{p:?}");
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total "), "{text}");
+        assert!(text.contains("process_resident_memory_bytes ") && text.contains("process_open_fds "), "{text}");
     }
 }

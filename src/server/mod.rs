@@ -71,6 +71,7 @@ impl Api {
             webhook_failed_attempts: w.failed_attempts,
             webhook_dead_letters: w.dead_letters,
             uptime_seconds: self.started.elapsed().as_secs(),
+            process: metrics::Process::read(),
         }
     }
 

@@ -153,6 +153,9 @@ async fn metrics_and_health_report_the_node() {
         "prepaid_resident_accounts 1",
         "prepaid_recharge_charged_total 0",
         "prepaid_webhook_backlog 0",
+        "# TYPE process_resident_memory_bytes gauge",
+        "process_open_fds ",
+        "process_start_time_seconds ",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
@@ -164,11 +167,13 @@ async fn metrics_and_health_report_the_node() {
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
-            let mut rest = expr;
-            while let Some(at) = rest.find("prepaid_") {
-                let name: String = rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-                rest = &rest[at + name.len()..];
-                asked.push(name);
+            for prefix in ["prepaid_", "process_"] {
+                let mut rest = expr;
+                while let Some(at) = rest.find(prefix) {
+                    let name: String = rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                    rest = &rest[at + name.len()..];
+                    asked.push(name);
+                }
             }
         }
     }
