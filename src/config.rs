@@ -99,6 +99,37 @@ pub const CHECKPOINT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000
 /// Bounds of `node.idempotency_resident_keys`.
 pub const IDEMPOTENCY_RESIDENT_KEYS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 
+/// Bounds of the count and duration settings without a rule of their
+/// own: `(section.field, least, most)`. Past them a node cannot run (a
+/// queue, a broadcast buffer or a semaphore sized by the setting is made
+/// at start: `writer_queue = 2^62` panicked, `event_buffer = 10^11` ate
+/// memory) or a typo would stall it for years. Durations in milliseconds.
+pub const SETTING_BOUNDS: &[(&str, u64, u64)] = &[
+    ("node.group_max_accounts", 1, 1_000_000),
+    ("node.writer_queue", 1, 16_777_216),
+    ("node.account_queue_max", 1, 10_000_000),
+    ("node.max_batch", 1, 1_000_000),
+    ("node.max_resident_accounts", 1, 1_000_000_000),
+    ("node.event_buffer", 1, 4_194_304),
+    ("node.max_in_flight", 1, 100_000_000),
+    ("node.flush_interval_ms", 1, 60_000),
+    ("node.idle_passivate_ms", 1, 2_592_000_000),
+    ("node.timer_poll_ms", 1, 86_400_000),
+    ("node.recharge_charge_timeout_ms", 1, 600_000),
+    ("node.recharge_retry_unknown_ms", 1, 86_400_000),
+    ("node.storage_retry_ms", 1, 3_600_000),
+    ("server.max_message_bytes", 1, 268_435_456),
+    ("server.max_connections", 1, 1_000_000),
+    ("server.stream_in_flight", 1, 65_536),
+    ("server.max_streams_per_connection", 1, 1_000_000),
+    ("server.shutdown_grace_ms", 0, 3_600_000),
+    ("webhooks.max_attempts", 1, 1_000),
+    ("webhooks.backoff_ms", 1, 86_400_000),
+    ("webhooks.backoff_max_ms", 1, 86_400_000),
+    ("webhooks.timeout_ms", 1, 600_000),
+    ("webhooks.dead_letters_kept", 1, 10_000_000),
+];
+
 /// Most shard workers a node runs.
 pub const MAX_WORKERS: u32 = 1_024;
 
@@ -481,6 +512,22 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// Every setting of `SETTING_BOUNDS` within its range.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        let value = toml::Value::try_from(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for &(name, least, most) in SETTING_BOUNDS {
+            let (section, field) = name.split_once('.').unwrap_or((name, ""));
+            let setting = value.get(section).and_then(|s| s.get(field)).and_then(toml::Value::as_integer);
+            let Some(n) = setting else {
+                return Err(ConfigError::Invalid(format!("{name} is not a setting (a bug: SETTING_BOUNDS)")));
+            };
+            if !(least as i64..=most as i64).contains(&n) {
+                return Err(ConfigError::Invalid(format!("{name} is {least} to {most}, not {n}")));
+            }
+        }
+        Ok(())
+    }
+
     /// Bounds that make the node unable to run are refused up front.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.ledger.validate().map_err(ConfigError::Invalid)?;
@@ -491,13 +538,6 @@ impl NodeConfig {
         }
         if n.workers > MAX_WORKERS {
             return bad(&format!("node.workers is 0 (one per core) to {MAX_WORKERS}"));
-        }
-        if [n.group_max_accounts, n.writer_queue, n.account_queue_max, n.max_batch, n.event_buffer, n.max_in_flight]
-            .contains(&0)
-        {
-            return bad(
-                "node.group_max_accounts, writer_queue, account_queue_max, max_batch, event_buffer and max_in_flight are at least 1",
-            );
         }
         if !(1..=4_096).contains(&n.memtable_mb) {
             return bad("node.memtable_mb is 1 to 4096");
@@ -511,34 +551,8 @@ impl NodeConfig {
         if !IDEMPOTENCY_RESIDENT_KEYS.contains(&n.idempotency_resident_keys) {
             return bad("node.idempotency_resident_keys is 1 to 1000000");
         }
-        if n.max_resident_accounts == 0 {
-            return bad("node.max_resident_accounts is at least 1");
-        }
-        if [
-            n.flush_interval_ms,
-            n.timer_poll_ms,
-            n.idle_passivate_ms,
-            n.recharge_charge_timeout_ms,
-            n.recharge_retry_unknown_ms,
-            n.storage_retry_ms,
-        ]
-        .contains(&0)
-        {
-            return bad(
-                "node durations (flush_interval_ms, timer_poll_ms, idle_passivate_ms, recharge_*_ms, storage_retry_ms) are at least 1",
-            );
-        }
+        self.check_bounds()?;
         let s = &self.server;
-        if [s.max_message_bytes, s.max_connections, s.stream_in_flight, s.max_streams_per_connection as usize]
-            .contains(&0)
-        {
-            return bad(
-                "server.max_message_bytes, max_connections, stream_in_flight and max_streams_per_connection are at least 1",
-            );
-        }
-        if s.stream_in_flight > 65_536 {
-            return bad("server.stream_in_flight is at most 65536");
-        }
         if !(1..=64).contains(&s.io_threads) {
             return bad("server.io_threads is between 1 and 64");
         }
@@ -551,10 +565,8 @@ impl NodeConfig {
         if !w.urls.is_empty() && w.secret.len() < 16 {
             return bad("webhooks.secret is at least 16 characters when webhooks.urls is set");
         }
-        if w.max_attempts == 0 || w.backoff_ms == 0 || w.timeout_ms == 0 || w.backoff_max_ms < w.backoff_ms {
-            return bad(
-                "webhooks.max_attempts, backoff_ms, timeout_ms are at least 1 and backoff_max_ms >= backoff_ms",
-            );
+        if w.backoff_max_ms < w.backoff_ms {
+            return bad("webhooks.backoff_max_ms is at least webhooks.backoff_ms");
         }
         for url in &w.urls {
             crate::httpc::parse_url(url).map_err(|e| ConfigError::Invalid(format!("webhooks.urls: {e}")))?;

@@ -101,6 +101,17 @@ fn bad_arguments_are_refused_with_a_sentence() {
     assert!(err.contains("0 is not in 1..=1000000"), "{err}");
 }
 
+/// `demo --json`: the walk through the rules on stderr, the load's figures
+/// as one JSON object on stdout.
+#[test]
+fn demo_prints_json_on_request() {
+    let (code, out, err) = prepaid(&["demo", "--accounts", "20", "--debits", "300", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!((v["debits"].as_u64(), v["conservation"].as_str()), (Some(300), Some("ok")), "{v}");
+    assert!(err.contains("Rule 1"), "the walk goes to stderr: {err}");
+}
+
 /// `bench --embedded --json`: the figures as one JSON object, nothing else
 /// on stdout.
 #[test]
@@ -156,14 +167,17 @@ fn ctrl_c_during_bench_removes_its_temporary_directory() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let dir = tmp.join(format!("prepaid-bench-{}", child.id()));
-    // The node is up once RocksDB has written its CURRENT file.
-    let mut tries = 0;
-    while !dir.join("CURRENT").exists() && tries < 3_000 {
+    // The node is up once RocksDB has written its CURRENT file in the
+    // bench's own directory (prepaid-bench-*).
+    let mut dir = None;
+    for _ in 0..3_000 {
+        dir = bench_dirs(&tmp).into_iter().find(|d| d.join("CURRENT").exists());
+        if dir.is_some() {
+            break;
+        }
         std::thread::sleep(std::time::Duration::from_millis(10));
-        tries += 1;
     }
-    assert!(dir.join("CURRENT").exists(), "the bench started its node in {}", dir.display());
+    let dir = dir.expect("the bench started its node in a prepaid-bench-* directory");
     let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(sent.success());
     let mut status = None;
@@ -183,5 +197,42 @@ fn ctrl_c_during_bench_removes_its_temporary_directory() {
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted; removed"), "{stderr}");
     assert!(!dir.exists(), "{} is left behind", dir.display());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The bench's own data directories under `tmp`.
+fn bench_dirs(tmp: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let entries =
+        std::fs::read_dir(tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_else(|_| Vec::new());
+    entries
+        .into_iter()
+        .filter(|p: &std::path::PathBuf| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("prepaid-bench-"))
+        })
+        .collect()
+}
+
+/// `prepaid bench --embedded | head -1`: the bench ends by SIGPIPE once
+/// its reader is gone, and removes its temporary data directory first (it
+/// used to be left behind, 75 MB a time).
+#[test]
+fn a_closed_stdout_ends_the_bench_and_removes_its_directory() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = std::env::temp_dir().join(format!("prepaid-test-pipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["bench", "--embedded", "--accounts", "10", "--debits", "100"])
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
+    assert_eq!(bench_dirs(&tmp), Vec::<std::path::PathBuf>::new(), "the bench's directory is left behind");
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -133,6 +133,58 @@ fn every_setting_comes_from_the_environment_too() {
     assert_eq!(cfg.node.shards, 16);
 }
 
+/// Every setting of `SETTING_BOUNDS` is accepted at both ends of its range
+/// and refused just past each, with a sentence naming it and the range.
+#[test]
+fn every_bounded_setting_is_tried_at_and_past_its_limits() {
+    use prepaid::config::SETTING_BOUNDS;
+    assert!(SETTING_BOUNDS.len() >= 20);
+    for &(name, least, most) in SETTING_BOUNDS {
+        let (section, field) = name.split_once('.').unwrap();
+        // backoff_ms <= backoff_max_ms is a rule of its own: keep it true.
+        let with = |n: u64| {
+            let partner = match field {
+                "backoff_ms" => format!("backoff_max_ms = {}\n", n.max(1)),
+                "backoff_max_ms" => format!("backoff_ms = {}\n", n.clamp(1, 200)),
+                _ => String::new(),
+            };
+            NodeConfig::from_toml(&format!("[{section}]\n{field} = {n}\n{partner}"))
+        };
+        for n in [least, most] {
+            with(n).unwrap_or_else(|e| panic!("{name} = {n} is in range: {e}"));
+        }
+        let mut past = vec![most + 1];
+        if least > 0 {
+            past.push(least - 1);
+        }
+        for n in past {
+            let err = with(n).expect_err(&format!("{name} = {n} is out of range")).to_string();
+            assert!(err.contains(&format!("{name} is {least} to {most}, not {n}")), "{err}");
+        }
+    }
+    // The value that crashed a start (a semaphore of 2^62 permits) is
+    // refused before anything starts.
+    let err = NodeConfig::default()
+        .apply_env(|n| (n == "PREPAID_SERVER_MAX_CONNECTIONS").then(|| "4611686018427387904".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.max_connections is 1 to 1000000"), "{err}");
+    // The bounds with rules of their own, at and past their limits.
+    let ok = |text: &str| NodeConfig::from_toml(text).is_ok();
+    assert!(ok("[node]\nworkers = 1024\n") && !ok("[node]\nworkers = 1025\n"));
+    assert!(
+        ok("[server]\nio_threads = 64\n") && !ok("[server]\nio_threads = 65\n") && !ok("[server]\nio_threads = 0\n")
+    );
+    let token = |t: &str| format!("[[server.tokens]]\nname = \"a\"\nrole = \"admin\"\ntoken = \"{t}\"\n");
+    assert!(ok(&token("0123456789abcdef")) && !ok(&token("0123456789abcde")));
+    let hooks = |secret: &str| format!("[webhooks]\nurls = [\"http://127.0.0.1:9/h\"]\nsecret = \"{secret}\"\n");
+    assert!(ok(&hooks("0123456789abcdef")) && !ok(&hooks("0123456789abcde")));
+    assert!(
+        !ok("[webhooks]\nbackoff_ms = 300\nbackoff_max_ms = 299\n")
+            && ok("[webhooks]\nbackoff_ms = 300\nbackoff_max_ms = 300\n")
+    );
+}
+
 #[test]
 fn bounds_are_checked_at_and_past_their_limits() {
     let with = |text: &str| NodeConfig::from_toml(&format!("[node]\n{text}\n"));

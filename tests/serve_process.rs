@@ -256,6 +256,22 @@ fn logs_request_ids_version_and_uptime() {
     for says in ["node started", "serving", prepaid::VERSION, "node stopped"] {
         assert!(text.contains(says), "the info log says {says:?}:\n{text}");
     }
+    // The start-up summary names the data dir, durability and gateway; the
+    // shutdown summary what was served and that the final sync happened.
+    let serving = text.lines().find(|l| l.contains("serving")).unwrap();
+    for field in [format!("data_dir={}", dir.display()), "durability=Sync".into(), "gateway=simulated".into()] {
+        assert!(serving.contains(&field), "{field} in {serving}");
+    }
+    let stopped = text.lines().find(|l| l.contains("server stopped")).unwrap_or_else(|| panic!("{text}"));
+    assert!(stopped.contains("requests=") && stopped.contains("final_sync=true"), "{stopped}");
+    // Secrets are never logged, not even at trace (every crate's).
+    let (server, log) = start_logged(&dir, Some("trace"));
+    let (head, _) = get(&server.http, "/admin/v1/webhooks", &format!("Authorization: Bearer {ADMIN}\r\n"));
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(sigterm(server), 0);
+    let text = log.join().unwrap();
+    assert!(text.contains("TRACE"), "a trace log: {text}");
+    assert!(!text.contains(ADMIN), "the token is in the log:\n{text}");
     // RUST_LOG decides: at `warn` none of that is printed.
     let (server, log) = start_logged(&dir, Some("warn"));
     assert_eq!(sigterm(server), 0);
@@ -339,6 +355,9 @@ fn the_account_cli_says_each_thing_once() {
     let (code, out, err) = cli(&server, &["history", "--account", "acme"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(" UTC  credited"), "{out}");
+    // The hold's event too: its expiry as a date, not Unix milliseconds.
+    let hold_line = out.lines().find(|l| l.contains("hold_placed")).unwrap_or_else(|| panic!("{out}"));
+    assert!(hold_line.contains("expires 20") && !hold_line.contains("expires_at_ms"), "{hold_line}");
     assert_eq!(sigterm(server), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -481,5 +500,49 @@ fn the_openapi_document_describes_the_http_api() {
         }
     }
     assert_eq!(sigterm(server), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `prepaid serve | true`: the reader of its stdout going away does not
+/// stop a node (it used to end it by SIGPIPE on its first line, mid-start,
+/// leaving the data dir's lock and an ephemeral directory behind).
+#[test]
+fn a_closed_stdout_does_not_stop_serve() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-pipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["serve", "--simulated-gateway"])
+        .env("PREPAID_DATA_DIR", &dir)
+        .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")
+        .env("PREPAID_HTTP_ADDR", &http)
+        .env("PREPAID_TOKENS", format!("ops:admin:{ADMIN}"))
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // It serves (the HTTP port was free a moment ago: wait for it).
+    let mut health = None;
+    for _ in 0..500 {
+        if let Ok(mut s) = std::net::TcpStream::connect(&http) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            health = Some(text);
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let health = health.unwrap_or_else(|| panic!("serve ended: {:?}", child.try_wait()));
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(child.try_wait().unwrap().is_none(), "serve stopped");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -81,6 +81,8 @@ impl Request {
 pub enum Command {
     /// Create the account. Opening again with the same settings is a no-op
     /// that returns the account; with other settings, `account_exists`.
+    /// JSON also takes the proto's name, `open_account`.
+    #[serde(alias = "open_account")]
     Open {
         /// JSON may leave these out, as the proto may: `prepaid`, `USD`.
         #[serde(default)]
@@ -209,6 +211,14 @@ impl Command {
 
     /// Reads nothing but state: never recorded under a key, never journaled
     /// beyond what settling due deadlines writes.
+    /// Commands only the node itself sends (the recharge worker reporting
+    /// a gateway's answer, timers): no API takes them — a caller that
+    /// could send `RechargeSucceeded` could credit a charge that never
+    /// happened.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Command::RechargeSucceeded { .. } | Command::RechargeFailed { .. } | Command::Tick)
+    }
+
     pub fn is_query(&self) -> bool {
         matches!(self, Command::CheckAccess | Command::Balance | Command::Tick)
     }

@@ -187,6 +187,12 @@ async fn requests(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
     let mut slots: Vec<Result<usize, Error>> = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         match serde_json::from_value::<Request>(item) {
+            Ok(r) if r.command.is_internal() => {
+                return refuse(Error::InvalidRequest(format!(
+                    "request {i}: {} is the node's own command, not one the API takes",
+                    r.command.name()
+                )));
+            }
             Ok(r) => {
                 slots.push(Ok(reqs.len()));
                 reqs.push(r);

@@ -97,6 +97,14 @@ impl Process {
 }
 
 impl Metrics {
+    /// Requests answered since start, and how many of them were refused.
+    pub fn totals(&self) -> (u64, u64) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let all = inner.requests.values().sum();
+        let refused = inner.requests.iter().filter(|((_, code), _)| *code != "ok").map(|(_, n)| n).sum();
+        (all, refused)
+    }
+
     /// One batch: `(op, code)` per request (`code` is "ok" when accepted),
     /// and the batch's latency.
     pub fn record(&self, results: &[(&'static str, &'static str)], elapsed: Duration) {

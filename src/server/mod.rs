@@ -301,12 +301,27 @@ pub async fn run(
             return Err(e);
         }
     };
-    tracing::info!(grpc = %bound.grpc, http = %bound.http, tls = cfg.tls.enabled(), version = crate::VERSION, "serving");
+    let data_dir = match cfg.node.data_dir.as_os_str().is_empty() {
+        true => "ephemeral (a temporary directory removed at stop)".to_string(),
+        false => cfg.node.data_dir.display().to_string(),
+    };
+    tracing::info!(
+        version = crate::VERSION,
+        grpc = %bound.grpc,
+        http = %bound.http,
+        tls = cfg.tls.enabled(),
+        data_dir = %data_dir,
+        durability = ?cfg.node.durability,
+        gateway = %gateway_summary(&cfg.recharge),
+        webhooks = cfg.webhooks.urls.len(),
+        tokens = cfg.server.tokens.len(),
+        "serving"
+    );
     let node = Arc::new(node);
     let webhooks = match webhooks::Webhooks::start(&cfg, &node) {
         Ok(w) => w,
         Err(e) => {
-            stop_node(node, grace).await;
+            let _ = stop_node(node, grace).await;
             return Err(ServeError::Start(e.to_string()));
         }
     };
@@ -388,10 +403,14 @@ pub async fn run(
     if let Some(w) = &webhooks {
         w.stop().await;
     }
+    let backlog = webhooks.as_ref().map_or(0, |w| w.figures().backlog);
+    let (requests, refused) = api.metrics.totals();
+    let uptime_seconds = api.started.elapsed().as_secs();
     drop(api);
     drop(webhooks);
     // Every call is answered and every task let go of the node: stop it.
-    stop_node(node, grace).await;
+    let clean = stop_node(node, grace).await;
+    tracing::info!(uptime_seconds, requests, refused, webhook_backlog = backlog, final_sync = clean, "server stopped");
     if let Some((grpc_result, http_result)) = results {
         grpc_result.map_err(|e| ServeError::Grpc(e.to_string()))?;
         http_result.map_err(|e| ServeError::Start(e.to_string()))?;
@@ -439,14 +458,33 @@ async fn bind(cfg: &NodeConfig) -> Result<(TcpListener, TcpListener, Bound), Ser
     Ok((grpc_listener, http_listener, bound))
 }
 
+/// The gateway, for the start-up log: its scheme, host and port only (a
+/// URL may carry credentials in its user part or query).
+fn gateway_summary(r: &crate::config::RechargeSettings) -> String {
+    if r.simulated_gateway {
+        return "simulated (charges nothing, always succeeds)".into();
+    }
+    match crate::httpc::parse_url(&r.gateway_url) {
+        Ok(uri) => {
+            let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{port}", uri.scheme_str().unwrap_or("http"), uri.host().unwrap_or(""))
+        }
+        Err(_) => "none".into(),
+    }
+}
+
 /// Stops the node once nothing else holds it. A stream's last batch may
-/// still hold it briefly; waits up to `grace`.
-async fn stop_node(node: Arc<Node>, grace: std::time::Duration) {
+/// still hold it briefly; waits up to `grace`. Whether it stopped with its
+/// final sync.
+async fn stop_node(node: Arc<Node>, grace: std::time::Duration) -> bool {
     let mut node = node;
     let mut waited = std::time::Duration::ZERO;
     loop {
         match Arc::try_unwrap(node) {
-            Ok(n) => return n.shutdown().await,
+            Ok(n) => {
+                n.shutdown().await;
+                return true;
+            }
             Err(n) if waited < grace => {
                 node = n;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -457,7 +495,7 @@ async fn stop_node(node: Arc<Node>, grace: std::time::Duration) {
                 // money in always); what async mode held unsynced is lost
                 // as in a crash.
                 tracing::warn!("the node is still in use after the grace period; stopping without its final sync");
-                return;
+                return false;
             }
         }
     }

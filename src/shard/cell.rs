@@ -145,6 +145,11 @@ impl Cell {
             {
                 dedup.push((key.clone(), record.clone()));
             }
+            for record in &outcome.records {
+                if let Event::RechargePaused { cause } = &record.event {
+                    tracing::warn!(account = %self.id, ?cause, "auto-recharge paused: the account's owner must act (buy, or set it again)");
+                }
+            }
             let money_in = job.req.command.is_money_in() && !outcome.records.is_empty();
             let starts_recharge = outcome.records.iter().any(|r| matches!(r.event, Event::RechargeRequested { .. }));
             out.force_sync |= money_in || starts_recharge;

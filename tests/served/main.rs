@@ -243,10 +243,25 @@ async fn admin_json_api_runs_requests_and_reads_accounts() {
         harness::http_with(s.http, "POST", "/admin/v1/requests", Some(ADMIN), "Idempotency-Key: b2\r\n", &batch).await;
     assert_eq!(status, 400, "{out}");
     assert!(out.contains("single request"), "{out}");
-    // The account's Open takes the proto's defaults too (prepaid, USD).
-    let (status, out) =
-        http_post(s.http, "/admin/v1/requests", Some(ADMIN), r#"{"account":"j_defaults","command":{"open":{}}}"#).await;
-    assert_eq!(status, 200, "{out}");
+    // Opening takes the proto's name (`open_account`; `open` is read too)
+    // and its defaults (prepaid, USD).
+    for (account, name) in [("j_defaults", "open"), ("j_proto", "open_account")] {
+        let body = format!(r#"{{"account":"{account}","command":{{"{name}":{{}}}}}}"#);
+        let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), &body).await;
+        assert_eq!(status, 200, "{name}: {out}");
+    }
+    // The node's own commands are not the API's: an admin could otherwise
+    // credit a recharge the gateway never charged.
+    for command in [
+        r#"{"recharge_succeeded":{"attempt_id":1}}"#,
+        r#"{"recharge_failed":{"attempt_id":1,"error":"x"}}"#,
+        r#""tick""#,
+    ] {
+        let body = format!(r#"{{"account":"j1","idempotency_key":"int1","command":{command}}}"#);
+        let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), &body).await;
+        assert_eq!(status, 400, "{command}: {out}");
+        assert!(out.contains("invalid_request") && out.contains("node's own command"), "{out}");
+    }
     let broke = r#"{"account":"j1","idempotency_key":"big","command":{"debit":{"amount":"1000"}}}"#;
     let (status, out) = http_post(s.http, "/admin/v1/requests", Some(ADMIN), broke).await;
     assert_eq!(status, 400, "a single refusal is not 200: {out}");

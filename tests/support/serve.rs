@@ -15,6 +15,16 @@ pub struct Server {
     pub http: String,
 }
 
+/// A test that fails before it stops its server must not leave the process
+/// running: dropped, the server is killed (a stopped one is not signalled
+/// again; std remembers it was waited for).
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `prepaid serve [args…]` on `data_dir` with an admin token.
 pub fn start(data_dir: &Path, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))

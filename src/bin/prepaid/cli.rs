@@ -39,9 +39,7 @@ pub fn serve(
     config.validate().map_err(|e| Failure::Run(e.to_string()))?;
     let gateway = serve_gateway(&config, ephemeral)?;
     if config.server.tokens.is_empty() {
-        eprintln!(
-            "prepaid: warning: no API tokens configured ([[server.tokens]] or PREPAID_TOKENS): every call is refused"
-        );
+        tracing::warn!("no API tokens configured ([[server.tokens]] or PREPAID_TOKENS): every call is refused");
     }
     // Two runtimes: the node's actors on one, the network side (HTTP/2,
     // decoding, the overload door) on another with `server.io_threads`
@@ -81,7 +79,7 @@ fn serve_gateway(config: &NodeConfig, ephemeral: bool) -> Result<Arc<dyn Payment
         (false, true) => {
             return Err(Failure::Run("--ephemeral and a data dir exclude each other: choose one".into()));
         }
-        (true, true) => eprintln!("prepaid: --ephemeral: balances live in a temporary directory deleted at stop"),
+        (true, true) => tracing::warn!("--ephemeral: balances live in a temporary directory deleted at stop"),
         (false, false) => {}
     }
     let r = &config.recharge;
@@ -671,7 +669,14 @@ fn print_history(records: &[pb::HistoryRecord], as_json: bool) {
             let line = json!({ "seq": r.seq, "at_ms": r.at_ms, "balance_after": r.balance_after, "kind": r.kind, "event": event });
             say!("{line}");
         } else {
-            say!("{:>6}  {}  {:<22} balance {:<14} {}", r.seq, utc(r.at_ms), r.kind, r.balance_after, r.json);
+            // The event's fields as `name value`, times as dates.
+            let fields = match serde_json::from_str::<Value>(&r.json) {
+                Ok(Value::Object(fields)) => {
+                    fields.iter().map(|(k, v)| human_field(k, v)).collect::<Vec<_>>().join("   ")
+                }
+                _ => r.json.clone(),
+            };
+            say!("{:>6}  {}  {:<22} balance {:<14} {fields}", r.seq, utc(r.at_ms), r.kind, r.balance_after);
         }
     }
 }

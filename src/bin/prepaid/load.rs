@@ -109,33 +109,43 @@ pub fn fsync_latency(dir: &std::path::Path) -> Result<(f64, f64), String> {
 pub const INTERRUPTED: i32 = 130;
 
 /// `bench`, until Ctrl-C: then its temporary data directory (when it made
-/// one) is removed before the process ends, instead of being left behind.
-pub async fn bench_until_interrupted(args: BenchArgs) -> Result<(), String> {
-    let own = args.data_dir.as_os_str().is_empty().then(own_bench_dir);
+/// one) is removed before the process ends, instead of being left behind;
+/// so it is when stdout closes (`crate::closed_stdout`).
+pub async fn bench_until_interrupted(mut args: BenchArgs) -> Result<(), String> {
+    // A data directory of our own when none is given (unique and private:
+    // tempfile), so the restart at the end finds the data; removed at the
+    // end when the handle drops, and on Ctrl-C or a closed stdout.
+    let own = match args.data_dir.as_os_str().is_empty() {
+        true => {
+            let dir = tempfile::Builder::new()
+                .prefix("prepaid-bench-")
+                .tempdir()
+                .map_err(|e| format!("cannot make a temporary data directory: {e}"))?;
+            args.data_dir = dir.path().to_path_buf();
+            crate::remove_on_exit(Some(dir.path().to_path_buf()));
+            Some(dir)
+        }
+        false => None,
+    };
     // Listening before the bench starts: the handler is in place before
-    // the directory exists (a listener made inside `select!` is only
-    // registered once polled, and the bench may run a while first).
+    // the node runs (a listener made inside `select!` is only registered
+    // once polled, and the bench may run a while first).
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
-    tokio::select! {
+    let result = tokio::select! {
         done = bench(args) => done,
         _ = interrupt.recv() => {
-            if let Some(dir) = own {
-                // RocksDB's threads may still create a file while it goes:
-                // a few tries.
-                for _ in 0..5 {
-                    if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                eprintln!("\nprepaid: interrupted; removed {}", dir.display());
-            } else {
-                eprintln!("\nprepaid: interrupted");
+            let removed = crate::remove_registered_dir();
+            match removed {
+                Some(dir) => eprintln!("\nprepaid: interrupted; removed {}", dir.display()),
+                None => eprintln!("\nprepaid: interrupted"),
             }
             std::process::exit(INTERRUPTED);
         }
-    }
+    };
+    crate::remove_on_exit(None);
+    drop(own);
+    result
 }
 
 /// A debit's idempotency key: the debit's number, zero-padded, so that
@@ -146,19 +156,11 @@ fn debit_key(n: u64) -> String {
     format!("u{n:016}")
 }
 
-/// The data directory a bench makes when none is given.
-fn own_bench_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("prepaid-bench-{}", std::process::id()))
-}
-
 /// The authorization workload in-process: accounts funded, then strict
 /// debits of 1..100 µ$ from `callers` concurrent callers, optionally in
 /// batches, `hot` accounts taking half the traffic when set.
 pub async fn bench(args: BenchArgs) -> Result<(), String> {
-    // A data directory of our own when none is given, so the restart at
-    // the end finds the data; removed at the end.
-    let own_dir = args.data_dir.as_os_str().is_empty();
-    let data_dir = if own_dir { own_bench_dir() } else { args.data_dir.clone() };
+    let data_dir = args.data_dir.clone();
     let mut cfg = NodeConfig::default();
     cfg.node.durability = args.durability;
     cfg.node.data_dir = data_dir.clone();
@@ -336,9 +338,6 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         say!("restart: first request served {restart_ms:.1} ms after start, with {} accounts on disk", args.accounts);
     }
     node.shutdown().await;
-    if own_dir {
-        let _ = std::fs::remove_dir_all(&data_dir);
-    }
     if total != expected || refused > 0 {
         return Err(format!("{refused} debits refused; conservation {}", total == expected));
     }

@@ -4,10 +4,12 @@
 //! core, then runs a short load on an embedded node. `prepaid bench
 //! --embedded` measures the authorization workload in-process.
 
-/// `println!` for commands that talk to a node: they keep SIGPIPE ignored
-/// (a node that closes its socket must be an error, not a signal that
-/// kills the client), so a closed stdout (`prepaid account history | head
-/// -1`) ends the process here, by SIGPIPE as Unix tools end, not by a panic.
+/// `println!` that survives a closed stdout. SIGPIPE stays ignored (as Rust
+/// sets it) for every command: a peer that closes a socket must be an
+/// error, not a signal that kills a node or a client. So a closed stdout
+/// (`prepaid account history | head -1`) ends a short-lived command here,
+/// by SIGPIPE as Unix tools end (after removing its temporary directory),
+/// never by a panic; `serve` ignores it and goes on serving.
 macro_rules! say {
     ($($arg:tt)*) => {
         $crate::say_line(format_args!($($arg)*))
@@ -84,6 +86,10 @@ struct DemoArgs {
     /// removed at the end or on Ctrl-C)
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The load's figures as one JSON object on stdout (the walk through
+    /// the rules goes to stderr)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -199,14 +205,7 @@ fn main() -> ExitCode {
     // closed stdout is ignored).
     let cli = Cli::parse();
     let serving = matches!(cli.command, Cmd::Serve(_));
-    // Commands that only compute and print end by SIGPIPE on a closed
-    // stdout. Those with sockets of their own keep it ignored and print
-    // through `say!`.
-    let own_sockets = matches!(&cli.command, Cmd::Serve(_) | Cmd::Account(_))
-        || matches!(&cli.command, Cmd::Bench(b) if b.addr.is_some());
-    if !own_sockets {
-        quiet_on_closed_stdout();
-    }
+    SERVING.store(serving, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = logs(if serving { "info" } else { "warn" }) {
         eprintln!("prepaid: {e}");
         return ExitCode::from(2);
@@ -221,12 +220,17 @@ fn main() -> ExitCode {
                 batch: 1,
                 durability: Durability::Sync,
                 data_dir: a.data_dir.unwrap_or_default(),
-                json: false,
+                json: a.json,
             };
-            tour::run(&mut std::io::stdout().lock()).map_err(|e| Failure::Run(e.to_string())).and_then(|()| {
-                println!("\nLoad on an embedded node (RocksDB, sync durability: every debit durable before its reply)");
-                runtime()?.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run)
-            })
+            const LOAD: &str =
+                "\nLoad on an embedded node (RocksDB, sync durability: every debit durable before its reply)";
+            let walked = match a.json {
+                true => tour::run(&mut std::io::stderr().lock()).map(|()| eprintln!("{LOAD}")),
+                false => tour::run(&mut std::io::stdout().lock()).map(|()| say!("{LOAD}")),
+            };
+            walked
+                .map_err(stdout_failed)
+                .and_then(|()| runtime()?.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run))
         }
         Cmd::Serve(a) => cli::serve(a.config, a.data_dir, a.gateway_url, a.simulated_gateway, a.ephemeral),
         Cmd::Account(a) => cli::account(a),
@@ -281,6 +285,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A served node's failure is a log line like the rest of its logs
+        // (one JSON object with PREPAID_LOG_FORMAT=json).
+        Err(Failure::Run(e)) if serving => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
         Err(Failure::Run(e)) => {
             eprintln!("prepaid: {e}");
             ExitCode::FAILURE
@@ -319,24 +329,66 @@ fn logs(default: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One line to stdout; a closed stdout ends the process by SIGPIPE.
+/// Whether this process is `serve` (a closed stdout is no reason to stop).
+static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A directory of the process's own (the bench's temporary data dir) to
+/// remove when it ends early: Ctrl-C, a closed stdout.
+static REMOVE_ON_EXIT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Registers (or, with `None`, forgets) the directory to remove on an
+/// early exit.
+fn remove_on_exit(dir: Option<PathBuf>) {
+    *REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
+/// Removes the registered directory, if any; which one it was.
+fn remove_registered_dir() -> Option<PathBuf> {
+    let dir = REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    // RocksDB's threads may still create a file while it goes: a few tries.
+    for _ in 0..5 {
+        if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(dir)
+}
+
+/// One line to stdout; see `say!`.
 fn say_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if out.write_fmt(args).and_then(|()| out.write_all(b"\n")).is_err() {
-        quiet_on_closed_stdout();
-        // SAFETY: raising a signal whose disposition is now the default.
-        unsafe {
-            libc::raise(libc::SIGPIPE);
-        }
-        std::process::exit(141);
+    if out.write_fmt(args).and_then(|()| out.write_all(b"\n")).is_err()
+        && !SERVING.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        drop(out);
+        closed_stdout();
     }
 }
 
-/// Rust ignores SIGPIPE, so printing to a closed pipe (`prepaid help |
-/// head -1`) is an error every `println!` turns into a panic. A command
-/// that only prints ends the way Unix tools do instead: quietly, by the
-/// signal. `serve` keeps ignoring it (a closed stdout must not stop a node).
+/// A write to stdout failed: a closed stdout ends the command (see
+/// `closed_stdout`); any other failure is the command's.
+fn stdout_failed(e: std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        closed_stdout();
+    }
+    Failure::Run(format!("cannot write to stdout: {e}"))
+}
+
+/// Stdout is closed: remove what the command made, then end by SIGPIPE,
+/// as Unix tools end when their reader goes away.
+fn closed_stdout() -> ! {
+    remove_registered_dir();
+    quiet_on_closed_stdout();
+    // SAFETY: raising a signal whose disposition is now the default.
+    unsafe {
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141);
+}
+
+/// SIGPIPE back to its default disposition (Rust ignores it).
 fn quiet_on_closed_stdout() {
     // SAFETY: SIG_DFL is a valid disposition for SIGPIPE; the disposition is
     // process-wide and may be set from any thread.
