@@ -300,9 +300,14 @@ impl Default for WebhookSettings {
 /// without a real gateway unless the simulated one is asked for by name:
 /// a simulated gateway always charges, so it grants paid credits for
 /// nothing.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RechargeSettings {
+    /// Whether auto-recharge runs on this node. Off: no gateway is needed,
+    /// `set_auto_recharge` refuses to turn it on (`invalid_auto_recharge`)
+    /// and accounts that had it on buy nothing (their low-balance notices
+    /// still come). Env: PREPAID_RECHARGE_ENABLED.
+    pub enabled: bool,
     /// The payment gateway (`http://` or `https://host[:port]/path`, a JSON
     /// POST with the idempotency key; https verified against Mozilla's
     /// roots and `tls.ca_file`). Env: PREPAID_GATEWAY_URL.
@@ -337,6 +342,12 @@ impl TlsSettings {
     /// `ca_file` when set.
     pub fn ca_path(&self) -> Option<&Path> {
         (!self.ca_file.as_os_str().is_empty()).then_some(self.ca_file.as_path())
+    }
+}
+
+impl Default for RechargeSettings {
+    fn default() -> RechargeSettings {
+        RechargeSettings { enabled: true, gateway_url: String::new(), simulated_gateway: false }
     }
 }
 

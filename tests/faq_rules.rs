@@ -293,6 +293,25 @@ fn gap_not_a_multiple_of_the_amount_rounds_up() {
     assert_eq!(h.count("recharge_started"), 3);
 }
 
+/// A node with auto-recharge off (`recharge.enabled = false`): it cannot
+/// be turned on, and an account that had it on buys nothing (the low
+/// balance is still told).
+#[test]
+fn with_auto_recharge_off_nothing_is_bought() {
+    let mut h = Harness::active("30.00");
+    h.ok(auto_cmd("25", "10"));
+    h.cfg.auto_recharge_off = true;
+    match h.refused(auto_cmd("25", "10")) {
+        Reason::InvalidAutoRecharge(why) => assert!(why.contains("recharge.enabled = false"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let mark = h.journal.len();
+    h.ok(strict("20.01"));
+    assert_eq!(h.event_names_since(mark), ["debited", "low_balance"], "no recharge started");
+    // Turning it off is still allowed.
+    h.ok(Command::SetAutoRecharge { enabled: false, amount: None, threshold: amt("0") });
+}
+
 #[test]
 fn recharge_starts_when_the_balance_falls_below_the_threshold() {
     let mut h = Harness::active("30.00");

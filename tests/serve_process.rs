@@ -127,6 +127,16 @@ fn serve_refuses_to_start_without_a_data_dir_or_a_gateway_unless_told() {
     let (code, err) = serve_once(&["--data-dir", dir_arg], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no payment gateway") && err.contains("--simulated-gateway"), "{err}");
+    // With auto-recharge off no gateway is needed: the start gets as far as
+    // the (taken) port.
+    {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().to_string();
+        let env = [("PREPAID_RECHARGE_ENABLED", "false"), ("PREPAID_GRPC_ADDR", port.as_str())];
+        let (code, err) = serve_once(&["--data-dir", dir_arg], &env);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("cannot listen") && err.contains("auto-recharge is off"), "{err}");
+    }
     let (code, err) = serve_once(&["--ephemeral", "--data-dir", dir_arg, "--simulated-gateway"], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("exclude each other"), "{err}");

@@ -59,6 +59,11 @@ pub struct LedgerConfig {
     pub recharge_chain_max: u32,
     /// Largest page `history` returns.
     pub history_page_max: u32,
+    /// Auto-recharge is off on this node (`recharge.enabled = false`, set
+    /// by the node, not a `[ledger]` setting): it cannot be turned on and
+    /// never starts a charge.
+    #[serde(skip)]
+    pub auto_recharge_off: bool,
 }
 
 impl Default for LedgerConfig {
@@ -82,6 +87,7 @@ impl Default for LedgerConfig {
             recharge_backoff_max_ms: HOUR_MS,
             recharge_chain_max: 100,
             history_page_max: 1_000,
+            auto_recharge_off: false,
         }
     }
 }

@@ -289,6 +289,11 @@ pub fn decide(
         Command::SetAutoRecharge { enabled, amount, threshold } => {
             refuse_closed()?;
             refuse_contract()?;
+            if *enabled && cfg.auto_recharge_off {
+                return Err(Reason::InvalidAutoRecharge(
+                    "auto-recharge is off on this node (recharge.enabled = false): buy credits instead",
+                ));
+            }
             let amount = amount.unwrap_or(cfg.recharge_amount_default);
             let planned = if *enabled { purchases_needed(state.balance(), *threshold, amount) } else { 0 };
             if planned > cfg.recharge_chain_max {
@@ -532,7 +537,7 @@ pub fn follow_up(before: Before, state: &AccountState, now_ms: u64, cfg: &Ledger
     if before.balance >= auto.threshold && balance < auto.threshold {
         out.push(Event::LowBalance { balance, threshold: auto.threshold });
     }
-    let blocked = matches!(status, Status::Closed | Status::Frozen);
+    let blocked = matches!(status, Status::Closed | Status::Frozen) || cfg.auto_recharge_off;
     if blocked || balance >= auto.threshold || !auto.may_start(now_ms) {
         return;
     }

@@ -113,6 +113,9 @@ impl Node {
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Node, StartError> {
         config.validate()?;
+        let mut config = config;
+        // `recharge.enabled = false` reaches the rules as a flag of theirs.
+        config.ledger.auto_recharge_off = !config.recharge.enabled;
         let health = Arc::new(Health::default());
         let stats = Arc::new(NodeStats::default());
         let (writer_tx, writer_rx) = mpsc::channel(config.node.writer_queue);

@@ -196,6 +196,17 @@ impl PaymentGateway for SimulatedGateway {
     }
 }
 
+/// The gateway of a node with auto-recharge off (`recharge.enabled =
+/// false`): the rules start no charge there, and were one asked for, it is
+/// declined, never charged.
+pub struct NoGateway;
+
+impl PaymentGateway for NoGateway {
+    fn charge(&self, _request: ChargeRequest) -> ChargeFuture {
+        Box::pin(async { Ok(ChargeOutcome::Declined("auto-recharge is off on this node".into())) })
+    }
+}
+
 /// Posts each charge as JSON to a URL the platform serves, which charges the
 /// customer's card:
 ///

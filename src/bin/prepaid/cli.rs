@@ -83,6 +83,10 @@ fn serve_gateway(config: &NodeConfig, ephemeral: bool) -> Result<Arc<dyn Payment
         (false, false) => {}
     }
     let r = &config.recharge;
+    if !r.enabled {
+        tracing::info!("auto-recharge is off (recharge.enabled = false): no payment gateway");
+        return Ok(Arc::new(prepaid::gateway::NoGateway));
+    }
     if !r.gateway_url.is_empty() {
         let timeout = std::time::Duration::from_millis(config.node.recharge_charge_timeout_ms);
         let client = prepaid::httpc::Outbound::new(config.tls.ca_path()).map_err(Failure::Run)?;
@@ -93,7 +97,7 @@ fn serve_gateway(config: &NodeConfig, ephemeral: bool) -> Result<Arc<dyn Payment
         return Ok(Arc::new(SimulatedGateway::new()));
     }
     Err(Failure::Run(
-        "no payment gateway: set recharge.gateway_url, PREPAID_GATEWAY_URL or --gateway-url (or --simulated-gateway for demos and tests, which grants credits for nothing)".into(),
+        "no payment gateway: set recharge.gateway_url, PREPAID_GATEWAY_URL or --gateway-url, or turn auto-recharge off (recharge.enabled = false, PREPAID_RECHARGE_ENABLED=false); --simulated-gateway is for demos and tests (it grants credits for nothing)".into(),
     ))
 }
 
