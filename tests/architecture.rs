@@ -169,6 +169,13 @@ fn the_deployment_kit_matches_the_code() {
     let unit = read("deploy/prepaid.service");
     let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
     assert!(exec.ends_with("prepaid serve --config /etc/prepaid/prepaid.toml"), "{exec}");
+    // The image ships the dist profile: release without debug info or
+    // symbols.
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let dist = &manifest["profile"]["dist"];
+    assert_eq!((dist["inherits"].as_str(), dist["strip"].as_str()), (Some("release"), Some("symbols")), "{dist}");
+    assert_eq!(dist["debug"].as_bool(), Some(false), "{dist}");
+    assert!(dockerfile.contains("cargo build --profile dist") && dockerfile.contains("target/dist/prepaid"));
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_prepaid")).args(["serve", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--config <FILE>"), "serve takes --config");
 }
