@@ -12,6 +12,9 @@ use prepaid::ledger::*;
 use prepaid::store::{RocksStore, Store};
 use prepaid::{ManualClock, Node, NodeConfig, SimulatedGateway};
 
+#[path = "support/logs.rs"]
+mod logs;
+
 const T0: u64 = 1_767_225_600_000;
 
 fn amt(s: &str) -> Amount {
@@ -519,6 +522,7 @@ async fn async_durability_acknowledges_first_and_shutdown_makes_it_durable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declining_gateway_backs_off_and_pauses_auto_recharge() {
+    logs::capture();
     let mut f = Fixture::new("declines");
     f.gateway = Arc::new(SimulatedGateway::new().with_declines(1_000));
     let node = f.start().await;
@@ -537,6 +541,11 @@ async fn a_declining_gateway_backs_off_and_pauses_auto_recharge() {
     assert_eq!(view.auto_recharge.paused, Some(PauseCause::Failures));
     assert_eq!(view.balance, amt("5"), "nothing credited");
     assert_eq!(f.gateway.charged().len(), 0);
+    // Each decline and the pause are logged.
+    let declines = logs::lines_with("recharge declined by the gateway");
+    assert_eq!(declines.iter().filter(|l| l.contains("org_d:")).count(), 3, "{declines:?}");
+    let paused = logs::lines_with("auto-recharge paused");
+    assert!(paused.iter().any(|l| l.contains("account=org_d") && l.contains("Failures")), "{paused:?}");
     node.shutdown().await;
 }
 

@@ -82,6 +82,7 @@ fn reference_of(key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_serves_reads_and_resumes_without_loss() {
+    crate::logs::capture();
     // RocksDB resumes by itself once free space is at least its memtable
     // size (checked every 5 s), and preallocates its log by about as much:
     // small memtables make a small disk fill, and come back, quickly.
@@ -183,6 +184,9 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_without_loss() {
     assert_ne!(after.balance, last_balance);
     assert_eq!(s.metric("prepaid_storage_failures_total").await, 1);
     assert_eq!(s.metric("prepaid_storage_recoveries_total").await, 1);
+    // Both are logged (other tests' nodes are healthy: these lines are ours).
+    assert!(!crate::logs::lines_with("storage failed: writes are refused").is_empty());
+    assert!(!crate::logs::lines_with("storage recovered: writing again").is_empty());
     s.stop().await;
 
     // The auditor reads what is on disk.

@@ -5,6 +5,8 @@
 mod bad_input;
 mod disk;
 mod harness;
+#[path = "../support/logs.rs"]
+mod logs;
 mod overload;
 mod webhooks;
 

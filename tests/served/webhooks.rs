@@ -167,6 +167,7 @@ async fn events_are_signed_and_in_order_per_account_despite_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_always_fails_dead_letters_after_max_attempts() {
+    crate::logs::capture();
     let receiver = Receiver::start(u32::MAX).await;
     let url = receiver.url();
     let s = Served::start(move |c| {
@@ -195,6 +196,10 @@ async fn a_receiver_that_always_fails_dead_letters_after_max_attempts() {
     assert_eq!(v["dead_letters"][0]["account"], "dl", "{body}");
     assert_eq!(v["dead_letters"][0]["attempts"], 2, "{body}");
     assert!(v["dead_letters"][0]["last_error"].as_str().unwrap().contains("500"), "{body}");
+    let logged = crate::logs::lines_with("webhook dead-lettered");
+    assert!(logged.iter().any(|l| l.contains("event=dl:1") && l.contains("500")), "{logged:?}");
+    let failed = crate::logs::lines_with("webhook delivery failed");
+    assert!(failed.iter().any(|l| l.contains("event=dl:1")), "{failed:?}");
     s.stop().await;
 }
 
