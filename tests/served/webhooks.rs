@@ -33,6 +33,11 @@ struct Receiver {
 
 impl Receiver {
     async fn start(fail_first: u32) -> Receiver {
+        Receiver::start_with(fail_first, None).await
+    }
+
+    /// With an acceptor, the receiver speaks HTTPS (the test certificate).
+    async fn start_with(fail_first: u32, tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let r = Receiver {
             addr: listener.local_addr().unwrap(),
@@ -41,49 +46,60 @@ impl Receiver {
         };
         let rr = r.clone();
         tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let rr = rr.clone();
+            while let Ok((conn, _)) = listener.accept().await {
+                let (rr, tls) = (rr.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let (head, body) = loop {
-                        let n = conn.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let text = String::from_utf8_lossy(&buf).to_string();
-                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string)
-                                })
-                                .and_then(|v| v.trim().parse().ok())
-                                .unwrap_or(0);
-                            if body.len() >= len {
-                                break (head.to_string(), body.to_string());
+                    match tls {
+                        None => rr.answer(conn, fail_first).await,
+                        Some(tls) => {
+                            if let Ok(conn) = tls.accept(conn).await {
+                                rr.answer(conn, fail_first).await;
                             }
                         }
-                    };
-                    let n = rr.calls.fetch_add(1, Ordering::SeqCst);
-                    let answer = if n < fail_first {
-                        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    } else {
-                        let headers = head
-                            .lines()
-                            .skip(1)
-                            .filter_map(|l| l.split_once(": "))
-                            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                            .collect();
-                        rr.accepted.lock().unwrap().push(Delivery { headers, body });
-                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    };
-                    let _ = conn.write_all(answer.as_bytes()).await;
+                    }
                 });
             }
         });
         r
+    }
+
+    /// Reads one request from `conn` and answers it.
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut conn: S, fail_first: u32) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head, body) = loop {
+            let n = conn.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break (head.to_string(), body.to_string());
+                }
+            }
+        };
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let answer = if n < fail_first {
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        } else {
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect();
+            self.accepted.lock().unwrap().push(Delivery { headers, body });
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        };
+        let _ = conn.write_all(answer.as_bytes()).await;
+        let _ = conn.shutdown().await;
     }
 
     fn url(&self) -> String {
@@ -264,5 +280,27 @@ async fn an_account_that_goes_quiet_and_comes_back_is_not_delivered_twice() {
     }
     let seqs = seqs_of(&receiver.accepted(), "q");
     assert_eq!(seqs, (1..=expected as u64).collect::<Vec<_>>());
+    s.stop().await;
+}
+
+/// An `https://` receiver whose certificate chains to a private CA
+/// (`tls.ca_file`): delivered, signed, over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_delivered_over_https_to_a_receiver_the_ca_file_trusts() {
+    let fixture = |name: &str| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name);
+    let config = prepaid::tls::server_config(&fixture("server.pem"), &fixture("server.key"), b"http/1.1").unwrap();
+    let receiver = Receiver::start_with(0, Some(tokio_rustls::TlsAcceptor::from(config))).await;
+    let url = format!("https://{}/hooks", receiver.addr);
+    let s = Served::start(|cfg| {
+        cfg.webhooks.urls = vec![url.clone()];
+        cfg.webhooks.secret = SECRET.into();
+        cfg.tls.ca_file = fixture("ca.pem");
+    })
+    .await;
+    let c = s.admin().await;
+    c.open_account("tls_hook").await.unwrap();
+    let got = receiver.wait_for(1).await;
+    assert_eq!(seqs_of(&got, "tls_hook"), vec![1], "{got:?}");
+    verify(&got[0]);
     s.stop().await;
 }
