@@ -230,9 +230,7 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
+            series(&mut out, name, kind, help, value);
         }
         let _ = writeln!(out, "# HELP prepaid_uptime_seconds Seconds since the server started.");
         let _ = writeln!(out, "# TYPE prepaid_uptime_seconds gauge");
@@ -256,13 +254,18 @@ impl Metrics {
                 ),
             ];
             for (name, kind, help, value) in process {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-                let _ = writeln!(out, "{name} {value}");
+                series(&mut out, name, kind, help, value);
             }
         }
         out
     }
+}
+
+/// One unlabelled series with its HELP and TYPE lines.
+fn series(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
 }
 
 #[cfg(test)]
