@@ -4,6 +4,8 @@
 //! the `Authorize` stream: concurrent calls are gathered into one batch per
 //! stream message (up to `max_batch`), each tagged with an id, and replies
 //! are matched back by id — so many unbatched callers share a few messages.
+//! One batch is in flight per connection: the calls that come in while it
+//! is answered make the next one.
 //! `execute` sends a batch you built yourself as one unary call.
 //!
 //! Deadlines never guess: a call that gets no reply in time, or whose
@@ -105,7 +107,40 @@ async fn probe(channel: Channel, addr: &str) -> Result<(), ClientError> {
 /// the default there is 10,000.
 pub const STREAM_BATCH: usize = 1_000;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<pb::Reply, ClientError>>>>>;
+/// The calls sent and not yet answered, by request id, and a signal the
+/// stream's reader gives each time it has answered all of them.
+type Waiting = HashMap<u64, oneshot::Sender<Result<pb::Reply, ClientError>>>;
+
+#[derive(Clone, Default)]
+struct Pending {
+    calls: Arc<Mutex<Waiting>>,
+    answered: Arc<tokio::sync::Notify>,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Until every call sent is answered (or failed), at most `limit`.
+    async fn settled(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.answered.notified();
+                if self.lock().is_empty() {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Longest the pump waits for the batch in flight before it sends the next
+/// one anyway: a node that stalls one batch must not hold every later call
+/// (each still has its own deadline).
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(1);
 
 struct Call {
     op: Op,
@@ -294,7 +329,7 @@ async fn pump(
         let Some((tx, pending)) = &stream else { continue };
         let mut requests = Vec::with_capacity(batch.len());
         {
-            let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = pending.lock();
             for call in batch {
                 next_id = next_id.wrapping_add(1);
                 waiting.insert(next_id, call.reply);
@@ -304,7 +339,13 @@ async fn pump(
         if tx.send(pb::Batch { requests }).await.is_err() {
             // The stream ended under us: the reader answers what is pending.
             stream = None;
+            continue;
         }
+        // One batch in flight per connection: while it is answered, the
+        // calls that come in gather into the next one (as TigerBeetle's
+        // clients do), so a busy connection sends few large batches instead
+        // of many small ones.
+        pending.settled(IN_FLIGHT_WAIT).await;
     }
 }
 
@@ -316,17 +357,20 @@ async fn open(
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
     req.metadata_mut().insert("authorization", token);
     let mut inbound = client.authorize(req).await.map_err(from_status)?.into_inner();
-    let pending: Pending = Arc::default();
-    let reader_pending = Arc::clone(&pending);
+    let pending = Pending::default();
+    let reader_pending = pending.clone();
     tokio::spawn(async move {
         let failure = loop {
             match inbound.message().await {
                 Ok(Some(replies)) => {
-                    let mut waiting = reader_pending.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut waiting = reader_pending.lock();
                     for reply in replies.replies {
                         if let Some(to) = waiting.remove(&reply.id) {
                             let _ = to.send(Ok(reply));
                         }
+                    }
+                    if waiting.is_empty() {
+                        reader_pending.answered.notify_one();
                     }
                 }
                 Ok(None) => break ClientError::OutcomeUnknown("the node closed the stream".into()),
@@ -340,9 +384,10 @@ async fn open(
             }
             other => other,
         };
-        for (_, to) in reader_pending.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+        for (_, to) in reader_pending.lock().drain() {
             let _ = to.send(Err(failure.clone()));
         }
+        reader_pending.answered.notify_one();
     });
     Ok((tx, pending))
 }
