@@ -300,8 +300,8 @@ async fn a_deadline_is_an_unknown_outcome_and_the_same_key_is_safe_to_resend() {
     let c = s.admin().await;
     c.open_account("slow").await.unwrap();
     c.purchase("slow", "p", "10").await.unwrap();
-    // A node that accepts the connection and never answers: the deadline
-    // passes with the request sent, so its outcome is unknown.
+    // A listener that accepts the connection and never answers is no node:
+    // the client's probe at connect says so, with nothing sent.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
     let holder = tokio::spawn(async move {
@@ -310,12 +310,16 @@ async fn a_deadline_is_an_unknown_outcome_and_the_same_key_is_safe_to_resend() {
             held.push(conn);
         }
     });
-    let hurried = prepaid::Client::connect(&silent_addr.to_string(), ADMIN)
+    let refused = prepaid::Client::connect(&silent_addr.to_string(), ADMIN).await.err().expect("no node there");
+    holder.abort();
+    assert_eq!(refused.code(), "unavailable", "{refused}");
+    // A node that does not answer within the deadline: the request was
+    // sent, so its outcome is unknown.
+    let hurried = prepaid::Client::connect(&s.grpc.to_string(), ADMIN)
         .await
         .unwrap()
-        .with_deadline(std::time::Duration::from_millis(200));
+        .with_deadline(std::time::Duration::from_nanos(1));
     let e = hurried.debit("slow", "k1", "1").await.unwrap_err();
-    holder.abort();
     assert_eq!(e.code(), "outcome_unknown", "{e}");
     assert!(e.to_string().contains("retry with the same idempotency key"));
     // Resending with the same key applies it at most once.
