@@ -92,9 +92,16 @@ async fn probe(channel: Channel, addr: &str) -> Result<(), ClientError> {
         Err(_) => Err(ClientError::Unavailable(format!("{addr} gave no answer within 5 s"))),
         Ok(Ok(_)) => Ok(()),
         // An answer from a gRPC server (one without health checking, or one
-        // that refuses it) is still an answer.
+        // that refuses it) is still an answer; a timeout is not.
         Ok(Err(status))
-            if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal) =>
+            if !matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+            ) =>
         {
             Ok(())
         }
