@@ -18,7 +18,7 @@
 pub mod completion;
 mod writer;
 
-pub use writer::spawn;
+pub use writer::{Runs, WriterHandle, spawn};
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

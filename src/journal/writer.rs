@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc};
+// The runtime's clock: paused time in the simulation moves it.
+use tokio::time::Instant;
 
 use super::{AccountEvent, ChargeOrder, Submission, WriterConfig};
 use crate::config::Durability;
@@ -16,8 +17,41 @@ use crate::ledger::Event;
 use crate::stats::NodeStats;
 use crate::store::{Store, WriteSet};
 
-/// Runs the writer on its own thread until every sender is dropped.
+/// Where the writer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// On a thread of its own, its store calls off the runtime.
+    Thread,
+    /// As a task of the caller's runtime, its store calls on it: with a
+    /// current-thread runtime and paused time (the simulation), every run
+    /// of one seed interleaves the same way.
+    Task,
+}
+
+/// The running writer, to wait for at stop.
+pub enum WriterHandle {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl WriterHandle {
+    /// Waits until the writer has stopped.
+    pub async fn join(self) {
+        match self {
+            WriterHandle::Thread(thread) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            WriterHandle::Task(task) => {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// Runs the writer until every sender is dropped.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
+    runs: Runs,
     store: Arc<dyn Store>,
     cfg: WriterConfig,
     rx: mpsc::Receiver<Submission>,
@@ -25,11 +59,20 @@ pub fn spawn(
     charges: mpsc::UnboundedSender<ChargeOrder>,
     health: Arc<Health>,
     stats: Arc<NodeStats>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let runtime = tokio::runtime::Handle::current();
-    std::thread::Builder::new()
-        .name("prepaid-journal".into())
-        .spawn(move || Writer { store, cfg, events, charges, health, stats, runtime }.run(rx))
+) -> std::io::Result<WriterHandle> {
+    let writer = Writer { store, cfg, events, charges, health, stats };
+    match runs {
+        Runs::Task => Ok(WriterHandle::Task(tokio::spawn(writer.run(rx)))),
+        Runs::Thread => {
+            // The thread waits on the channel and the timers through the
+            // runtime it was started from.
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new()
+                .name("prepaid-journal".into())
+                .spawn(move || runtime.block_on(writer.run(rx)))
+                .map(WriterHandle::Thread)
+        }
+    }
 }
 
 struct Writer {
@@ -39,11 +82,10 @@ struct Writer {
     charges: mpsc::UnboundedSender<ChargeOrder>,
     health: Arc<Health>,
     stats: Arc<NodeStats>,
-    runtime: tokio::runtime::Handle,
 }
 
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<Submission>) {
+    async fn run(self, mut rx: mpsc::Receiver<Submission>) {
         let mut group: Vec<Submission> = Vec::new();
         let mut last_sync = Instant::now();
         let mut last_probe = Instant::now();
@@ -60,9 +102,8 @@ impl Writer {
                 None
             };
             let first = match wait {
-                None => rx.blocking_recv(),
-                // The timer must be made inside the runtime's context.
-                Some(wait) => match self.runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                None => rx.recv().await,
+                Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
                     Ok(next) => next,
                     Err(_elapsed) => {
                         if failed {

@@ -65,9 +65,12 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// The hash seed of a simulated node (`Node::start_simulated`).
+const SIMULATED_SEED: u64 = 0x5eed_5eed_5eed_5eed;
+
 pub struct Node {
     inner: Arc<Inner>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    writer: Option<journal::WriterHandle>,
     tasks: Vec<JoinHandle<()>>,
     /// A temporary data directory, removed on shutdown (or when the node
     /// is dropped).
@@ -112,6 +115,32 @@ impl Node {
         clock: Arc<dyn Clock>,
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Node, StartError> {
+        Node::start_on(config, store, clock, gateway, false).await
+    }
+
+    /// `start_with` for the deterministic simulation: everything the node
+    /// runs is a task of the caller's runtime — the journal writer, reads
+    /// of cold accounts — and its hash maps have a fixed seed. On a
+    /// current-thread runtime with paused time, over a store that does not
+    /// block (`SimStore`), a run is a function of its inputs: the same
+    /// requests give the same replies and the same disk, byte for byte.
+    #[doc(hidden)]
+    pub async fn start_simulated(
+        config: NodeConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        gateway: Arc<dyn PaymentGateway>,
+    ) -> Result<Node, StartError> {
+        Node::start_on(config, store, clock, gateway, true).await
+    }
+
+    async fn start_on(
+        config: NodeConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        gateway: Arc<dyn PaymentGateway>,
+        simulated: bool,
+    ) -> Result<Node, StartError> {
         config.validate()?;
         let mut config = config;
         // `recharge.enabled = false` reaches the rules as a flag of theirs.
@@ -131,7 +160,9 @@ impl Node {
         // Read before the writer starts: an error here must leave nothing
         // running.
         let in_flight = store.in_flight_recharges()?;
+        let runs = if simulated { journal::Runs::Task } else { journal::Runs::Thread };
         let writer = journal::spawn(
+            runs,
             Arc::clone(&store),
             writer_cfg,
             writer_rx,
@@ -152,8 +183,9 @@ impl Node {
             writer: writer_tx,
             health,
             stats,
-            dedup_seed: stable_hash(&SystemClock.now_ms().to_le_bytes()),
+            dedup_seed: if simulated { SIMULATED_SEED } else { stable_hash(&SystemClock.now_ms().to_le_bytes()) },
             resident: AtomicUsize::new(0),
+            simulated,
         });
         let mut workers = Vec::new();
         for _ in 0..shared.cfg.node.worker_count() {
@@ -167,7 +199,7 @@ impl Node {
                     if shared.writer.send(Submission::stop(tx)).await.is_ok() {
                         let _ = rx.await;
                     }
-                    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+                    writer.join().await;
                     return Err(StartError::Io(std::io::Error::other(format!("cannot start a shard worker: {e}"))));
                 }
             }
@@ -301,13 +333,17 @@ impl Node {
             let _ = rx.await;
         }
         if let Some(writer) = self.writer.take() {
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+            writer.join().await;
         }
         // Everything is durable in the log; putting it in tables makes the
         // next start fast. A failure here loses nothing.
         if self.inner.shared.health.failure().is_none() {
             let store = Arc::clone(&self.inner.shared.store);
-            let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+            if self.inner.shared.simulated {
+                let _ = store.flush();
+            } else {
+                let _ = tokio::task::spawn_blocking(move || store.flush()).await;
+            }
         }
         for worker in &self.inner.workers {
             worker.stop(None);

@@ -47,6 +47,9 @@ pub struct Shared {
     pub dedup_seed: u64,
     /// Accounts resident in memory, over every worker.
     pub resident: AtomicUsize,
+    /// The simulation's node (`Node::start_simulated`): accounts are read
+    /// in a task of the runtime instead of on its blocking pool.
+    pub simulated: bool,
 }
 
 /// One request and where its answer goes (`None`: the node's own request,
@@ -192,11 +195,17 @@ impl WorkerState {
         // rereads before its first write.
         let epoch = shared.health.epoch();
         let me = me.clone();
-        tokio::task::spawn_blocking(move || {
+        let load = move || {
             let loaded = store.load(&id).map(|found| found.map(Box::new));
             // The worker is gone only when the node stopped.
             let _ = me.send_message(WorkerMsg::Loaded { id, loaded, epoch });
-        });
+        };
+        if shared.simulated {
+            // Still after this message, as a read off the worker would be.
+            tokio::spawn(async move { load() });
+        } else {
+            tokio::task::spawn_blocking(load);
+        }
     }
 
     async fn loaded(&mut self, id: AccountId, loaded: Result<Option<Box<Loaded>>, StoreError>, epoch: u64) {

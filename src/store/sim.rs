@@ -1,25 +1,35 @@
 //! A simulated disk for the fault-injection tests: the store contract in
 //! memory, with faults decided by a seed.
 //!
-//! A `SimDisk` keeps what every write put in the "page cache" (`current`,
-//! what reads see) apart from what a sync made durable (`durable`), with the
-//! writes in between in order (`pending`). Faults, each chosen per call from
-//! the seed and the call's number, so a seed gives the same schedule for the
-//! same sequence of calls:
+//! A `SimDisk` is laid out as the real store is (`rocks/`): a **log** of
+//! groups and **tables** a checkpoint writes the log into behind it. What a
+//! write put in the "page cache" (`current`, what reads see) is kept apart
+//! from what is durable: the synced log and the tables. The groups written
+//! since the last sync (`pending`) are the log's unsynced suffix. Faults,
+//! each chosen per call from the seed and the call's number, so a seed gives
+//! the same schedule for the same sequence of calls:
 //! - a **failed write** applies nothing and returns an error;
 //! - a **failed sync** leaves the writes it covered in the cache but not
 //!   durable (as after a real failed `fsync`: they may or may not survive);
 //! - a **slow sync** sleeps up to `slow_sync_us`;
-//! - a **failed recovery probe** keeps the store failed a while longer.
+//! - a **failed recovery probe** keeps the store failed a while longer;
+//! - a **checkpoint** after a sync (`checkpoint` per 1,000 syncs) writes the
+//!   synced log into the tables and truncates it.
 //!
 //! And one fault set by hand: a **stalled disk** (`stall(true)`) holds every
 //! write until it is let go — a disk that hangs, so a test can keep
 //! requests in the node for as long as it needs.
 //!
 //! `crash` is the power going out: every handle (`SimStore`) of the running
-//! node dies (its calls fail from then on), and of the writes not yet synced
-//! a seeded prefix survives — a torn write-ahead log keeps a prefix, never a
-//! hole. A new node starts on a new handle from the same disk.
+//! node dies (its calls fail from then on). Of the log's unsynced suffix a
+//! seeded prefix survives — a torn log keeps a prefix, never a hole — and
+//! its last entry may be torn (cut mid-entry: its checksum fails, so it is
+//! dropped). The crash may come in the middle of a checkpoint, seeded too:
+//! the tables part of the way through it, or all of it written and the log
+//! not yet truncated, or an older checkpoint under a longer log. A new node
+//! starts on what recovery makes of it: the tables, then the log replayed
+//! over them, each account's records that the tables already hold skipped
+//! (`replay`) — as the real store restarts.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,6 +45,8 @@ pub struct Faults {
     /// A sync takes up to this long (0: instant).
     pub slow_sync_us: u64,
     pub recover_fail: u32,
+    /// Checkpoints, per 1,000 syncs that succeed.
+    pub checkpoint: u32,
 }
 
 /// What the disk saw, for reports.
@@ -49,6 +61,13 @@ pub struct SimStats {
     pub lost_groups: u64,
     /// Unsynced groups kept by crashes (the torn log's prefix).
     pub kept_groups: u64,
+    /// Kept groups whose last entry was torn, and so dropped.
+    pub torn_entries: u64,
+    /// Checkpoints finished (log written into tables and truncated).
+    pub checkpoints: u64,
+    /// Crashes in the middle of a checkpoint: (tables part of the way,
+    /// tables written but log not truncated, an older checkpoint).
+    pub interrupted_checkpoints: (u64, u64, u64),
 }
 
 struct DiskState {
@@ -56,8 +75,13 @@ struct DiskState {
     calls: u64,
     faults: Faults,
     generation: u64,
+    /// What reads see: everything written, synced or not.
     current: MemoryStore,
-    durable: MemoryStore,
+    /// Checkpointed state.
+    tables: MemoryStore,
+    /// Synced groups the tables may not hold yet, oldest first.
+    log: Vec<WriteSet>,
+    /// Written, not synced: the log's unsynced suffix.
     pending: Vec<WriteSet>,
     stats: SimStats,
 }
@@ -95,12 +119,9 @@ impl DiskState {
         per_mille > 0 && r % 1_000 < u64::from(per_mille)
     }
 
-    /// Everything pending becomes durable.
+    /// Everything pending becomes durable: the log's synced part.
     fn settle(&mut self) {
-        for set in self.pending.drain(..) {
-            // The memory store cannot fail.
-            let _ = self.durable.write(&set, true);
-        }
+        self.log.append(&mut self.pending);
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -115,8 +136,59 @@ impl DiskState {
             return Err(StoreError::Io("simulated: fsync failed".into()));
         }
         self.settle();
+        let rate = self.faults.checkpoint;
+        if self.chance(rate) {
+            self.checkpoint_into_tables(self.log.len(), None);
+            self.log.clear();
+            self.stats.checkpoints += 1;
+        }
         Ok(())
     }
+
+    /// Writes the first `entries` groups of the log into the tables, and
+    /// of the next one the first `partial` accounts (a checkpoint cut off).
+    fn checkpoint_into_tables(&mut self, entries: usize, partial: Option<usize>) {
+        for set in &self.log[..entries] {
+            replay(&self.tables, set);
+        }
+        if let (Some(accounts), Some(set)) = (partial, self.log.get(entries)) {
+            let cut = WriteSet { accounts: set.accounts[..accounts.min(set.accounts.len())].to_vec(), ..set.clone() };
+            replay(&self.tables, &cut);
+        }
+    }
+
+    /// What a restart reads: the tables with the log replayed over them.
+    fn recovered(&self) -> MemoryStore {
+        let store = self.tables.snapshot();
+        for set in &self.log {
+            replay(&store, set);
+        }
+        store
+    }
+}
+
+/// Applies a logged group over tables that may already hold part of it (a
+/// checkpoint covered it, or part of it): each account's records the
+/// tables hold are skipped, and a write older than what the tables hold is
+/// skipped whole. A write the tables hold exactly is applied again, which
+/// changes nothing (the same snapshot, records and keys; its timer move is
+/// undone by the account's next write, which the log also holds).
+fn replay(tables: &MemoryStore, set: &WriteSet) {
+    let mut fresh = WriteSet { accounts: Vec::with_capacity(set.accounts.len()), webhooks: set.webhooks };
+    for w in &set.accounts {
+        // The memory store cannot fail.
+        let next = tables.load(&w.id).ok().flatten().map(|l| l.state.next_seq);
+        match next {
+            Some(next) if w.snapshot.next_seq < next => continue,
+            Some(next) => {
+                let mut w = w.clone();
+                w.records.retain(|r| r.seq >= next);
+                fresh.accounts.push(w);
+            }
+            None => fresh.accounts.push(w.clone()),
+        }
+    }
+    let _ = tables.write(&fresh, true);
 }
 
 impl SimDisk {
@@ -128,7 +200,8 @@ impl SimDisk {
                 faults,
                 generation: 0,
                 current: MemoryStore::new(),
-                durable: MemoryStore::new(),
+                tables: MemoryStore::new(),
+                log: Vec::new(),
                 pending: Vec::new(),
                 stats: SimStats::default(),
             }),
@@ -151,20 +224,52 @@ impl SimDisk {
     }
 
     /// The power goes out: handles die, and of the unsynced writes a seeded
-    /// prefix survives. Returns (groups kept, groups lost).
+    /// prefix survives (its last entry perhaps torn); a checkpoint may be
+    /// cut off. Returns (groups kept, groups lost).
     pub fn crash(&self) -> (usize, usize) {
         let mut s = self.lock();
         s.generation += 1;
         s.stats.crashes += 1;
-        let pending = std::mem::take(&mut s.pending);
-        let keep = if pending.is_empty() { 0 } else { (s.roll() % (pending.len() as u64 + 1)) as usize };
-        for set in &pending[..keep] {
-            let _ = s.durable.write(set, true);
+        // A checkpoint under way when the power went, over the synced log.
+        let logged = s.log.len();
+        match s.roll() % 8 {
+            _ if logged == 0 => {}
+            0 => {
+                // Part of the way: some groups whole, then some accounts of
+                // the next.
+                let entries = (s.roll() % logged as u64) as usize;
+                let accounts = s.log[entries].accounts.len() as u64;
+                let partial = (s.roll() % (accounts + 1)) as usize;
+                s.checkpoint_into_tables(entries, Some(partial));
+                s.stats.interrupted_checkpoints.0 += 1;
+            }
+            1 => {
+                // Written whole, the crash before the log was truncated.
+                s.checkpoint_into_tables(logged, None);
+                s.stats.interrupted_checkpoints.1 += 1;
+            }
+            2 => {
+                // An older checkpoint: the log goes on past what it covers.
+                let entries = (s.roll() % logged as u64) as usize;
+                s.checkpoint_into_tables(entries, None);
+                s.stats.interrupted_checkpoints.2 += 1;
+            }
+            _ => {}
         }
+        let pending = std::mem::take(&mut s.pending);
+        let mut keep = if pending.is_empty() { 0 } else { (s.roll() % (pending.len() as u64 + 1)) as usize };
+        // The last entry kept may be torn: cut mid-entry, its checksum fails
+        // and recovery drops it.
+        if keep > 0 && s.roll().is_multiple_of(4) {
+            keep -= 1;
+            s.stats.torn_entries += 1;
+        }
+        let lost = pending.len() - keep;
+        s.log.extend(pending.into_iter().take(keep));
         s.stats.kept_groups += keep as u64;
-        s.stats.lost_groups += (pending.len() - keep) as u64;
-        s.current = s.durable.snapshot();
-        (keep, pending.len() - keep)
+        s.stats.lost_groups += lost as u64;
+        s.current = s.recovered();
+        (keep, lost)
     }
 
     /// Holds every write from now on (`true`) until let go (`false`).
@@ -184,9 +289,10 @@ impl SimDisk {
         self.lock().stats
     }
 
-    /// A read-only view of what survives a crash right now.
+    /// A read-only view of what survives a crash right now: the tables
+    /// with the synced log replayed over them.
     pub fn durable(&self) -> MemoryStore {
-        self.lock().durable.snapshot()
+        self.lock().recovered()
     }
 }
 
@@ -256,7 +362,7 @@ impl Store for SimStore {
     fn set_webhook_cursor(&self, id: &AccountId, seq: u64) -> Result<(), StoreError> {
         let s = self.state()?;
         s.current.set_webhook_cursor(id, seq)?;
-        s.durable.set_webhook_cursor(id, seq)
+        s.tables.set_webhook_cursor(id, seq)
     }
 
     fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError> {
