@@ -163,17 +163,49 @@ impl Amount {
 
 impl fmt::Display for Amount {
     /// Canonical text: at least two decimals, trailing zeros beyond them
-    /// dropped: `5.00`, `12.50`, `0.00000018`, `-3.00`.
+    /// dropped: `5.00`, `12.50`, `0.00000018`, `-3.00`. Written from a
+    /// buffer on the stack (replies format every amount they carry).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
+        let mut buf = [0u8; 48];
+        f.write_str(self.text(&mut buf))
+    }
+}
+
+impl Amount {
+    /// The canonical text into `buf`, from the right: the sign, the integer
+    /// digits, the point and 2 to 12 decimals (at most 41 bytes for i128).
+    fn text<'a>(&self, buf: &'a mut [u8; 48]) -> &'a str {
         let abs = self.0.unsigned_abs();
-        let int = abs / ONE as u128;
-        let frac = abs % ONE as u128;
-        let mut frac_text = format!("{frac:012}");
-        while frac_text.len() > 2 && frac_text.ends_with('0') {
-            frac_text.pop();
+        let mut int = abs / ONE as u128;
+        let mut frac = (abs % ONE as u128) as u64;
+        // Decimals beyond the second that are trailing zeros are dropped.
+        let mut decimals = 12;
+        while decimals > 2 && frac.is_multiple_of(10) {
+            frac /= 10;
+            decimals -= 1;
         }
-        write!(f, "{sign}{int}.{frac_text}")
+        let mut at = buf.len();
+        for _ in 0..decimals {
+            at -= 1;
+            buf[at] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        at -= 1;
+        buf[at] = b'.';
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (int % 10) as u8;
+            int /= 10;
+            if int == 0 {
+                break;
+            }
+        }
+        if self.0 < 0 {
+            at -= 1;
+            buf[at] = b'-';
+        }
+        // Only ASCII digits, '.' and '-' were written.
+        std::str::from_utf8(&buf[at..]).unwrap_or("")
     }
 }
 
@@ -291,6 +323,20 @@ mod tests {
         assert_eq!(a("0.00000018").to_string(), "0.00000018");
         assert_eq!(a("-3").to_string(), "-3.00");
         assert_eq!(Amount::ZERO.to_string(), "0.00");
+        assert_eq!(a("1000000").to_string(), "1000000.00");
+        assert_eq!(a("-0.000000000001").to_string(), "-0.000000000001");
+        assert_eq!(a("0.1").to_string(), "0.10");
+        // The widest values, against the plain arithmetic written out.
+        for units in [i128::MAX, i128::MIN, i128::MIN + 1, 1, -1, 999_999_999_999, 1_000_000_000_001] {
+            let abs = units.unsigned_abs();
+            let mut frac = format!("{:012}", abs % 1_000_000_000_000);
+            while frac.len() > 2 && frac.ends_with('0') {
+                frac.pop();
+            }
+            let sign = if units < 0 { "-" } else { "" };
+            let expected = format!("{sign}{}.{frac}", abs / 1_000_000_000_000);
+            assert_eq!(Amount::from_units(units).to_string(), expected);
+        }
     }
 
     #[test]

@@ -50,56 +50,108 @@ impl Api {
 
     /// One batch, start to finish. `Err` refuses the whole batch.
     pub async fn run_batch(&self, role: Role, reqs: &[pb::Request]) -> Result<pb::Replies, Error> {
+        let mut out = self.run_batches(role, &[reqs]).await;
+        out.pop().unwrap_or_else(|| Err(Error::Internal("a reply is missing".into())))
+    }
+
+    /// Several batches (stream messages that were ready together) as one
+    /// batch of the node, answered each as if it had gone alone: a batch
+    /// too large or with a forbidden request is refused whole and the others
+    /// go on; the rest are applied in order, as one group of the node.
+    pub async fn run_batches(&self, role: Role, batches: &[&[pb::Request]]) -> Vec<Result<pb::Replies, Error>> {
         let start = Instant::now();
-        let node = self.node()?;
+        let node = match self.node() {
+            Ok(node) => node,
+            Err(e) => return batches.iter().map(|_| Err(e.clone())).collect(),
+        };
         let max = node.config().node.max_batch;
-        if reqs.len() > max {
-            return Err(Error::BatchTooLarge { max });
-        }
-        let mut names = Vec::with_capacity(reqs.len());
-        for req in reqs {
-            let name = req.op.as_ref().map(wire::op_name).unwrap_or("none");
-            // No operation at all is the conversion's `invalid_request`.
-            if req.op.is_some() && !wire::allowed(role, name) {
-                self.metrics.record(&[(name, "forbidden")], start.elapsed());
-                return Err(Error::Forbidden(name));
+        // Per batch: its operation names, or why it is refused whole.
+        let mut checked: Vec<Result<Vec<&'static str>, Error>> = Vec::with_capacity(batches.len());
+        for reqs in batches {
+            if reqs.len() > max {
+                checked.push(Err(Error::BatchTooLarge { max }));
+                continue;
             }
-            names.push(name);
+            let mut names = Vec::with_capacity(reqs.len());
+            let mut forbidden = None;
+            for req in reqs.iter() {
+                let name = req.op.as_ref().map(wire::op_name).unwrap_or("none");
+                // No operation at all is the conversion's `invalid_request`.
+                if req.op.is_some() && !wire::allowed(role, name) {
+                    self.metrics.record(&[(name, "forbidden")], start.elapsed());
+                    forbidden = Some(Error::Forbidden(name));
+                    break;
+                }
+                names.push(name);
+            }
+            checked.push(match forbidden {
+                Some(e) => Err(e),
+                None => Ok(names),
+            });
         }
         // A full node sheds the batch before converting it: under overload
         // the refusals must cost far less than the work they protect.
-        if node.in_flight() >= node.config().node.max_in_flight {
-            let codes: Vec<_> = names.iter().map(|name| (*name, "overloaded")).collect();
-            self.metrics.record(&codes, start.elapsed());
-            let replies = reqs.iter().map(|req| wire::reply(req.id, Err(Error::Overloaded))).collect();
-            return Ok(pb::Replies { replies });
-        }
-        let mut valid = Vec::with_capacity(reqs.len());
-        let mut slots = Vec::with_capacity(reqs.len());
-        for req in reqs {
-            match wire::request(req) {
-                Ok(r) => {
-                    slots.push(Ok(valid.len()));
-                    valid.push(r);
+        let shed = node.in_flight() >= node.config().node.max_in_flight;
+        let mut valid = Vec::new();
+        // Per request of an accepted batch: its place in `valid`, or its
+        // refusal by the conversion.
+        let mut slots: Vec<Result<usize, Error>> = Vec::new();
+        if !shed {
+            for (reqs, names) in batches.iter().zip(&checked) {
+                if names.is_err() {
+                    continue;
                 }
-                Err(e) => slots.push(Err(e)),
+                for req in reqs.iter() {
+                    match wire::request(req) {
+                        Ok(r) => {
+                            slots.push(Ok(valid.len()));
+                            valid.push(r);
+                        }
+                        Err(e) => slots.push(Err(e)),
+                    }
+                }
             }
         }
-        let mut results = if valid.is_empty() { Vec::new() } else { node.execute_batch(valid).await? };
-        let mut replies = Vec::with_capacity(reqs.len());
-        let mut codes = Vec::with_capacity(reqs.len());
+        let results = if valid.is_empty() { Ok(Vec::new()) } else { node.execute_batch(valid).await };
+        let mut results = match results {
+            Ok(results) => results,
+            Err(e) => {
+                return checked.into_iter().map(|names| names.and_then(|_| Err(e.clone()))).collect();
+            }
+        };
         // Results are taken in order; each valid request has exactly one.
         let mut taken = results.drain(..);
-        for ((req, slot), name) in reqs.iter().zip(slots).zip(names) {
-            let result = match slot {
-                Ok(_) => taken.next().unwrap_or_else(|| Err(Error::Internal("a reply is missing".into()))),
-                Err(e) => Err(e),
+        let mut slots = slots.into_iter();
+        let mut out = Vec::with_capacity(batches.len());
+        for (reqs, names) in batches.iter().zip(checked) {
+            let names = match names {
+                Ok(names) => names,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
             };
-            codes.push((name, result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code())));
-            replies.push(wire::reply(req.id, result));
+            let mut replies = Vec::with_capacity(reqs.len());
+            let mut codes = Vec::with_capacity(reqs.len());
+            for (req, name) in reqs.iter().zip(names) {
+                let result = if shed {
+                    Err(Error::Overloaded)
+                } else {
+                    match slots.next() {
+                        Some(Ok(_)) => {
+                            taken.next().unwrap_or_else(|| Err(Error::Internal("a reply is missing".into())))
+                        }
+                        Some(Err(e)) => Err(e),
+                        None => Err(Error::Internal("a reply is missing".into())),
+                    }
+                };
+                codes.push((name, result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code())));
+                replies.push(wire::reply(req.id, result));
+            }
+            self.metrics.record(&codes, start.elapsed());
+            out.push(Ok(pb::Replies { replies }));
         }
-        self.metrics.record(&codes, start.elapsed());
-        Ok(pb::Replies { replies })
+        out
     }
 
     async fn unary(&self, role: Role, reqs: Vec<pb::Request>) -> Result<Response<pb::Replies>, Status> {
@@ -107,20 +159,31 @@ impl Api {
     }
 }
 
-/// One stream batch: a refused batch refuses each of its requests, and the
-/// stream goes on.
-async fn answer(api: &Api, role: Role, batch: pb::Batch) -> pb::Replies {
-    match api.run_batch(role, &batch.requests).await {
-        Ok(replies) => replies,
-        Err(e) => pb::Replies {
-            replies: batch
-                .requests
-                .iter()
-                .map(|r| pb::Reply { id: r.id, result: Some(pb::reply::Result::Refusal(wire::refusal(&e))) })
-                .collect(),
-        },
-    }
+/// Stream messages that were ready together, as one batch of the node: a
+/// refused message refuses each of its requests, and the stream goes on.
+/// Replies go out in the order the messages came.
+async fn answer(api: &Api, role: Role, batches: &[pb::Batch]) -> Vec<pb::Replies> {
+    let reqs: Vec<&[pb::Request]> = batches.iter().map(|b| b.requests.as_slice()).collect();
+    api.metrics.record_stream(batches.len());
+    let results = api.run_batches(role, &reqs).await;
+    batches
+        .iter()
+        .zip(results)
+        .map(|(batch, result)| match result {
+            Ok(replies) => replies,
+            Err(e) => pb::Replies {
+                replies: batch
+                    .requests
+                    .iter()
+                    .map(|r| pb::Reply { id: r.id, result: Some(pb::reply::Result::Refusal(wire::refusal(&e))) })
+                    .collect(),
+            },
+        })
+        .collect()
 }
+
+/// At most this many stream messages go to the node as one batch.
+const COALESCE_MESSAGES: usize = 64;
 
 /// The node's front door for unary calls: when the node already holds
 /// `node.max_in_flight` requests, an authenticated unary call is answered
@@ -263,36 +326,72 @@ impl pb::ledger_server::Ledger for LedgerService {
         let (tx, rx) = mpsc::channel(in_flight);
         let api = Arc::clone(&self.0);
         let mut stopping = self.0.stopping.clone();
+        // Messages that are ready together go to the node as one batch, up
+        // to the node's batch bound.
+        let max_batch = self.0.node().map(|n| n.config().node.max_batch).unwrap_or(1);
         tokio::spawn(async move {
             // Bounded: at most `in_flight` batches are being applied or wait
             // for the client to read their replies; past that, the stream is
             // not read from (HTTP/2 flow control pushes back on the client).
             let permits = Arc::new(Semaphore::new(in_flight));
+            // A message read while gathering that did not fit the group.
+            let mut carried = None;
             loop {
-                if *stopping.borrow_and_update() {
+                // A message already read is answered even when stopping.
+                if carried.is_none() && *stopping.borrow_and_update() {
                     break;
                 }
-                let next = async {
-                    let permit = Arc::clone(&permits).acquire_owned().await.ok()?;
-                    Some((permit, inbound.message().await))
-                };
-                let (permit, message) = tokio::select! {
-                    next = next => match next {
-                        Some(n) => n,
-                        None => break,
-                    },
-                    // The server is stopping: read no more; the batches in
-                    // flight are answered, then the stream ends.
-                    _ = stopping.changed() => break,
+                let (permit, message) = match carried.take() {
+                    Some(carried) => carried,
+                    None => {
+                        let next = async {
+                            let permit = Arc::clone(&permits).acquire_owned().await.ok()?;
+                            Some((permit, inbound.message().await))
+                        };
+                        tokio::select! {
+                            next = next => match next {
+                                Some(n) => n,
+                                None => break,
+                            },
+                            // The server is stopping: read no more; the batches in
+                            // flight are answered, then the stream ends.
+                            _ = stopping.changed() => break,
+                        }
+                    }
                 };
                 match message {
                     Ok(Some(batch)) => {
+                        let mut total = batch.requests.len();
+                        let mut group = vec![batch];
+                        let mut held = vec![permit];
+                        // Gather what has already arrived, without waiting.
+                        while total < max_batch && group.len() < COALESCE_MESSAGES {
+                            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else { break };
+                            let ready = tokio::select! {
+                                biased;
+                                m = inbound.message() => Some(m),
+                                () = std::future::ready(()) => None,
+                            };
+                            match ready {
+                                None => break,
+                                Some(Ok(Some(next))) if total + next.requests.len() <= max_batch => {
+                                    total += next.requests.len();
+                                    group.push(next);
+                                    held.push(permit);
+                                }
+                                Some(other) => {
+                                    carried = Some((permit, other));
+                                    break;
+                                }
+                            }
+                        }
                         let api = Arc::clone(&api);
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            let replies = answer(&api, role, batch).await;
-                            let _ = tx.send(Ok(replies)).await;
-                            drop(permit);
+                            for replies in answer(&api, role, &group).await {
+                                let _ = tx.send(Ok(replies)).await;
+                            }
+                            drop(held);
                         });
                     }
                     Ok(None) => break,

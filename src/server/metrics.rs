@@ -2,12 +2,14 @@
 //! Prometheus text with the node's own figures (resident actors, group
 //! sizes, recharge outcomes) and the webhook backlog.
 //!
-//! Updated once per batch under one short lock: a batch's requests share
-//! its latency.
+//! Updated once per batch, under the lock of one of several stripes (each
+//! thread keeps to its own, so threads do not wait on one another); a
+//! batch's requests share its latency. Rendering adds the stripes up.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::stats::{GROUP_BUCKETS, StatsSnapshot};
@@ -29,9 +31,40 @@ struct Inner {
     latency: BTreeMap<&'static str, Histogram>,
 }
 
+impl Inner {
+    fn add(&mut self, other: &Inner) {
+        for (key, n) in &other.requests {
+            *self.requests.entry(*key).or_default() += n;
+        }
+        for (op, h) in &other.latency {
+            let mine = self.latency.entry(op).or_default();
+            for (a, b) in mine.buckets.iter_mut().zip(&h.buckets) {
+                *a += b;
+            }
+            mine.count += h.count;
+            mine.sum_seconds += h.sum_seconds;
+        }
+    }
+}
+
+/// Stripes of the request figures: more than the threads that record.
+const STRIPES: usize = 16;
+
+thread_local! {
+    /// This thread's stripe, handed out in turn.
+    static STRIPE: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES
+    };
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    stripes: [Mutex<Inner>; STRIPES],
+    /// `Authorize` stream messages read, and the node batches they went in
+    /// (messages ready together go as one).
+    stream_messages: AtomicU64,
+    stream_batches: AtomicU64,
 }
 
 /// Figures read from elsewhere when `/metrics` is rendered.
@@ -97,9 +130,18 @@ impl Process {
 }
 
 impl Metrics {
+    /// Every stripe added up.
+    fn sum(&self) -> Inner {
+        let mut all = Inner::default();
+        for stripe in &self.stripes {
+            all.add(&stripe.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        all
+    }
+
     /// Requests answered since start, and how many of them were refused.
     pub fn totals(&self) -> (u64, u64) {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.sum();
         let all = inner.requests.values().sum();
         let refused = inner.requests.iter().filter(|((_, code), _)| *code != "ok").map(|(_, n)| n).sum();
         (all, refused)
@@ -108,7 +150,8 @@ impl Metrics {
     /// One batch: `(op, code)` per request (`code` is "ok" when accepted),
     /// and the batch's latency.
     pub fn record(&self, results: &[(&'static str, &'static str)], elapsed: Duration) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let stripe = STRIPE.with(|s| *s);
+        let mut inner = self.stripes[stripe].lock().unwrap_or_else(|e| e.into_inner());
         let seconds = elapsed.as_secs_f64();
         let bucket = LATENCY_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(LATENCY_BUCKETS.len());
         for &(op, code) in results {
@@ -120,14 +163,20 @@ impl Metrics {
         }
     }
 
+    /// `messages` stream messages went to the node as one batch.
+    pub fn record_stream(&self, messages: usize) {
+        self.stream_messages.fetch_add(messages as u64, Ordering::Relaxed);
+        self.stream_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// How many requests of `op` ended with `code` so far.
     pub fn count(&self, op: &str, code: &str) -> u64 {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.sum();
         inner.requests.iter().filter(|((o, c), _)| *o == op && *c == code).map(|(_, n)| n).sum()
     }
 
     pub fn render(&self, g: &Gauges) -> String {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.sum();
         let mut out = String::with_capacity(4096);
         let _ =
             writeln!(out, "# HELP prepaid_requests_total Requests by operation and result code (\"ok\": accepted).");
@@ -158,7 +207,19 @@ impl Metrics {
         let _ = writeln!(out, "prepaid_group_accounts_bucket{{le=\"+Inf\"}} {}", g.node.groups);
         let _ = writeln!(out, "prepaid_group_accounts_sum {}", g.node.group_accounts);
         let _ = writeln!(out, "prepaid_group_accounts_count {}", g.node.groups);
-        let gauges: [(&str, &str, &str, u64); 14] = [
+        let gauges: [(&str, &str, &str, u64); 16] = [
+            (
+                "prepaid_stream_messages_total",
+                "counter",
+                "Authorize stream messages read.",
+                self.stream_messages.load(Ordering::Relaxed),
+            ),
+            (
+                "prepaid_stream_batches_total",
+                "counter",
+                "Node batches the stream messages went in (messages ready together go as one).",
+                self.stream_batches.load(Ordering::Relaxed),
+            ),
             ("prepaid_resident_accounts", "gauge", "Account actors in memory.", g.resident_accounts as u64),
             (
                 "prepaid_storage_failed",
@@ -277,6 +338,8 @@ mod tests {
         let m = Metrics::default();
         m.record(&[("debit", "ok"), ("debit", "insufficient_funds")], Duration::from_micros(300));
         m.record(&[("debit", "ok")], Duration::from_secs(3));
+        m.record_stream(3);
+        m.record_stream(1);
         let text = m.render(&Gauges {
             resident_accounts: 7,
             storage_failed: false,
@@ -296,11 +359,22 @@ mod tests {
         assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"1\"} 2"));
         assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"+Inf\"} 3"));
         assert!(text.contains("prepaid_resident_accounts 7"));
+        assert!(
+            text.contains("prepaid_stream_messages_total 4\n") && text.contains("prepaid_stream_batches_total 2\n")
+        );
         assert!(text.contains("prepaid_storage_recoveries_total 1") && text.contains("prepaid_in_flight 3"), "{text}");
         assert!(text.contains("prepaid_webhook_backlog 2"));
         assert!(text.contains("prepaid_uptime_seconds 42"), "{text}");
         assert!(text.contains(&format!("prepaid_build_info{{version=\"{}\"}} 1", crate::VERSION)), "{text}");
         assert_eq!(m.count("debit", "ok"), 2);
+        // Recorded from other threads (other stripes), added up alike.
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| m.record(&[("debit", "ok")], Duration::from_micros(300)));
+            }
+        });
+        assert_eq!(m.count("debit", "ok"), 6);
+        assert_eq!(m.totals(), (7, 1));
         // The process's own figures, from /proc (this test's process).
         let p = Process::read().expect("/proc/self is readable");
         assert!(p.resident_bytes > 0 && p.virtual_bytes >= p.resident_bytes, "{p:?}");

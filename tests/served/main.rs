@@ -366,3 +366,88 @@ async fn grpc_health_and_reflection_answer_without_a_token() {
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
     s.stop().await;
 }
+
+/// Stream messages that arrive together go to the node as one batch, and
+/// each is still answered as if it had gone alone: a message with a
+/// forbidden request, or too many requests, is refused whole while the
+/// others beside it are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_messages_ready_together_are_one_batch_and_keep_their_own_refusals() {
+    use tokio_stream::StreamExt;
+    let s = Served::start(|c| c.node.max_batch = 4).await;
+    let c = s.admin().await;
+    c.open_account("co").await.unwrap();
+    c.purchase("co", "p", "100000").await.unwrap();
+    let grant = |key: &str| {
+        Op::Grant(pb::Grant {
+            account: "co".into(),
+            idempotency_key: key.into(),
+            amount: "5".into(),
+            ..Default::default()
+        })
+    };
+    let mut raw = s.raw().await;
+    let mut applied = 0u64;
+    // The client's own calls above went over its stream too.
+    let before = s.metric("prepaid_stream_messages_total").await;
+    // Bursts of messages written at once; until the server has been seen
+    // reading several of them together (the first burst, in practice).
+    for burst in 0..20u64 {
+        let mut batches = Vec::new();
+        for m in 0..200u64 {
+            let id = |i: u64| (burst * 1_000 + m) * 10 + i;
+            let requests = match m % 10 {
+                // The token may debit but not grant: the whole message is refused.
+                3 => vec![
+                    pb::Request { id: id(0), op: Some(debit_op("co", &format!("f{burst}-{m}"), "1")) },
+                    pb::Request { id: id(1), op: Some(grant(&format!("g{burst}-{m}"))) },
+                ],
+                // Five requests where four is the bound.
+                7 => (0..5)
+                    .map(|i| pb::Request { id: id(i), op: Some(debit_op("co", &format!("l{burst}-{m}-{i}"), "1")) })
+                    .collect(),
+                _ => (0..2)
+                    .map(|i| pb::Request { id: id(i), op: Some(debit_op("co", &format!("d{burst}-{m}-{i}"), "1")) })
+                    .collect(),
+            };
+            batches.push(pb::Batch { requests });
+        }
+        let sent: Vec<Vec<u64>> = batches.iter().map(|b| b.requests.iter().map(|r| r.id).collect()).collect();
+        let response = raw.authorize(authed(tokio_stream::iter(batches), AUTHZ)).await.unwrap();
+        let mut replies = response.into_inner();
+        let mut answered = 0;
+        while let Some(r) = replies.next().await {
+            let r = r.unwrap();
+            let first = r.replies[0].id;
+            let m = (first / 10) % 1_000;
+            let ids: Vec<u64> = r.replies.iter().map(|r| r.id).collect();
+            assert_eq!(ids, sent[m as usize], "a message's replies are its own, in order");
+            for reply in &r.replies {
+                match (m % 10, &reply.result) {
+                    (3, Some(pb::reply::Result::Refusal(x))) => assert_eq!(x.code, "forbidden"),
+                    (7, Some(pb::reply::Result::Refusal(x))) => assert_eq!(x.code, "batch_too_large"),
+                    (3 | 7, other) => panic!("message {m} should be refused whole: {other:?}"),
+                    (_, Some(pb::reply::Result::Accepted(_))) => applied += 1,
+                    (_, other) => panic!("message {m} should be applied: {other:?}"),
+                }
+            }
+            answered += 1;
+        }
+        assert_eq!(answered, 200, "every message is answered once");
+        let (messages, batches) =
+            (s.metric("prepaid_stream_messages_total").await, s.metric("prepaid_stream_batches_total").await);
+        assert_eq!(messages - before, (burst + 1) * 200);
+        if batches < messages {
+            eprintln!("{messages} stream messages in {batches} node batches");
+            break;
+        }
+        assert!(burst < 19, "20 bursts of 200 messages and never two read together");
+    }
+    // Only the applied debits moved the balance.
+    let balance = prepaid::Amount::parse(&c.balance("co").await.unwrap().balance).unwrap();
+    assert_eq!(
+        balance,
+        prepaid::Amount::parse("100000").unwrap() - prepaid::Amount::parse(&applied.to_string()).unwrap()
+    );
+    s.stop().await;
+}
