@@ -68,6 +68,20 @@ fn cli_against_a_served_node_then_sigterm_stops_it_cleanly() {
     let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!((v["debits"].as_u64(), v["refused"].as_u64()), (Some(3000), Some(0)));
     assert_eq!(v["conservation"], "ok");
+    assert_eq!(v["in_flight"], 32);
+    // One call in flight per connection (Redis's unpipelined shape), at
+    // the bound.
+    let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+        .args(["bench", "--addr", &server.grpc, "--token", ADMIN, "--accounts", "5", "--debits", "300"])
+        .args(["--conns", "2", "--in-flight", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        (v["in_flight"].as_u64(), v["refused"].as_u64(), v["conservation"].as_str()),
+        (Some(1), Some(0), Some("ok"))
+    );
     let _ = &server.http;
     // SIGTERM: stops accepting, drains, flushes, exits 0.
     assert_eq!(sigterm(server), 0);

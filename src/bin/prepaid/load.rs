@@ -444,14 +444,13 @@ pub struct RemoteArgs {
     pub hot: u64,
     pub conns: u64,
     pub batch: u64,
+    /// Calls in flight per connection when unbatched.
+    pub in_flight: u64,
     /// Debits per second to offer (0: as fast as the node answers).
     pub rate: u64,
     pub json: bool,
 }
 
-/// Calls in flight per connection when unbatched: the client gathers them
-/// into stream messages.
-const INFLIGHT_PER_CONN: u64 = 32;
 /// Tries of one request whose outcome stayed unknown (same key each time).
 const RETRIES: u32 = 5;
 
@@ -504,11 +503,17 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             }
         }
     }
-    eprintln!("prepaid bench: {} debits, {} connections, batch {}", args.debits, args.conns, args.batch);
+    eprintln!(
+        "prepaid bench: {} debits, {} connections, batch {}, {} in flight per connection",
+        args.debits,
+        args.conns,
+        args.batch,
+        if args.batch == 1 { args.in_flight } else { 2 }
+    );
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    let callers_per_conn = if args.batch == 1 { INFLIGHT_PER_CONN } else { 2 };
+    let callers_per_conn = if args.batch == 1 { args.in_flight } else { 2 };
     for (c, client) in clients.iter().enumerate() {
         for k in 0..callers_per_conn {
             let (client, next, ids) = (client.clone(), Arc::clone(&next), Arc::clone(&ids));
@@ -649,7 +654,8 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                 "overloaded": overloaded, "accepted_per_s": accepted_per_s,
                 "overloaded_p50_us": shed_p50, "overloaded_p99_us": shed_p99,
                 "throughput_per_s": throughput, "p50_us": p50, "p99_us": p99, "p999_us": p999,
-                "conns": args.conns, "batch": args.batch, "accounts": args.accounts, "hot": args.hot,
+                "conns": args.conns, "batch": args.batch, "in_flight": if args.batch == 1 { args.in_flight } else { 2 },
+                "accounts": args.accounts, "hot": args.hot,
                 "conservation": if ok { "ok" } else { "mismatch" },
             })
         );

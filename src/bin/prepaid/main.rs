@@ -38,6 +38,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MAX_ACCOUNTS: u64 = 10_000_000;
 const MAX_DEBITS: u64 = 1_000_000_000;
 const MAX_CALLERS: u64 = 4_096;
+/// Calls in flight per connection (`bench --in-flight`).
+const MAX_IN_FLIGHT: u64 = 1_024;
 const MAX_BATCH: u64 = 10_000;
 
 /// A balance cluster for prepaid credits: an exact ledger, authorization in
@@ -130,6 +132,10 @@ struct BenchCli {
     /// Connections (--addr)
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = value_parser!(u64).range(1..=MAX_CALLERS), conflicts_with = "embedded")]
     conns: u64,
+    /// Calls in flight per connection when unbatched: the client gathers
+    /// them into stream messages (--addr, batch 1)
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = value_parser!(u64).range(1..=MAX_IN_FLIGHT), conflicts_with = "embedded")]
+    in_flight: u64,
     /// Debits per call (1: unbatched)
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = value_parser!(u64).range(1..=MAX_BATCH))]
     batch: u64,
@@ -245,6 +251,7 @@ fn main() -> ExitCode {
                     hot: a.hot,
                     conns: a.conns,
                     batch: a.batch,
+                    in_flight: a.in_flight,
                     rate: a.rate,
                     json: a.json,
                 };
