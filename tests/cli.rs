@@ -53,6 +53,7 @@ fn bad_arguments_are_refused_with_a_sentence() {
         (vec!["bench", "--addr", "127.0.0.1:1", "--rate", "100000001"], "100000001 is not in 0..=100000000"),
         (vec!["bench", "--embedded", "--batch", "10001"], "10001 is not in 1..=10000"),
         (vec!["bench", "--embedded", "--in-flight", "2"], "cannot be used with"),
+        (vec!["bench", "--addr", "127.0.0.1:1", "--keep-resident"], "cannot be used with"),
         (vec!["bench", "--addr", "127.0.0.1:1", "--in-flight", "0"], "0 is not in 1..=1024"),
         (vec!["bench", "--addr", "127.0.0.1:1", "--in-flight", "1025"], "1025 is not in 1..=1024"),
         (vec!["bench", "--embedded", "--durability", "eventually"], "[possible values: sync, async]"),
@@ -129,6 +130,13 @@ fn bench_embedded_prints_json_on_request() {
         assert!(v[figure].as_f64().is_some(), "{figure}: {v}");
     }
     assert!(v["latency_us"]["p99"].as_f64().is_some() && v["fsync_ms"]["after"]["p50"].as_f64().is_some(), "{v}");
+    // `--keep-resident`: every account is still in memory after the load.
+    let (code, out, err) =
+        prepaid(&["bench", "--embedded", "--accounts", "30", "--debits", "300", "--keep-resident", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["resident_accounts"], 30, "{v}");
+    assert!(v["rss_per_resident_account_bytes"].as_u64().is_some(), "{v}");
 }
 
 /// `prepaid help | head -1`: a closed stdout ends the command quietly (by

@@ -276,3 +276,26 @@ impl Drop for Cell {
 fn in_flight(state: &crate::ledger::AccountState) -> Option<(u64, crate::ledger::Amount)> {
     state.auto_recharge.in_flight.as_ref().map(|a| (a.id, a.amount))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a resident account costs before its heap parts (grants, holds,
+    /// idempotency records): the figures docs/BENCHMARKS.md breaks the
+    /// per-account memory down with, kept from growing unnoticed.
+    #[test]
+    fn a_resident_cell_is_small_before_its_heap_parts() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Cell", size_of::<Cell>()),
+            ("AccountState", size_of::<crate::ledger::AccountState>()),
+            ("Dedup", size_of::<Dedup>()),
+            ("DedupRecord", size_of::<crate::ledger::DedupRecord>()),
+            ("Reply", size_of::<crate::ledger::Reply>()),
+        ];
+        eprintln!("{sizes:?}");
+        assert!(sizes[0].1 <= 1_024, "{sizes:?}");
+        assert!(sizes[1].1 <= 640, "{sizes:?}");
+    }
+}

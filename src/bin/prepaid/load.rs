@@ -17,6 +17,9 @@ pub struct BenchArgs {
     pub batch: u64,
     pub durability: Durability,
     pub data_dir: PathBuf,
+    /// Every account stays in memory for the whole run (no passivation):
+    /// what resident accounts cost.
+    pub keep_resident: bool,
     /// The figures as one JSON object at the end instead of lines.
     pub json: bool,
 }
@@ -164,6 +167,11 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let mut cfg = NodeConfig::default();
     cfg.node.durability = args.durability;
     cfg.node.data_dir = data_dir.clone();
+    if args.keep_resident {
+        cfg.node.max_resident_accounts = cfg.node.max_resident_accounts.max(args.accounts as usize);
+        // The longest idle time the setting allows (30 days).
+        cfg.node.idle_passivate_ms = 2_592_000_000;
+    }
     let (fsync_p50, fsync_p99) = fsync_latency(&data_dir)?;
     let fsync_before = (fsync_p50, fsync_p99);
     if !args.json {
@@ -262,6 +270,9 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     let elapsed = started.elapsed();
     progress.abort();
     eprintln!();
+    // What the accounts in memory cost once the load is over.
+    let resident = node.resident_accounts();
+    let rss_per_resident = rss_bytes().saturating_sub(rss_before) / (resident as u64).max(1);
     let (fsync_p50, fsync_p99) = fsync_latency(&data_dir)?;
     let throughput = args.debits as f64 / elapsed.as_secs_f64().max(1e-9);
     if !args.json {
@@ -278,6 +289,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
             rss_per_account,
             args.durability
         );
+        say!("resident accounts {resident}  rss per resident account {rss_per_resident} B (after the load)");
     }
     // Conservation: every account's balance is what was bought minus what was debited.
     let mut total = Amount::ZERO;
@@ -324,6 +336,8 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
                     "p999": round(latencies.percentile(0.999)),
                 },
                 "rss_per_account_bytes": rss_per_account,
+                "resident_accounts": resident,
+                "rss_per_resident_account_bytes": rss_per_resident,
                 "fsync_ms": {
                     "before": { "p50": round(fsync_before.0), "p99": round(fsync_before.1) },
                     "after": { "p50": round(fsync_p50), "p99": round(fsync_p99) },

@@ -149,6 +149,10 @@ struct BenchCli {
     /// directory, removed at the end or on Ctrl-C)
     #[arg(long, value_name = "DIR", conflicts_with = "addr")]
     data_dir: Option<PathBuf>,
+    /// Keep every account in memory for the whole run, however many
+    /// (no passivation; --embedded): what resident accounts cost
+    #[arg(long, conflicts_with = "addr")]
+    keep_resident: bool,
     /// The figures as one JSON object
     #[arg(long)]
     json: bool,
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
                 batch: 1,
                 durability: Durability::Sync,
                 data_dir: a.data_dir.unwrap_or_default(),
+                keep_resident: false,
                 json: a.json,
             };
             const LOAD: &str =
@@ -269,6 +274,7 @@ fn main() -> ExitCode {
                         DurabilityArg::Async => Durability::Async,
                     },
                     data_dir: a.data_dir.unwrap_or_default(),
+                    keep_resident: a.keep_resident,
                     json: a.json,
                 };
                 runtime().and_then(|rt| rt.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run))

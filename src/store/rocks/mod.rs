@@ -353,7 +353,14 @@ impl RocksStore {
             inner.dedup_newest_ms.store(be_u64(&v)?, Ordering::Relaxed);
         }
         inner.shards = shards;
+        let replay = std::time::Instant::now();
         inner.rebuild()?;
+        tracing::info!(
+            data_dir = %path.display(),
+            log_tail_bytes = lock(&inner.tail).bytes(),
+            replay_ms = replay.elapsed().as_millis() as u64,
+            "store opened: the log tail replayed over the checkpoints"
+        );
         let inner = Arc::new(inner);
         let runner = Arc::clone(&inner);
         let checkpointer = std::thread::Builder::new()
