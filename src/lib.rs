@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -1,0 +1,261 @@
+//! Raft groups in one process: the members of a shard's group reach each
+//! other through a shared registry instead of a network, and a test can cut
+//! a member off (partition) and let it back. The deterministic cluster
+//! simulation grows from this; the node link over gRPC has the same shape
+//! (`RaftNetworkV2`, one client per target).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend};
+
+use super::ShardRaft;
+use super::memory::MemoryShard;
+
+type C = ShardRaft;
+/// One member of a shard's group, on the in-memory store.
+pub type LocalRaft = openraft::Raft<C, MemoryShard>;
+
+/// Every member of the groups in this process, by node id, and which of
+/// them are cut off.
+#[derive(Clone, Default)]
+pub struct LocalNet {
+    inner: Arc<Mutex<NetInner>>,
+}
+
+#[derive(Default)]
+struct NetInner {
+    members: BTreeMap<u64, LocalRaft>,
+    cut: BTreeSet<u64>,
+}
+
+fn lock(net: &Mutex<NetInner>) -> MutexGuard<'_, NetInner> {
+    net.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("node {0} cannot be reached")]
+struct NoRoute(u64);
+
+impl LocalNet {
+    pub fn add(&self, id: u64, raft: LocalRaft) {
+        lock(&self.inner).members.insert(id, raft);
+    }
+
+    pub fn remove(&self, id: u64) -> Option<LocalRaft> {
+        lock(&self.inner).members.remove(&id)
+    }
+
+    /// Cuts `id` off from every other member (`true`) or lets it back.
+    pub fn cut(&self, id: u64, cut: bool) {
+        let mut net = lock(&self.inner);
+        if cut {
+            net.cut.insert(id);
+        } else {
+            net.cut.remove(&id);
+        }
+    }
+
+    /// The member `to` as seen from `from`, if a message can pass.
+    fn route(&self, from: u64, to: u64) -> Result<LocalRaft, RPCError<C>> {
+        let net = lock(&self.inner);
+        match net.members.get(&to) {
+            Some(raft) if !net.cut.contains(&from) && !net.cut.contains(&to) => Ok(raft.clone()),
+            _ => Err(RPCError::Unreachable(Unreachable::new(&NoRoute(to)))),
+        }
+    }
+
+    /// The network factory of member `id`.
+    pub fn factory(&self, id: u64) -> LocalFactory {
+        LocalFactory { net: self.clone(), from: id }
+    }
+}
+
+pub struct LocalFactory {
+    net: LocalNet,
+    from: u64,
+}
+
+impl RaftNetworkFactory<C> for LocalFactory {
+    type Network = LocalLink;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> LocalLink {
+        LocalLink { net: self.net.clone(), from: self.from, to: target }
+    }
+}
+
+/// What member `from` sends to member `to`.
+pub struct LocalLink {
+    net: LocalNet,
+    from: u64,
+    to: u64,
+}
+
+fn unreachable(to: u64) -> impl Fn(openraft::errors::RaftError<C>) -> RPCError<C> {
+    move |_| RPCError::Unreachable(Unreachable::new(&NoRoute(to)))
+}
+
+impl RaftNetworkV2<C> for LocalLink {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        let target = self.net.route(self.from, self.to)?;
+        target.append_entries(rpc).await.map_err(unreachable(self.to))
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<C>, _option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        let target = self.net.route(self.from, self.to)?;
+        target.vote(rpc).await.map_err(unreachable(self.to))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Self::SnapshotData>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let target = self.net.route(self.from, self.to)?;
+        target
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|_| StreamingError::Unreachable(Unreachable::new(&NoRoute(self.to))))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        _option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        let target = self.net.route(self.from, self.to)?;
+        target.handle_transfer_leader(req).await.map_err(|_| RPCError::Unreachable(Unreachable::new(&NoRoute(self.to))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::memory::{MemoryLog, MemoryShard};
+    use crate::cluster::testing::Ledger;
+    use crate::ledger::Amount;
+
+    /// Waits are bounded and generous: they end as soon as the group gets
+    /// there, and only fail a test that would otherwise hang.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    async fn group(net: &LocalNet, ids: &[u64]) -> BTreeMap<u64, (LocalRaft, MemoryShard)> {
+        let config = openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().unwrap());
+        let mut members = BTreeMap::new();
+        for &id in ids {
+            let shard = MemoryShard::default();
+            let raft = LocalRaft::new(id, Arc::clone(&config), net.factory(id), MemoryLog::default(), shard.clone())
+                .await
+                .unwrap();
+            net.add(id, raft.clone());
+            members.insert(id, (raft, shard));
+        }
+        members
+    }
+
+    /// The leader all of `among` agree on, once they do.
+    async fn leader(members: &BTreeMap<u64, (LocalRaft, MemoryShard)>, among: &[u64]) -> u64 {
+        for _ in 0..400 {
+            let mut seen = BTreeSet::new();
+            for id in among {
+                seen.insert(members[id].0.current_leader().await);
+            }
+            if let [Some(l)] = seen.into_iter().collect::<Vec<_>>()[..]
+                && among.contains(&l)
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader agreed among {among:?}");
+    }
+
+    async fn applied(raft: &LocalRaft, index: u64) {
+        raft.wait(Some(WAIT)).applied_index_at_least(Some(index), "applied").await.unwrap();
+    }
+
+    fn balance(shard: &MemoryShard, ledger: &Ledger) -> Amount {
+        shard.state().accounts.get(&ledger.id).map_or(Amount::ZERO, |(state, _)| state.balance())
+    }
+
+    /// Three members of one shard's group: entries a leader commits reach
+    /// every member's state; a leader cut off commits nothing (a write to it
+    /// is never acknowledged), the other two elect a leader of a later term
+    /// and go on; healed, the old leader takes the new log — its own
+    /// uncommitted entry truncated — and all three states are equal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_group_replicates_fences_a_cut_off_leader_and_heals() {
+        let net = LocalNet::default();
+        let members = group(&net, &[1, 2, 3]).await;
+        let nodes: BTreeMap<u64, BasicNode> = [1, 2, 3].into_iter().map(|id| (id, BasicNode::default())).collect();
+        members[&1].0.initialize(nodes).await.unwrap();
+        let first = leader(&members, &[1, 2, 3]).await;
+        let mut ledger = Ledger::new("acme");
+        let mut last = 0;
+        for entry in [ledger.open(), ledger.purchase("p1", 5), ledger.purchase("p2", 5), ledger.purchase("p3", 5)] {
+            last = members[&first].0.client_write(entry).await.unwrap().log_id.index();
+        }
+        for (raft, shard) in members.values() {
+            applied(raft, last).await;
+            assert_eq!(balance(shard, &ledger), Amount::whole(15));
+        }
+        let term = members[&first].0.wait(Some(WAIT)).metrics(|_| true, "term").await.unwrap().current_term;
+
+        // Cut the leader off: what it is asked to write cannot commit.
+        net.cut(first, true);
+        // A purchase made on the ledger as the old leader holds it.
+        let mut fenced = Ledger::new("acme");
+        fenced.account = ledger.account.clone();
+        let stale = members[&first].0.client_write(fenced.purchase("stale", 700));
+        let stale = tokio::time::timeout(Duration::from_secs(2), stale).await;
+        assert!(!matches!(stale, Ok(Ok(_))), "a leader cut off acknowledged a write: {stale:?}");
+        let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != first).collect();
+        let second = leader(&members, &rest).await;
+        let now = members[&second].0.wait(Some(WAIT)).metrics(|_| true, "term").await.unwrap().current_term;
+        assert!(now > term, "a new leader has a later term: {now} after {term}");
+        let at = members[&second].0.client_write(ledger.purchase("p4", 5)).await.unwrap().log_id.index();
+        for id in &rest {
+            applied(&members[id].0, at).await;
+            assert_eq!(balance(&members[id].1, &ledger), Amount::whole(20));
+        }
+        assert_eq!(balance(&members[&first].1, &ledger), Amount::whole(15), "the cut-off member applied nothing new");
+
+        // Healed: the old leader follows and converges on the new log.
+        net.cut(first, false);
+        applied(&members[&first].0, at).await;
+        let state = members[&second].1.state();
+        for (id, (_, shard)) in &members {
+            assert_eq!(shard.state(), state, "member {id} holds the same state");
+        }
+        assert_eq!(balance(&members[&first].1, &ledger), Amount::whole(20), "the stale write was never applied");
+        for (raft, _) in members.values() {
+            raft.shutdown().await.unwrap();
+        }
+    }
+}

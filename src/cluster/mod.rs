@@ -1,0 +1,92 @@
+//! The cluster (issue 13; docs: `../shared/DESIGN.md`, "Sharding and the
+//! cluster"). Each shard's log becomes a Raft log, replicated by openraft:
+//! this module holds the pieces a shard's Raft group is made of, and grows
+//! into the router, the node link and the controller group.
+//!
+//! Today (the first step): the type config of a shard's group, the entry it
+//! replicates — one shard's part of one group commit, as the log already
+//! holds it (`codec::LogItem`: each account's journal records and
+//! idempotency records, results and not commands, so a follower applies an
+//! entry by replaying it and no rule runs twice) — and an in-memory log
+//! store and state machine (`memory`) that pass openraft's own storage
+//! suite. Nothing runs clustered yet: a node is one node, as before.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::LogItem;
+
+pub mod local;
+pub mod memory;
+
+/// One shard's part of one group commit: what each account wrote, in
+/// order. What a shard's Raft log holds for every normal entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub items: Vec<LogItem>,
+}
+
+impl fmt::Display for ShardEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shard entry of {} accounts", self.items.len())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// A shard's Raft group. One leader per term (`leader_id_std`: the term
+    /// alone is the committed leader id in every stored log id), so "at most
+    /// one leader per shard per term" is the protocol's own rule. Fixed for
+    /// a data dir once written: every stored entry carries it.
+    pub ShardRaft:
+        D = ShardEntry,
+        R = (),
+        LeaderId = openraft::impls::leader_id_std::LeaderId<Self::Term, Self::NodeId>,
+);
+
+/// Shard entries made by the ledger itself, for the cluster's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::ShardEntry;
+    use crate::codec::LogItem;
+    use crate::ledger::{Account, AccountId, Amount, Command, Currency, IdemKey, LedgerConfig, Mode, Request};
+
+    /// One account driven through the ledger; each request's records and
+    /// idempotency records are one entry.
+    pub struct Ledger {
+        pub id: AccountId,
+        pub account: Account,
+        cfg: LedgerConfig,
+        n: u64,
+    }
+
+    impl Ledger {
+        pub fn new(id: &str) -> Ledger {
+            Ledger { id: AccountId::new(id).unwrap(), account: Account::default(), cfg: LedgerConfig::default(), n: 0 }
+        }
+
+        fn entry(&mut self, key: Option<&str>, command: Command) -> ShardEntry {
+            self.n += 1;
+            let req = Request { account: self.id.clone(), key: key.map(|k| IdemKey::new(k).unwrap()), command };
+            let outcome = self.account.execute(&req, 1_800_000_000_000 + self.n, &self.cfg);
+            assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+            let dedup =
+                outcome.recorded.iter().map(|k| (k.clone(), self.account.dedup.get(k).unwrap().clone())).collect();
+            ShardEntry { items: vec![LogItem { id: self.id.clone(), records: outcome.records, dedup }] }
+        }
+
+        pub fn open(&mut self) -> ShardEntry {
+            let command = Command::Open {
+                mode: Mode::Prepaid,
+                currency: Currency::USD,
+                past_due_suspends: None,
+                credit_limit: None,
+            };
+            self.entry(None, command)
+        }
+
+        pub fn purchase(&mut self, key: &str, dollars: i64) -> ShardEntry {
+            self.entry(Some(key), Command::Purchase { amount: Amount::whole(dollars), reference: None })
+        }
+    }
+}
