@@ -19,6 +19,8 @@ use crate::codec::LogItem;
 
 pub mod local;
 pub mod memory;
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
 
 /// One shard's part of one group commit: what each account wrote, in
 /// order. What a shard's Raft log holds for every normal entry.
