@@ -54,6 +54,10 @@ fn bad_arguments_are_refused_with_a_sentence() {
         (vec!["bench", "--embedded", "--batch", "10001"], "10001 is not in 1..=10000"),
         (vec!["bench", "--embedded", "--in-flight", "2"], "cannot be used with"),
         (vec!["bench", "--addr", "127.0.0.1:1", "--keep-resident"], "cannot be used with"),
+        (vec!["bench-raft", "--groups", "0"], "0 is not in 1..=1024"),
+        (vec!["bench-raft", "--groups", "1025"], "1025 is not in 1..=1024"),
+        (vec!["bench-raft", "--members", "8"], "8 is not in 1..=7"),
+        (vec!["bench-raft", "--heartbeat-ms", "9"], "9 is not in 10..=10000"),
         (vec!["bench", "--addr", "127.0.0.1:1", "--in-flight", "0"], "0 is not in 1..=1024"),
         (vec!["bench", "--addr", "127.0.0.1:1", "--in-flight", "1025"], "1025 is not in 1..=1024"),
         (vec!["bench", "--embedded", "--durability", "eventually"], "[possible values: sync, async]"),
@@ -137,6 +141,18 @@ fn bench_embedded_prints_json_on_request() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["resident_accounts"], 30, "{v}");
     assert!(v["rss_per_resident_account_bytes"].as_u64().is_some(), "{v}");
+}
+
+/// `bench-raft`: shard groups in this process elect, replicate and report
+/// what they cost.
+#[test]
+fn bench_raft_reports_what_groups_cost() {
+    let (code, out, err) = prepaid(&["bench-raft", "--groups", "2", "--seconds", "1", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!((v["groups"].as_u64(), v["members"].as_u64()), (Some(2), Some(3)));
+    assert!(v["busy_entries_per_s"].as_f64().is_some_and(|n| n > 0.0), "entries were committed: {v}");
+    assert!(v["idle_messages_per_s"].as_f64().is_some_and(|n| n > 0.0), "heartbeats went out: {v}");
 }
 
 /// `prepaid help | head -1`: a closed stdout ends the command quietly (by

@@ -36,6 +36,8 @@ pub struct LocalNet {
 struct NetInner {
     members: BTreeMap<u64, LocalRaft>,
     cut: BTreeSet<u64>,
+    /// Messages passed (appends and heartbeats, votes, snapshots, transfers).
+    messages: u64,
 }
 
 fn lock(net: &Mutex<NetInner>) -> MutexGuard<'_, NetInner> {
@@ -65,13 +67,20 @@ impl LocalNet {
         }
     }
 
+    /// Messages passed so far.
+    pub fn messages(&self) -> u64 {
+        lock(&self.inner).messages
+    }
+
     /// The member `to` as seen from `from`, if a message can pass.
     fn route(&self, from: u64, to: u64) -> Result<LocalRaft, RPCError<C>> {
-        let net = lock(&self.inner);
-        match net.members.get(&to) {
-            Some(raft) if !net.cut.contains(&from) && !net.cut.contains(&to) => Ok(raft.clone()),
-            _ => Err(RPCError::Unreachable(Unreachable::new(&NoRoute(to)))),
-        }
+        let mut net = lock(&self.inner);
+        let raft = match net.members.get(&to) {
+            Some(raft) if !net.cut.contains(&from) && !net.cut.contains(&to) => raft.clone(),
+            _ => return Err(RPCError::Unreachable(Unreachable::new(&NoRoute(to)))),
+        };
+        net.messages += 1;
+        Ok(raft)
     }
 
     /// The network factory of member `id`.
@@ -254,6 +263,7 @@ mod tests {
             assert_eq!(shard.state(), state, "member {id} holds the same state");
         }
         assert_eq!(balance(&members[&first].1, &ledger), Amount::whole(20), "the stale write was never applied");
+        assert!(net.messages() > 0);
         for (raft, _) in members.values() {
             raft.shutdown().await.unwrap();
         }

@@ -18,6 +18,7 @@ macro_rules! say {
 
 mod cli;
 mod load;
+mod raft;
 mod torture;
 mod tour;
 
@@ -59,6 +60,9 @@ enum Cmd {
     /// The authorization workload: on an embedded node (--embedded) or
     /// against a served one (--addr)
     Bench(BenchCli),
+    /// What shard Raft groups cost in this process, idle and busy (the
+    /// cluster's groups, every member here, no network)
+    BenchRaft(BenchRaftArgs),
     /// A served node: the gRPC API and the HTTP ops side (SIGTERM stops it
     /// cleanly)
     ///
@@ -159,6 +163,25 @@ struct BenchCli {
 }
 
 #[derive(Args)]
+struct BenchRaftArgs {
+    /// Raft groups (a group per shard: 256)
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = value_parser!(u64).range(1..=1024))]
+    groups: u64,
+    /// Members of each group
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = value_parser!(u64).range(1..=7))]
+    members: u64,
+    /// Seconds idle, then as many busy
+    #[arg(long, value_name = "S", default_value_t = 5, value_parser = value_parser!(u64).range(1..=600))]
+    seconds: u64,
+    /// Heartbeat interval (elections time out at 3 to 6 times it)
+    #[arg(long, value_name = "MS", default_value_t = 50, value_parser = value_parser!(u64).range(10..=10_000))]
+    heartbeat_ms: u64,
+    /// The figures as one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct ServeArgs {
     /// A configuration file (every setting: config/default.toml)
     #[arg(long, value_name = "FILE")]
@@ -242,6 +265,16 @@ fn main() -> ExitCode {
             walked
                 .map_err(stdout_failed)
                 .and_then(|()| runtime()?.block_on(load::bench_until_interrupted(bench)).map_err(Failure::Run))
+        }
+        Cmd::BenchRaft(a) => {
+            let args = raft::RaftArgs {
+                groups: a.groups,
+                members: a.members,
+                seconds: a.seconds,
+                heartbeat_ms: a.heartbeat_ms,
+                json: a.json,
+            };
+            runtime().and_then(|rt| rt.block_on(raft::run(args)).map_err(Failure::Run))
         }
         Cmd::Serve(a) => cli::serve(a.config, a.data_dir, a.gateway_url, a.simulated_gateway, a.ephemeral),
         Cmd::Account(a) => cli::account(a),
