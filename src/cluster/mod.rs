@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::LogItem;
 
+pub mod link;
 pub mod local;
 pub mod memory;
 #[cfg(feature = "rocksdb")]

@@ -1,0 +1,352 @@
+//! The node link: a shard group's members on other nodes, over gRPC
+//! (`proto/link.proto`). One call carries one openraft message for one
+//! group, postcard-encoded; the nodes share a cluster secret, checked in
+//! constant time on every call. The server side hands each message to the
+//! group's member on this node; the client side is openraft's
+//! `RaftNetworkV2` for one (target node, group), one HTTP/2 channel per
+//! target node shared by its groups.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::RaftStateMachine;
+use openraft::{BasicNode, OptionalSend};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::ShardRaft;
+
+type C = ShardRaft;
+type Snap = Cursor<Vec<u8>>;
+
+pub mod pb {
+    tonic::include_proto!("prepaid.link.v1");
+}
+
+use pb::RaftKind;
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    postcard::to_allocvec(value).map_err(|e| e.to_string())
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("a link message does not decode: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The members of groups this node holds, by group, as the link serves
+/// them.
+pub struct LinkService<SM>
+where
+    SM: RaftStateMachine<C, SnapshotData = Snap>,
+{
+    groups: Mutex<BTreeMap<u32, openraft::Raft<C, SM>>>,
+    secret: [u8; 32],
+}
+
+impl<SM> LinkService<SM>
+where
+    SM: RaftStateMachine<C, SnapshotData = Snap>,
+{
+    pub fn new(secret: &str) -> Arc<LinkService<SM>> {
+        Arc::new(LinkService { groups: Mutex::new(BTreeMap::new()), secret: Sha256::digest(secret.as_bytes()).into() })
+    }
+
+    pub fn host(&self, group: u32, raft: openraft::Raft<C, SM>) {
+        lock(&self.groups).insert(group, raft);
+    }
+
+    fn check(&self, req: &Request<pb::RaftCall>) -> Result<(), Status> {
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|s| <[u8; 32]>::from(Sha256::digest(s)));
+        let same = presented.is_some_and(|p| p.iter().zip(&self.secret).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
+        if same { Ok(()) } else { Err(Status::unauthenticated("the cluster secret is wrong")) }
+    }
+
+    /// One message to the group's member here; the answer, or why not, as
+    /// the body.
+    async fn answer(&self, call: pb::RaftCall) -> Result<Vec<u8>, String> {
+        let raft = lock(&self.groups).get(&call.group).cloned();
+        let raft = raft.ok_or_else(|| format!("group {} has no member on this node", call.group))?;
+        let body = &call.body;
+        fn out<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {
+            encode(&r.map_err(|e| e.to_string()))
+        }
+        match RaftKind::try_from(call.kind).unwrap_or(RaftKind::Unspecified) {
+            RaftKind::Append => out(raft.append_entries(decode::<AppendEntriesRequest<C>>(body)?).await),
+            RaftKind::Vote => out(raft.vote(decode::<VoteRequest<C>>(body)?).await),
+            RaftKind::Snapshot => {
+                let (vote, meta, data): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>) = decode(body)?;
+                let snapshot = SnapshotOf::<C, Snap> { meta, snapshot: Cursor::new(data) };
+                out(raft.install_full_snapshot(vote, snapshot).await)
+            }
+            RaftKind::TransferLeader => {
+                out(raft.handle_transfer_leader(decode::<TransferLeaderRequest<C>>(body)?).await)
+            }
+            RaftKind::Unspecified => Err(format!("raft message kind {} is not known", call.kind)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<SM> pb::node_link_server::NodeLink for Arc<LinkService<SM>>
+where
+    SM: RaftStateMachine<C, SnapshotData = Snap>,
+{
+    async fn raft(&self, req: Request<pb::RaftCall>) -> Result<Response<pb::RaftAnswer>, Status> {
+        self.check(&req)?;
+        match self.answer(req.into_inner()).await {
+            Ok(body) => Ok(Response::new(pb::RaftAnswer { body })),
+            Err(e) => Err(Status::invalid_argument(e)),
+        }
+    }
+}
+
+/// Channels to the other nodes, by address, shared by every group.
+#[derive(Clone)]
+pub struct LinkFactory {
+    channels: Arc<Mutex<BTreeMap<String, tonic::transport::Channel>>>,
+    secret: Arc<str>,
+    group: u32,
+}
+
+impl LinkFactory {
+    pub fn new(secret: &str) -> LinkFactory {
+        LinkFactory { channels: Arc::default(), secret: secret.into(), group: 0 }
+    }
+
+    /// The factory of one group, over the same channels.
+    pub fn group(&self, group: u32) -> LinkFactory {
+        LinkFactory { group, ..self.clone() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LinkError(String);
+
+fn unreachable(e: impl std::fmt::Display) -> RPCError<C> {
+    RPCError::Unreachable(Unreachable::new(&LinkError(e.to_string())))
+}
+
+impl RaftNetworkFactory<C> for LinkFactory {
+    type Network = Link;
+
+    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Link {
+        let channel = {
+            let mut channels = lock(&self.channels);
+            channels
+                .entry(node.addr.clone())
+                .or_insert_with(|| {
+                    // Lazy: connects on first use and again after a loss.
+                    tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+                        .map(|e| e.connect_lazy())
+                        .unwrap_or_else(|_| tonic::transport::Endpoint::from_static("http://0.0.0.0:1").connect_lazy())
+                })
+                .clone()
+        };
+        Link {
+            client: pb::node_link_client::NodeLinkClient::new(channel),
+            secret: Arc::clone(&self.secret),
+            group: self.group,
+        }
+    }
+}
+
+/// One group's messages to one node.
+pub struct Link {
+    client: pb::node_link_client::NodeLinkClient<tonic::transport::Channel>,
+    secret: Arc<str>,
+    group: u32,
+}
+
+impl Link {
+    async fn call<Resp: DeserializeOwned>(
+        &mut self,
+        kind: RaftKind,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<C>> {
+        let mut req = Request::new(pb::RaftCall { group: self.group, kind: kind as i32, body });
+        req.set_timeout(option.hard_ttl());
+        let bearer = format!("Bearer {}", self.secret).parse().map_err(unreachable)?;
+        req.metadata_mut().insert("authorization", bearer);
+        let answer = self.client.raft(req).await.map_err(|s| unreachable(s.message()))?.into_inner();
+        let result: Result<Resp, String> = decode(&answer.body).map_err(unreachable)?;
+        result.map_err(unreachable)
+    }
+}
+
+impl RaftNetworkV2<C> for Link {
+    type SnapshotData = Snap;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        self.call(RaftKind::Append, encode(&rpc).map_err(unreachable)?, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(RaftKind::Vote, encode(&rpc).map_err(unreachable)?, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Snap>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let body = encode(&(vote, snapshot.meta, snapshot.snapshot.into_inner())).map_err(unreachable)?;
+        Ok(self.call(RaftKind::Snapshot, body, &option).await?)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        self.call(RaftKind::TransferLeader, encode(&req).map_err(unreachable)?, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::memory::{MemoryLog, MemoryShard};
+    use crate::cluster::testing::Ledger;
+    use crate::ledger::Amount;
+
+    const SECRET: &str = "cluster-secret-0123456789";
+    const WAIT: Duration = Duration::from_secs(20);
+
+    type Member = openraft::Raft<C, MemoryShard>;
+
+    /// A node's link server on a loopback port of its own.
+    async fn serve(service: Arc<LinkService<MemoryShard>>) -> (SocketAddr, Vec<tokio::task::JoinHandle<()>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<tokio::net::TcpStream, std::io::Error>>(16);
+        let accept = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                if tx.send(Ok(conn)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(pb::node_link_server::NodeLinkServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+        });
+        (addr, vec![accept, server])
+    }
+
+    async fn leader(members: &BTreeMap<u64, (Member, MemoryShard)>, among: &[u64]) -> u64 {
+        for _ in 0..400 {
+            let mut seen = std::collections::BTreeSet::new();
+            for id in among {
+                seen.insert(members[id].0.current_leader().await);
+            }
+            if let [Some(l)] = seen.into_iter().collect::<Vec<_>>()[..]
+                && among.contains(&l)
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader agreed among {among:?}");
+    }
+
+    fn balance(shard: &MemoryShard, ledger: &Ledger) -> Amount {
+        shard.state().accounts.get(&ledger.id).map_or(Amount::ZERO, |(state, _)| state.balance())
+    }
+
+    /// Three nodes, each with a link server on loopback and one member of
+    /// group 5: the group elects over gRPC, replicates, refuses a caller
+    /// without the secret, and goes on when the leader's node dies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_replicates_over_the_node_link_and_survives_its_leader_s_node() {
+        let config = openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().unwrap());
+        let mut members = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
+        let mut servers = BTreeMap::new();
+        for id in 1..=3u64 {
+            let service = LinkService::<MemoryShard>::new(SECRET);
+            let (addr, tasks) = serve(Arc::clone(&service)).await;
+            let shard = MemoryShard::default();
+            let factory = LinkFactory::new(SECRET).group(5);
+            let raft =
+                Member::new(id, Arc::clone(&config), factory, MemoryLog::default(), shard.clone()).await.unwrap();
+            service.host(5, raft.clone());
+            members.insert(id, (raft, shard));
+            nodes.insert(id, BasicNode { addr: addr.to_string() });
+            servers.insert(id, (addr, tasks));
+        }
+        members[&1].0.initialize(nodes).await.unwrap();
+        let first = leader(&members, &[1, 2, 3]).await;
+        let mut ledger = Ledger::new("acme");
+        let mut last = 0;
+        for entry in [ledger.open(), ledger.purchase("p1", 5), ledger.purchase("p2", 5), ledger.purchase("p3", 5)] {
+            last = members[&first].0.client_write(entry).await.unwrap().log_id.index();
+        }
+        for (raft, shard) in members.values() {
+            raft.wait(Some(WAIT)).applied_index_at_least(Some(last), "applied").await.unwrap();
+            assert_eq!(balance(shard, &ledger), Amount::whole(15));
+        }
+
+        // Without the secret, a node refuses the call.
+        let addr = servers[&1].0;
+        let mut stranger = pb::node_link_client::NodeLinkClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut call = Request::new(pb::RaftCall { group: 5, kind: RaftKind::Vote as i32, body: vec![] });
+        call.metadata_mut().insert("authorization", "Bearer guess".parse().unwrap());
+        assert_eq!(stranger.raft(call).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+        // The leader's node dies: its server and its member stop.
+        for task in &servers[&first].1 {
+            task.abort();
+        }
+        members[&first].0.shutdown().await.unwrap();
+        let rest: Vec<u64> = (1..=3).filter(|id| *id != first).collect();
+        let second = leader(&members, &rest).await;
+        let at = members[&second].0.client_write(ledger.purchase("p4", 5)).await.unwrap().log_id.index();
+        for id in &rest {
+            members[id].0.wait(Some(WAIT)).applied_index_at_least(Some(at), "applied").await.unwrap();
+            assert_eq!(balance(&members[id].1, &ledger), Amount::whole(20));
+        }
+        assert_eq!(members[&rest[0]].1.state(), members[&rest[1]].1.state());
+        for id in &rest {
+            members[id].0.shutdown().await.unwrap();
+        }
+    }
+}
