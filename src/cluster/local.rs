@@ -89,6 +89,45 @@ impl LocalNet {
     }
 }
 
+/// For tests: find the leader and write through it as a client would.
+#[cfg(test)]
+impl LocalNet {
+    /// The member (not cut off) that says it leads, of the latest term if
+    /// several do (a deposed one may not know it yet).
+    pub(crate) async fn leading(&self) -> Option<LocalRaft> {
+        let members: Vec<(u64, LocalRaft)> = {
+            let net = lock(&self.inner);
+            net.members.iter().filter(|(id, _)| !net.cut.contains(id)).map(|(id, r)| (*id, r.clone())).collect()
+        };
+        let mut best: Option<(u64, LocalRaft)> = None;
+        for (id, raft) in members {
+            if raft.current_leader().await == Some(id) {
+                let term = raft.wait(None).metrics(|_| true, "term").await.map_or(0, |m| m.current_term);
+                if best.as_ref().is_none_or(|(t, _)| term > *t) {
+                    best = Some((term, raft));
+                }
+            }
+        }
+        best.map(|(_, raft)| raft)
+    }
+
+    /// Writes `entry` through whoever leads, again (the same entry: one
+    /// applied twice changes nothing) until one commits it; its log index.
+    pub(crate) async fn write(&self, entry: &super::ShardEntry) -> u64 {
+        use std::time::Duration;
+        for _ in 0..2_000 {
+            if let Some(leader) = self.leading().await {
+                let attempt = tokio::time::timeout(Duration::from_secs(2), leader.client_write(entry.clone()));
+                if let Ok(Ok(written)) = attempt.await {
+                    return written.log_id.index();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no leader committed the entry");
+    }
+}
+
 pub struct LocalFactory {
     net: LocalNet,
     from: u64,
@@ -224,12 +263,14 @@ mod tests {
         let members = group(&net, &[1, 2, 3]).await;
         let nodes: BTreeMap<u64, BasicNode> = [1, 2, 3].into_iter().map(|id| (id, BasicNode::default())).collect();
         members[&1].0.initialize(nodes).await.unwrap();
-        let first = leader(&members, &[1, 2, 3]).await;
+        leader(&members, &[1, 2, 3]).await;
         let mut ledger = Ledger::new("acme");
         let mut last = 0;
         for entry in [ledger.open(), ledger.purchase("p1", 5), ledger.purchase("p2", 5), ledger.purchase("p3", 5)] {
-            last = members[&first].0.client_write(entry).await.unwrap().log_id.index();
+            last = net.write(&entry).await;
         }
+        // Leadership may have moved under load meanwhile: the leader now.
+        let first = leader(&members, &[1, 2, 3]).await;
         for (raft, shard) in members.values() {
             applied(raft, last).await;
             assert_eq!(balance(shard, &ledger), Amount::whole(15));
@@ -248,7 +289,7 @@ mod tests {
         let second = leader(&members, &rest).await;
         let now = members[&second].0.wait(Some(WAIT)).metrics(|_| true, "term").await.unwrap().current_term;
         assert!(now > term, "a new leader has a later term: {now} after {term}");
-        let at = members[&second].0.client_write(ledger.purchase("p4", 5)).await.unwrap().log_id.index();
+        let at = net.write(&ledger.purchase("p4", 5)).await;
         for id in &rest {
             applied(&members[id].0, at).await;
             assert_eq!(balance(&members[id].1, &ledger), Amount::whole(20));
@@ -266,6 +307,102 @@ mod tests {
         assert!(net.messages() > 0);
         for (raft, _) in members.values() {
             raft.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::cluster::memory::{MemoryLog, MemoryShard};
+    use crate::cluster::testing::Ledger;
+    use crate::ledger::Amount;
+
+    /// A planned move of the leader's member to a fourth node while a
+    /// writer keeps writing: every write acknowledged is applied once on
+    /// every member of the group that results, the new member included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_planned_move_of_the_leader_loses_no_acknowledged_write() {
+        let net = LocalNet::default();
+        let config = openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().unwrap());
+        let mut shards = BTreeMap::new();
+        for id in 1..=4u64 {
+            let shard = MemoryShard::default();
+            let raft = LocalRaft::new(id, Arc::clone(&config), net.factory(id), MemoryLog::default(), shard.clone())
+                .await
+                .unwrap();
+            net.add(id, raft);
+            shards.insert(id, shard);
+        }
+        let handle = {
+            let net = net.clone();
+            move |id: u64| lock(&net.inner).members.get(&id).cloned()
+        };
+        let nodes: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
+        handle(1).unwrap().initialize(nodes).await.unwrap();
+        let mut from = None;
+        for _ in 0..400 {
+            from = handle(1).unwrap().current_leader().await;
+            if from.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let from = from.expect("a leader");
+        // The writer: one account, purchases of $5 in order; a write that
+        // fails is sent again, the same entry, to whoever leads (an entry
+        // applied twice changes nothing: its records are skipped).
+        let writer = {
+            let net = net.clone();
+            tokio::spawn(async move {
+                let mut ledger = Ledger::new("acme");
+                let mut entries = vec![ledger.open()];
+                entries.extend((0..300).map(|n| ledger.purchase(&format!("p{n}"), 5)));
+                let (mut acked, mut gap, mut last) = (0u64, Duration::ZERO, Instant::now());
+                let mut index = 0;
+                for entry in entries {
+                    index = net.write(&entry).await;
+                    acked += 1;
+                    gap = gap.max(last.elapsed());
+                    last = Instant::now();
+                }
+                (acked, gap, ledger, index)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let moving = Instant::now();
+        crate::cluster::moves::move_member(handle.clone(), from, 4, BasicNode::default()).await.unwrap();
+        let moved_in = moving.elapsed();
+        let (acked, gap, ledger, index) = writer.await.unwrap();
+        assert_eq!(acked, 301);
+        let leader = net.leading().await.expect("a leader after the move");
+        let metrics = leader.wait(Some(Duration::from_secs(10))).metrics(|_| true, "m").await.unwrap();
+        let voters: BTreeSet<u64> = metrics.membership_config.voter_ids().collect();
+        let expected: BTreeSet<u64> = (1..=4).filter(|id| *id != from).collect();
+        assert_eq!(voters, expected, "the moved member left, the new one votes");
+        // Every member applies up to the last acknowledged write.
+        for id in &expected {
+            let member = handle(*id).unwrap();
+            member.wait(Some(Duration::from_secs(10))).applied_index_at_least(Some(index), "applied").await.unwrap();
+            let state = shards[id].state();
+            let balance = state.accounts.get(&ledger.id).map_or(Amount::ZERO, |(s, _)| s.balance());
+            assert_eq!(balance, Amount::whole(1_500), "member {id}: every acknowledged purchase, once");
+            assert_eq!(state.accounts[&ledger.id].0, ledger.account.state.clone().unwrap(), "member {id}");
+        }
+        eprintln!("move of the leader's member: {moved_in:?}; longest wait between two acknowledged writes {gap:?}");
+        for id in 1..=4 {
+            if let Some(raft) = handle(id) {
+                raft.shutdown().await.unwrap();
+            }
         }
     }
 }

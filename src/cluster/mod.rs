@@ -20,6 +20,7 @@ use crate::codec::LogItem;
 pub mod link;
 pub mod local;
 pub mod memory;
+pub mod moves;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 
