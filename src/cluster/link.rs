@@ -237,7 +237,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::memory::{MemoryLog, MemoryShard};
-    use crate::cluster::testing::Ledger;
+    use crate::cluster::testing::{Ledger, Members, agreed_leader, balance, config};
     use crate::ledger::Amount;
 
     const SECRET: &str = "cluster-secret-0123456789";
@@ -266,24 +266,8 @@ mod tests {
         (addr, vec![accept, server])
     }
 
-    async fn leader(members: &BTreeMap<u64, (Member, MemoryShard)>, among: &[u64]) -> u64 {
-        for _ in 0..400 {
-            let mut seen = std::collections::BTreeSet::new();
-            for id in among {
-                seen.insert(members[id].0.current_leader().await);
-            }
-            if let [Some(l)] = seen.into_iter().collect::<Vec<_>>()[..]
-                && among.contains(&l)
-            {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader agreed among {among:?}");
-    }
-
-    fn balance(shard: &MemoryShard, ledger: &Ledger) -> Amount {
-        shard.state().accounts.get(&ledger.id).map_or(Amount::ZERO, |(state, _)| state.balance())
+    async fn leader(members: &Members, among: &[u64]) -> u64 {
+        agreed_leader(members, among).await
     }
 
     /// Three nodes, each with a link server on loopback and one member of
@@ -291,13 +275,7 @@ mod tests {
     /// without the secret, and goes on when the leader's node dies.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_replicates_over_the_node_link_and_survives_its_leader_s_node() {
-        let config = openraft::Config {
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().unwrap());
+        let config = config(100);
         let mut members = BTreeMap::new();
         let mut nodes = BTreeMap::new();
         let mut servers = BTreeMap::new();

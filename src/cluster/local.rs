@@ -200,21 +200,15 @@ mod tests {
 
     use super::*;
     use crate::cluster::memory::{MemoryLog, MemoryShard};
-    use crate::cluster::testing::Ledger;
+    use crate::cluster::testing::{Ledger, Members, agreed_leader, balance, config};
     use crate::ledger::Amount;
 
     /// Waits are bounded and generous: they end as soon as the group gets
     /// there, and only fail a test that would otherwise hang.
     const WAIT: Duration = Duration::from_secs(20);
 
-    async fn group(net: &LocalNet, ids: &[u64]) -> BTreeMap<u64, (LocalRaft, MemoryShard)> {
-        let config = openraft::Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().unwrap());
+    pub(super) async fn group(net: &LocalNet, ids: &[u64]) -> Members {
+        let config = config(50);
         let mut members = BTreeMap::new();
         for &id in ids {
             let shard = MemoryShard::default();
@@ -227,29 +221,12 @@ mod tests {
         members
     }
 
-    /// The leader all of `among` agree on, once they do.
-    async fn leader(members: &BTreeMap<u64, (LocalRaft, MemoryShard)>, among: &[u64]) -> u64 {
-        for _ in 0..400 {
-            let mut seen = BTreeSet::new();
-            for id in among {
-                seen.insert(members[id].0.current_leader().await);
-            }
-            if let [Some(l)] = seen.into_iter().collect::<Vec<_>>()[..]
-                && among.contains(&l)
-            {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader agreed among {among:?}");
+    async fn leader(members: &Members, among: &[u64]) -> u64 {
+        agreed_leader(members, among).await
     }
 
     async fn applied(raft: &LocalRaft, index: u64) {
         raft.wait(Some(WAIT)).applied_index_at_least(Some(index), "applied").await.unwrap();
-    }
-
-    fn balance(shard: &MemoryShard, ledger: &Ledger) -> Amount {
-        shard.state().accounts.get(&ledger.id).map_or(Amount::ZERO, |(state, _)| state.balance())
     }
 
     /// Three members of one shard's group: entries a leader commits reach
@@ -313,11 +290,10 @@ mod tests {
 
 #[cfg(test)]
 mod move_tests {
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::cluster::memory::{MemoryLog, MemoryShard};
+    use crate::cluster::memory::MemoryShard;
     use crate::cluster::testing::Ledger;
     use crate::ledger::Amount;
 
@@ -327,22 +303,8 @@ mod move_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_planned_move_of_the_leader_loses_no_acknowledged_write() {
         let net = LocalNet::default();
-        let config = openraft::Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
-            ..Default::default()
-        };
-        let config = Arc::new(config.validate().unwrap());
-        let mut shards = BTreeMap::new();
-        for id in 1..=4u64 {
-            let shard = MemoryShard::default();
-            let raft = LocalRaft::new(id, Arc::clone(&config), net.factory(id), MemoryLog::default(), shard.clone())
-                .await
-                .unwrap();
-            net.add(id, raft);
-            shards.insert(id, shard);
-        }
+        let shards: BTreeMap<u64, MemoryShard> =
+            super::tests::group(&net, &[1, 2, 3, 4]).await.into_iter().map(|(id, (_, shard))| (id, shard)).collect();
         let handle = {
             let net = net.clone();
             move |id: u64| lock(&net.inner).members.get(&id).cloned()

@@ -51,9 +51,51 @@ openraft::declare_raft_types!(
 /// Shard entries made by the ledger itself, for the cluster's tests.
 #[cfg(test)]
 pub(crate) mod testing {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::ShardEntry;
+    use super::local::LocalRaft;
+    use super::memory::MemoryShard;
     use crate::codec::LogItem;
     use crate::ledger::{Account, AccountId, Amount, Command, Currency, IdemKey, LedgerConfig, Mode, Request};
+
+    /// A group's members by node id, each with its state machine.
+    pub type Members = BTreeMap<u64, (LocalRaft, MemoryShard)>;
+
+    /// Raft timing for tests: elections at 3 to 6 heartbeats.
+    pub fn config(heartbeat_ms: u64) -> Arc<openraft::Config> {
+        let config = openraft::Config {
+            heartbeat_interval: heartbeat_ms,
+            election_timeout_min: heartbeat_ms * 3,
+            election_timeout_max: heartbeat_ms * 6,
+            ..Default::default()
+        };
+        Arc::new(config.validate().unwrap())
+    }
+
+    /// The leader all of `among` agree on, once they do (bounded).
+    pub async fn agreed_leader(members: &Members, among: &[u64]) -> u64 {
+        for _ in 0..400 {
+            let mut seen = BTreeSet::new();
+            for id in among {
+                seen.insert(members[id].0.current_leader().await);
+            }
+            if let [Some(l)] = seen.into_iter().collect::<Vec<_>>()[..]
+                && among.contains(&l)
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader agreed among {among:?}");
+    }
+
+    /// The ledger's account balance as a member's state holds it.
+    pub fn balance(shard: &MemoryShard, ledger: &Ledger) -> Amount {
+        shard.state().accounts.get(&ledger.id).map_or(Amount::ZERO, |(state, _)| state.balance())
+    }
 
     /// One account driven through the ledger; each request's records and
     /// idempotency records are one entry.
