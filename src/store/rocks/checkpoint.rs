@@ -188,6 +188,11 @@ impl Inner {
             tail.active_lsn.insert(shard, entry);
             tail.active_bytes += value.len() as u64;
         }
+        // In key order: each account's checkpointed snapshot is read once,
+        // and in this order the reads walk the tables forward instead of
+        // jumping about them (a restart reads one per account in the tail).
+        let mut logged: Vec<(AccountId, Logged)> = logged.into_iter().collect();
+        logged.sort_by_cached_key(|(id, _)| super::account_key(self.shard_of(id), id));
         for (id, (mut records, dedup)) in logged {
             // An account's entries are in its shard, in log order; sorting
             // by sequence costs nothing then and is what replay needs.
