@@ -21,16 +21,10 @@ pub struct RaftArgs {
     pub json: bool,
 }
 
-/// CPU seconds used by this process so far, and its resident bytes.
+/// CPU seconds used by this process so far, and its resident bytes (the
+/// figures /metrics reports as process_*).
 fn usage() -> (f64, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // SAFETY: sysconf only reads a process-wide value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    ((field(14) + field(15)) as f64 / ticks, pages * 4096)
+    prepaid::server::metrics::Process::read().map_or((0.0, 0), |p| (p.cpu_seconds, p.resident_bytes))
 }
 
 pub async fn run(args: RaftArgs) -> Result<(), String> {
