@@ -517,17 +517,16 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             }
         }
     }
+    // Unbatched calls share each connection's stream; batches go two at a
+    // time per connection.
+    let callers_per_conn = if args.batch == 1 { args.in_flight } else { 2 };
     eprintln!(
-        "prepaid bench: {} debits, {} connections, batch {}, {} in flight per connection",
-        args.debits,
-        args.conns,
-        args.batch,
-        if args.batch == 1 { args.in_flight } else { 2 }
+        "prepaid bench: {} debits, {} connections, batch {}, {callers_per_conn} in flight per connection",
+        args.debits, args.conns, args.batch
     );
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    let callers_per_conn = if args.batch == 1 { args.in_flight } else { 2 };
     for (c, client) in clients.iter().enumerate() {
         for k in 0..callers_per_conn {
             let (client, next, ids) = (client.clone(), Arc::clone(&next), Arc::clone(&ids));
@@ -668,7 +667,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                 "overloaded": overloaded, "accepted_per_s": accepted_per_s,
                 "overloaded_p50_us": shed_p50, "overloaded_p99_us": shed_p99,
                 "throughput_per_s": throughput, "p50_us": p50, "p99_us": p99, "p999_us": p999,
-                "conns": args.conns, "batch": args.batch, "in_flight": if args.batch == 1 { args.in_flight } else { 2 },
+                "conns": args.conns, "batch": args.batch, "in_flight": callers_per_conn,
                 "accounts": args.accounts, "hot": args.hot,
                 "conservation": if ok { "ok" } else { "mismatch" },
             })
