@@ -29,6 +29,16 @@ pub enum Error {
     /// unknown enum value, malformed JSON): nothing was applied.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Clustered: this node does not lead the account's shard. Nothing was
+    /// applied; send it to the leader (`leader`, a node id, when known).
+    #[error("{sentence}")]
+    WrongNode { shard: u32, leader: Option<u64>, sentence: String },
+    /// Clustered: the account's shard has no leader this node can serve
+    /// it with, or leadership moved while the request was being committed.
+    /// The sentence says whether anything may have been applied; a resend
+    /// under the same idempotency key is always safe.
+    #[error("{0}")]
+    ShardUnavailable(String),
     #[error("no valid API token was given")]
     Unauthenticated,
     #[error("the token's role may not {0}")]
@@ -45,6 +55,8 @@ impl Error {
             Error::BatchTooLarge { .. } => "batch_too_large",
             Error::Internal(_) => "internal",
             Error::InvalidRequest(_) => "invalid_request",
+            Error::WrongNode { .. } => "wrong_node",
+            Error::ShardUnavailable(_) => "shard_unavailable",
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
         }
@@ -58,6 +70,8 @@ impl Error {
         "batch_too_large",
         "internal",
         "invalid_request",
+        "wrong_node",
+        "shard_unavailable",
         "unauthenticated",
         "forbidden",
     ];

@@ -51,6 +51,16 @@ impl Health {
         self.failed.store(false, Ordering::Release);
     }
 
+    /// A clustered node gained or lost the lead of a shard group, or a
+    /// commit's outcome there is not known: memory may no longer be what
+    /// the group committed. Moves the epoch without failing storage, so
+    /// every cell reloads from the store before it answers again and the
+    /// writer refuses what was made from the old memory.
+    pub fn moved(&self) {
+        let _slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Why storage failed, if it is failed now.
     pub fn failure(&self) -> Option<String> {
         if !self.failed.load(Ordering::Acquire) {
@@ -86,5 +96,15 @@ mod tests {
         assert_eq!((h.failure(), h.epoch(), h.counts()), (None, 2, (1, 1)));
         h.fail("again");
         assert_eq!((h.failure().as_deref(), h.epoch()), (Some("again"), 3));
+    }
+
+    #[test]
+    fn a_leadership_move_moves_the_epoch_and_fails_nothing() {
+        let h = Health::default();
+        h.moved();
+        assert_eq!((h.failure(), h.epoch(), h.counts()), (None, 1, (0, 0)));
+        h.fail("disk full");
+        h.moved();
+        assert_eq!((h.failure().as_deref(), h.epoch()), (Some("disk full"), 3), "a failure stays until recovery");
     }
 }

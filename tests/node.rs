@@ -414,6 +414,9 @@ impl Store for FailingStore {
     fn webhook_cursor(&self, id: &AccountId) -> Result<u64, prepaid::store::StoreError> {
         self.inner.webhook_cursor(id)
     }
+    fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, prepaid::store::StoreError> {
+        self.inner.raft_mark(group)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,39 +232,17 @@ impl RaftNetworkV2<C> for Link {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::time::Duration;
 
     use super::*;
     use crate::cluster::memory::{MemoryLog, MemoryShard};
-    use crate::cluster::testing::{Ledger, Members, agreed_leader, balance, config};
+    use crate::cluster::testing::{Ledger, Members, agreed_leader, balance, config, serve};
     use crate::ledger::Amount;
 
     const SECRET: &str = "cluster-secret-0123456789";
     const WAIT: Duration = Duration::from_secs(20);
 
     type Member = openraft::Raft<C, MemoryShard>;
-
-    /// A node's link server on a loopback port of its own.
-    async fn serve(service: Arc<LinkService<MemoryShard>>) -> (SocketAddr, Vec<tokio::task::JoinHandle<()>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<tokio::net::TcpStream, std::io::Error>>(16);
-        let accept = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                if tx.send(Ok(conn)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(pb::node_link_server::NodeLinkServer::new(service))
-                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await;
-        });
-        (addr, vec![accept, server])
-    }
 
     async fn leader(members: &Members, among: &[u64]) -> u64 {
         agreed_leader(members, among).await

@@ -215,7 +215,7 @@ impl RaftStateMachine<C> for MemoryShard {
                 let mut s = lock(&self.inner);
                 match &entry.payload {
                     EntryPayload::Blank => {}
-                    EntryPayload::Normal(ShardEntry { items }) => {
+                    EntryPayload::Normal(ShardEntry { items, .. }) => {
                         for item in items {
                             s.state.apply(item)?;
                         }
@@ -227,7 +227,7 @@ impl RaftStateMachine<C> for MemoryShard {
                 s.applied = Some(entry.log_id);
             }
             if let Some(responder) = responder {
-                responder.send(());
+                responder.send(super::Applied::Yes);
             }
         }
         Ok(())
@@ -292,7 +292,7 @@ mod tests {
         items.extend(ledger.purchase("buy-1", 25).items);
         let account = ledger.account;
         let entry = |index: u64, items: Vec<LogItem>| {
-            EntryOf::<C>::new_normal(openraft::testing::log_id::<C>(1, 0, index), ShardEntry { items })
+            EntryOf::<C>::new_normal(openraft::testing::log_id::<C>(1, 0, index), ShardEntry { term: None, items })
         };
         let membership = EntryOf::<C>::new_membership(
             openraft::testing::log_id::<C>(1, 0, 0),

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::LogItem;
 
+pub mod apply;
+pub mod groups;
 pub mod link;
 pub mod local;
 pub mod memory;
@@ -24,11 +26,29 @@ pub mod moves;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 
-/// One shard's part of one group commit: what each account wrote, in
-/// order. What a shard's Raft log holds for every normal entry.
+/// One group commit's part for one Raft group: what each account wrote,
+/// in order. What a group's Raft log holds for every normal entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {
+    /// The term whose leader computed these writes from its cells. The
+    /// entry applies only if it is committed in that term's log position
+    /// (its log id carries the same term): a leader that lost the term and
+    /// won a later one cannot slip writes made from its old memory into the
+    /// new term. `None`: unfenced (openraft's storage suite, tests).
+    pub term: Option<u64>,
     pub items: Vec<LogItem>,
+}
+
+/// What applying a normal entry did, as the proposer learns it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Every account's records were applied.
+    #[default]
+    Yes,
+    /// Nothing was applied: the entry was proposed for another term, or an
+    /// account's records do not continue its state (they were computed
+    /// from memory that missed an entry). Every member decides alike.
+    Fenced,
 }
 
 impl fmt::Display for ShardEntry {
@@ -44,7 +64,7 @@ openraft::declare_raft_types!(
     /// a data dir once written: every stored entry carries it.
     pub ShardRaft:
         D = ShardEntry,
-        R = (),
+        R = Applied,
         LeaderId = openraft::impls::leader_id_std::LeaderId<Self::Term, Self::NodeId>,
 );
 
@@ -60,6 +80,44 @@ pub(crate) mod testing {
     use super::memory::MemoryShard;
     use crate::codec::LogItem;
     use crate::ledger::{Account, AccountId, Amount, Command, Currency, IdemKey, LedgerConfig, Mode, Request};
+
+    /// A node's link server on a loopback port of its own; its tasks, to
+    /// abort when the node dies.
+    pub async fn serve<SM>(
+        service: Arc<super::link::LinkService<SM>>,
+    ) -> (std::net::SocketAddr, Vec<tokio::task::JoinHandle<()>>)
+    where
+        SM: openraft::storage::RaftStateMachine<super::ShardRaft, SnapshotData = std::io::Cursor<Vec<u8>>>,
+    {
+        serve_at(service, "127.0.0.1:0").await
+    }
+
+    /// `serve` on a given address (a node restarting where it was).
+    pub async fn serve_at<SM>(
+        service: Arc<super::link::LinkService<SM>>,
+        addr: &str,
+    ) -> (std::net::SocketAddr, Vec<tokio::task::JoinHandle<()>>)
+    where
+        SM: openraft::storage::RaftStateMachine<super::ShardRaft, SnapshotData = std::io::Cursor<Vec<u8>>>,
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<tokio::net::TcpStream, std::io::Error>>(16);
+        let accept = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                if tx.send(Ok(conn)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(super::link::pb::node_link_server::NodeLinkServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+        });
+        (addr, vec![accept, server])
+    }
 
     /// A group's members by node id, each with its state machine.
     pub type Members = BTreeMap<u64, (LocalRaft, MemoryShard)>;
@@ -118,7 +176,7 @@ pub(crate) mod testing {
             assert!(outcome.result.is_ok(), "{:?}", outcome.result);
             let dedup =
                 outcome.recorded.iter().map(|k| (k.clone(), self.account.dedup.get(k).unwrap().clone())).collect();
-            ShardEntry { items: vec![LogItem { id: self.id.clone(), records: outcome.records, dedup }] }
+            ShardEntry { term: None, items: vec![LogItem { id: self.id.clone(), records: outcome.records, dedup }] }
         }
 
         pub fn open(&mut self) -> ShardEntry {

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::{AccountEvent, ChargeOrder, Submission, WriterConfig};
+use crate::cluster::groups::Groups;
 use crate::config::Durability;
 use crate::error::Error;
 use crate::health::Health;
@@ -59,8 +60,9 @@ pub fn spawn(
     charges: mpsc::UnboundedSender<ChargeOrder>,
     health: Arc<Health>,
     stats: Arc<NodeStats>,
+    groups: Option<Arc<Groups>>,
 ) -> std::io::Result<WriterHandle> {
-    let writer = Writer { store, cfg, events, charges, health, stats };
+    let writer = Writer { store, cfg, events, charges, health, stats, groups };
     match runs {
         Runs::Task => Ok(WriterHandle::Task(tokio::spawn(writer.run(rx)))),
         Runs::Thread => {
@@ -82,6 +84,9 @@ struct Writer {
     charges: mpsc::UnboundedSender<ChargeOrder>,
     health: Arc<Health>,
     stats: Arc<NodeStats>,
+    /// Clustered: groups are committed through the node's Raft groups,
+    /// whose state machines write the store.
+    groups: Option<Arc<Groups>>,
 }
 
 impl Writer {
@@ -134,7 +139,7 @@ impl Writer {
             let due = last_sync.elapsed() >= self.cfg.flush_interval;
             let sync = self.cfg.durability == Durability::Sync || group.iter().any(|s| s.force_sync) || due;
             let stop = group.iter().any(|s| s.stop);
-            self.commit(&mut group, sync);
+            self.commit(&mut group, sync).await;
             if stop {
                 return;
             }
@@ -184,11 +189,15 @@ impl Writer {
         }
     }
 
-    fn commit(&self, group: &mut Vec<Submission>, sync: bool) {
+    async fn commit(&self, group: &mut Vec<Submission>, sync: bool) {
         // Only submissions made in the current epoch, while storage works,
-        // may be written; the rest are refused whole.
+        // may be written; the rest are refused whole. Clustered, the terms
+        // the groups are served in are read after the epoch: a term read
+        // here is the one the submissions' memory was made in, or a later
+        // one that the entry's term fence refuses.
         let epoch = self.health.epoch();
         let failure = self.health.failure();
+        let terms = self.groups.as_ref().map(|g| g.terms());
         let current =
             |s: &Submission| failure.is_none() && (s.epoch == epoch || s.writes.is_empty() && s.replies.is_empty());
         let mut set = WriteSet { webhooks: self.cfg.webhooks, ..WriteSet::default() };
@@ -216,15 +225,27 @@ impl Writer {
                 }
             }
         }
-        let result = match &failure {
-            Some(reason) => Err(reason.clone()),
-            None if set.accounts.is_empty() && !sync => Ok(()),
-            None if set.accounts.is_empty() => self.store.sync().map_err(|e| e.to_string()),
-            None => self.store.write_owned(set, sync).map_err(|e| e.to_string()),
+        let result = match (&failure, &self.groups) {
+            (Some(reason), _) => Err(Error::StorageUnavailable(reason.clone())),
+            (None, _) if set.accounts.is_empty() && (!sync || self.groups.is_some()) => Ok(()),
+            (None, Some(groups)) => {
+                let terms = terms.as_deref().unwrap_or_default();
+                let committed = groups.commit(set.accounts, terms).await;
+                if committed.is_err() {
+                    // Memory may be ahead of what the groups applied.
+                    self.health.moved();
+                }
+                committed
+            }
+            (None, None) => {
+                let written =
+                    if set.accounts.is_empty() { self.store.sync() } else { self.store.write_owned(set, sync) };
+                written.map_err(|e| {
+                    self.health.fail(&e.to_string());
+                    Error::StorageUnavailable(e.to_string())
+                })
+            }
         };
-        if let Err(reason) = &result {
-            self.health.fail(reason);
-        }
         // Publish what became durable, then answer, in order.
         if result.is_ok() {
             for order in orders {
@@ -247,10 +268,15 @@ impl Writer {
             for (reply_to, reply) in s.replies {
                 let answer = match &result {
                     Ok(()) if accepted => reply,
+                    Ok(()) if self.groups.is_some() && failure.is_none() => Err(Error::ShardUnavailable(
+                        "leadership of a shard group moved while this request was being applied; nothing was \
+                         applied, retry"
+                            .into(),
+                    )),
                     Ok(()) => Err(Error::StorageUnavailable(
                         "storage failed while this request was being applied; it was not recorded".into(),
                     )),
-                    Err(reason) => Err(Error::StorageUnavailable(reason.clone())),
+                    Err(e) => Err(e.clone()),
                 };
                 reply_to.send(answer);
             }

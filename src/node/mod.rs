@@ -7,6 +7,8 @@
 //! completion for the whole batch. `shutdown` stops taking requests, drains
 //! what is in flight, makes it durable and stops every task.
 
+#[cfg(all(test, feature = "rocksdb"))]
+mod clustered;
 mod ops;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::groups::Groups;
 use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::health::Health;
@@ -51,6 +54,9 @@ pub(crate) struct Inner {
     stopping: AtomicBool,
     /// Requests taken by `execute`/`execute_batch` and not yet answered.
     in_flight: AtomicUsize,
+    /// Clustered: the node's shard groups (only the groups it serves take
+    /// requests).
+    groups: Option<Arc<Groups>>,
 }
 
 /// Counts requests against `node.max_in_flight` while they are in the node.
@@ -115,7 +121,20 @@ impl Node {
         clock: Arc<dyn Clock>,
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Node, StartError> {
-        Node::start_on(config, store, clock, gateway, false).await
+        Node::start_on(config, store, clock, gateway, false, None).await
+    }
+
+    /// Starts a clustered node: its writes are committed through `groups`
+    /// (the node's members of its shard groups, on the same `store`), and
+    /// it serves only the groups it leads. See `cluster::groups`.
+    pub async fn start_clustered(
+        config: NodeConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        gateway: Arc<dyn PaymentGateway>,
+        groups: Arc<Groups>,
+    ) -> Result<Node, StartError> {
+        Node::start_on(config, store, clock, gateway, false, Some(groups)).await
     }
 
     /// `start_with` for the deterministic simulation: everything the node
@@ -131,7 +150,7 @@ impl Node {
         clock: Arc<dyn Clock>,
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Node, StartError> {
-        Node::start_on(config, store, clock, gateway, true).await
+        Node::start_on(config, store, clock, gateway, true, None).await
     }
 
     async fn start_on(
@@ -140,6 +159,7 @@ impl Node {
         clock: Arc<dyn Clock>,
         gateway: Arc<dyn PaymentGateway>,
         simulated: bool,
+        groups: Option<Arc<Groups>>,
     ) -> Result<Node, StartError> {
         config.validate()?;
         let mut config = config;
@@ -158,8 +178,9 @@ impl Node {
             storage_retry: Duration::from_millis(config.node.storage_retry_ms),
         };
         // Read before the writer starts: an error here must leave nothing
-        // running.
-        let in_flight = store.in_flight_recharges()?;
+        // running. Clustered, a group's attempts resume when the node
+        // takes the group's lead instead.
+        let in_flight = if groups.is_some() { Vec::new() } else { store.in_flight_recharges()? };
         let runs = if simulated { journal::Runs::Task } else { journal::Runs::Thread };
         let writer = journal::spawn(
             runs,
@@ -170,6 +191,7 @@ impl Node {
             charges_tx.clone(),
             Arc::clone(&health),
             Arc::clone(&stats),
+            groups.clone(),
         )?;
         // Recharges requested before a restart and never answered resume with
         // their attempt ids.
@@ -211,15 +233,33 @@ impl Node {
             events,
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            groups,
         });
         let timing = recharge::Timing {
             charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),
             retry_unknown: Duration::from_millis(inner.shared.cfg.node.recharge_retry_unknown_ms),
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(timers(Arc::clone(&inner))),
             tokio::spawn(recharge::worker(Arc::downgrade(&inner) as Weak<dyn Accounts>, charges_rx, gateway, timing)),
         ];
+        if let Some(groups) = &inner.groups {
+            // A new leader resumes the group's recharge attempts in flight
+            // with their attempt ids (the gateway key): none is charged twice.
+            let store = Arc::clone(&inner.shared.store);
+            let of = Arc::clone(groups);
+            let taken = move |group: u32| match store.in_flight_recharges() {
+                Ok(attempts) => {
+                    for (account, attempt_id, amount) in attempts {
+                        if of.group_of(&account) == group {
+                            let _ = charges_tx.send(ChargeOrder { account, attempt_id, amount });
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(group, error = %e, "cannot read the group's recharges in flight"),
+            };
+            tasks.extend(groups.watch(Arc::clone(&inner.shared.health), Arc::new(taken)));
+        }
         let n = &inner.shared.cfg.node;
         tracing::info!(
             shards = n.shards,
@@ -255,7 +295,7 @@ impl Node {
         reqs.truncate(admitted.n);
         let (completion, replies) = Completion::new(reqs.len());
         let jobs = reqs.into_iter().zip(replies).map(|(req, reply)| Job { req, reply: Some(reply) }).collect();
-        self.inner.send(jobs);
+        self.inner.dispatch(jobs).await;
         let mut out = completion.wait().await;
         out.extend((0..shed).map(|_| Err(Error::Overloaded)));
         Ok(out)
@@ -335,6 +375,9 @@ impl Node {
         if let Some(writer) = self.writer.take() {
             writer.join().await;
         }
+        if let Some(groups) = &self.inner.groups {
+            groups.shutdown().await;
+        }
         // Everything is durable in the log; putting it in tables makes the
         // next start fast. A failure here loses nothing.
         if self.inner.shared.health.failure().is_none() {
@@ -382,7 +425,7 @@ impl Inner {
 
     async fn execute(&self, req: Request) -> Result<Reply, Error> {
         let (completion, mut replies) = Completion::new(1);
-        self.send(vec![Job { req, reply: replies.pop() }]);
+        self.dispatch(vec![Job { req, reply: replies.pop() }]).await;
         completion.wait().await.pop().unwrap_or_else(|| Err(Error::Internal("no answer".into())))
     }
 
@@ -391,8 +434,37 @@ impl Inner {
         (id.shard(self.shards) % self.workers.len() as u64) as usize
     }
 
+    /// `send`, for callers' requests: clustered, a read that must be
+    /// current (`balance`, `check_access`) is answered only after the
+    /// leader lease of its group confirms this node still leads it.
+    async fn dispatch(&self, jobs: Vec<Job>) {
+        let Some(groups) = &self.groups else { return self.send(jobs) };
+        let reads = |job: &Job| job.req.command.is_query() && job.req.command != Command::Tick;
+        let mut confirmed: Vec<(u32, Result<(), Error>)> = Vec::new();
+        for job in jobs.iter().filter(|j| reads(j)) {
+            let group = groups.group_of(&job.req.account);
+            if groups.serving(group).is_some() && !confirmed.iter().any(|(g, _)| *g == group) {
+                confirmed.push((group, groups.confirm(group).await));
+            }
+        }
+        let mut send = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let group = groups.group_of(&job.req.account);
+            match confirmed.iter().find(|(g, _)| *g == group) {
+                Some((_, Err(e))) if reads(&job) => {
+                    if let Some(reply) = job.reply {
+                        reply.send(Err(e.clone()));
+                    }
+                }
+                _ => send.push(job),
+            }
+        }
+        self.send(send);
+    }
+
     /// Hands jobs to their workers, one message per worker; answers them at
-    /// once if the node is stopping. A job whose worker is gone is answered
+    /// once if the node is stopping. Clustered, a job for a group this
+    /// node does not serve is answered `wrong_node` or `shard_unavailable`. A job whose worker is gone is answered
     /// `internal` when it is dropped.
     pub(crate) fn send(&self, jobs: Vec<Job>) {
         if self.stopping.load(Ordering::Acquire) {
@@ -403,6 +475,20 @@ impl Inner {
             }
             return;
         }
+        let jobs = match &self.groups {
+            None => jobs,
+            Some(groups) => {
+                let mut here = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    if groups.serving(groups.group_of(&job.req.account)).is_some() {
+                        here.push(job);
+                    } else if let Some(reply) = job.reply {
+                        reply.send(Err(groups.elsewhere(&job.req.account)));
+                    }
+                }
+                here
+            }
+        };
         if self.workers.len() == 1 {
             let _ = self.workers[0].send_message(WorkerMsg::Batch(jobs));
             return;

@@ -29,7 +29,8 @@ pub fn status(e: &Error) -> Status {
         Error::Unauthenticated => Code::Unauthenticated,
         Error::Forbidden(_) => Code::PermissionDenied,
         Error::BatchTooLarge { .. } | Error::Overloaded => Code::ResourceExhausted,
-        Error::ShuttingDown | Error::StorageUnavailable(_) => Code::Unavailable,
+        Error::ShuttingDown | Error::StorageUnavailable(_) | Error::ShardUnavailable(_) => Code::Unavailable,
+        Error::WrongNode { .. } => Code::FailedPrecondition,
         Error::Internal(_) => Code::Internal,
         Error::Refused(_) | Error::InvalidRequest(_) => Code::InvalidArgument,
     };

@@ -99,7 +99,10 @@ fn http_status(e: &Error) -> StatusCode {
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        Error::ShuttingDown | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::ShuttingDown | Error::StorageUnavailable(_) | Error::ShardUnavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Error::WrongNode { .. } => StatusCode::MISDIRECTED_REQUEST,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::Refused(crate::ledger::Reason::UnknownAccount) => StatusCode::NOT_FOUND,
         Error::Refused(_) | Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,

@@ -16,6 +16,8 @@ struct Maps {
     in_flight: BTreeMap<AccountId, (u64, Amount)>,
     /// Webhooks: (last written, last delivered) per account.
     webhooks: BTreeMap<AccountId, (u64, u64)>,
+    /// Raft marks by group.
+    raft: BTreeMap<u32, Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -68,6 +70,9 @@ impl Store for MemoryStore {
             {
                 m.webhooks.entry(w.id.clone()).or_default().0 = last.seq;
             }
+        }
+        if let Some((group, mark)) = &set.raft_mark {
+            m.raft.insert(*group, mark.clone());
         }
         Ok(())
     }
@@ -127,5 +132,9 @@ impl Store for MemoryStore {
 
     fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError> {
         Ok(self.maps().webhooks.get(id).map_or(0, |(_, delivered)| *delivered))
+    }
+
+    fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.maps().raft.get(&group).cloned())
     }
 }

@@ -63,6 +63,10 @@ pub struct WriteSet {
     /// Mark each account's last written sequence for webhook delivery, in
     /// the same atomic write (so a crash cannot lose an event's delivery).
     pub webhooks: bool,
+    /// A clustered node's state machine: how far its Raft group is applied
+    /// (group, opaque bytes), in the same atomic write as what it applied,
+    /// so after a crash the mark never runs ahead of the state.
+    pub raft_mark: Option<(u32, Vec<u8>)>,
 }
 
 /// An account as activation reads it back. Its idempotency records stay
@@ -144,4 +148,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last sequence delivered to webhooks for the account (0: none).
     fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError>;
+
+    /// The group's Raft mark as last written (`WriteSet::raft_mark`).
+    fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -152,7 +152,12 @@ impl DiskState {
             replay(&self.tables, set);
         }
         if let (Some(accounts), Some(set)) = (partial, self.log.get(entries)) {
-            let cut = WriteSet { accounts: set.accounts[..accounts.min(set.accounts.len())].to_vec(), ..set.clone() };
+            let cut = WriteSet {
+                accounts: set.accounts[..accounts.min(set.accounts.len())].to_vec(),
+                webhooks: set.webhooks,
+                // Part of a group: not yet as far as its mark says.
+                raft_mark: None,
+            };
             replay(&self.tables, &cut);
         }
     }
@@ -174,7 +179,11 @@ impl DiskState {
 /// changes nothing (the same snapshot, records and keys; its timer move is
 /// undone by the account's next write, which the log also holds).
 fn replay(tables: &MemoryStore, set: &WriteSet) {
-    let mut fresh = WriteSet { accounts: Vec::with_capacity(set.accounts.len()), webhooks: set.webhooks };
+    let mut fresh = WriteSet {
+        accounts: Vec::with_capacity(set.accounts.len()),
+        webhooks: set.webhooks,
+        raft_mark: set.raft_mark.clone(),
+    };
     for w in &set.accounts {
         // The memory store cannot fail.
         let next = tables.load(&w.id).ok().flatten().map(|l| l.state.next_seq);
@@ -367,6 +376,10 @@ impl Store for SimStore {
 
     fn webhook_cursor(&self, id: &AccountId) -> Result<u64, StoreError> {
         self.state()?.current.webhook_cursor(id)
+    }
+
+    fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.state()?.current.raft_mark(group)
     }
 }
 

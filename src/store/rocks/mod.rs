@@ -33,6 +33,7 @@
 //! | `meta` | `probe` | written by recovery probes after a storage failure |
 //! | `meta` | `ckpt` shard | the newest lsn of the shard its checkpoint covers (u64 BE) |
 //! | `meta` | `dedup_newest` | the newest idempotency record's time when the last checkpoint ended (u64 BE) |
+//! | `meta` | `raft` group(u32 BE) | a clustered node's Raft mark for the group: how far it is applied (opaque) |
 //!
 //! `meta` is the node's own, not a shard's. Idempotency records are one key
 //! each, found by a point lookup (the family has bloom filters, so a key
@@ -176,6 +177,12 @@ fn timer_key(shard: u32, at_ms: u64, id: &AccountId) -> Vec<u8> {
     let mut key = shard_key(shard, 8 + id.as_str().len());
     key.extend_from_slice(&at_ms.to_be_bytes());
     key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn raft_mark_key(group: u32) -> [u8; 8] {
+    let mut key = *b"raft\0\0\0\0";
+    key[4..].copy_from_slice(&group.to_be_bytes());
     key
 }
 
@@ -493,6 +500,9 @@ impl Inner {
             }
             newest_dedup = w.dedup.iter().map(|(_, d)| d.at_ms).fold(newest_dedup, u64::max);
         }
+        if let Some((group, mark)) = &set.raft_mark {
+            batch.put_cf(self.cf(CF_META)?, raft_mark_key(*group), mark);
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         // On failure the tail is left as it was; `recover` rebuilds it from
@@ -750,5 +760,9 @@ impl Store for RocksStore {
             Some(v) => be_u64(&v),
             None => Ok(0),
         }
+    }
+
+    fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.db.get_cf(self.inner.cf(CF_META)?, raft_mark_key(group)).map_err(io)
     }
 }

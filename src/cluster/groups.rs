@@ -1,0 +1,303 @@
+//! A clustered node's shard groups: its member of every group it belongs
+//! to, which of them it leads and serves, and the commit of a group write
+//! through them (what the journal writer does instead of writing the store
+//! itself when the node is clustered).
+//!
+//! Shards go to groups `shards_per_group` at a time (shard `s` in group
+//! `s / shards_per_group`). A node **serves** a group — its shard workers
+//! host the group's accounts and take their requests — only while it leads
+//! the group and has applied everything committed before its term (a read
+//! index at the start of the term); every change of that moves the health
+//! epoch (`Health::moved`), so cells reload from the store and nothing made
+//! from older memory is written. A request for a group the node does not
+//! serve is answered `wrong_node` (with the leader when known) or
+//! `shard_unavailable`.
+//!
+//! A group write is split by group into one `ShardEntry` each, proposed
+//! with the term the node serves the group in (the state machine fences an
+//! entry committed in another term, `apply.rs`); the round is acknowledged
+//! when every group applied its entry, and otherwise answered
+//! `shard_unavailable` with the outcome unknown (a resend under the same
+//! idempotency key applies once).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, RaftNetworkFactory, ReadPolicy, ServerState};
+
+use super::apply::StoreShard;
+use super::{Applied, ShardEntry, ShardRaft};
+use crate::codec::LogItem;
+use crate::error::Error;
+use crate::health::Health;
+use crate::ledger::AccountId;
+use crate::store::{AccountWrite, Store};
+
+type C = ShardRaft;
+/// A node's member of one group, on the node's store.
+pub type GroupRaft = openraft::Raft<C, StoreShard>;
+
+/// How the node's groups are laid out and timed.
+#[derive(Clone, Debug)]
+pub struct GroupsConfig {
+    /// This node's id in every group.
+    pub node_id: u64,
+    /// `node.shards`: fixed for the cluster.
+    pub shards: u32,
+    /// Shards per Raft group; divides `shards`.
+    pub shards_per_group: u32,
+    /// How long a commit waits for its groups before the round is answered
+    /// with its outcome unknown.
+    pub commit_timeout: Duration,
+    /// Raft timing (`heartbeat_interval`, election timeouts); snapshots are
+    /// turned off whatever it says (the log is kept whole, `apply.rs`).
+    pub raft: openraft::Config,
+    /// `ledger.expiry_notice_ms`, for the timer index.
+    pub notice_ms: u64,
+    /// Webhook marks are written with each account's records.
+    pub webhooks: bool,
+}
+
+pub struct Groups {
+    cfg: GroupsConfig,
+    rafts: Vec<GroupRaft>,
+    /// Per group: the term this node serves it in, 0 when it does not.
+    serving: Vec<AtomicU64>,
+}
+
+/// Where a shard's requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// This node serves the shard's group (in this term).
+    Here(u64),
+    /// Another node leads it (its id and address, when known).
+    Leader(u64, String),
+    /// No leader is known.
+    Nobody,
+}
+
+impl Groups {
+    /// The node's member of every group, each opened from the store's mark
+    /// and given its log and network by `member(group)`.
+    pub async fn start<LS, N>(
+        cfg: GroupsConfig,
+        store: Arc<dyn Store>,
+        mut member: impl FnMut(u32) -> (LS, N),
+    ) -> Result<Arc<Groups>, String>
+    where
+        LS: RaftLogStorage<C>,
+        N: RaftNetworkFactory<C>,
+        N::Network: openraft::network::NetSnapshot<C, SnapshotData = std::io::Cursor<Vec<u8>>>,
+    {
+        if cfg.shards_per_group == 0 || !cfg.shards.is_multiple_of(cfg.shards_per_group) {
+            return Err(format!(
+                "cluster.shards_per_group ({}) must divide node.shards ({})",
+                cfg.shards_per_group, cfg.shards
+            ));
+        }
+        let raft = openraft::Config { snapshot_policy: openraft::SnapshotPolicy::Never, ..cfg.raft.clone() };
+        let raft = Arc::new(raft.validate().map_err(|e| format!("raft settings: {e}"))?);
+        let mut rafts = Vec::new();
+        for group in 0..cfg.shards / cfg.shards_per_group {
+            let sm = StoreShard::open(group, Arc::clone(&store), cfg.notice_ms, cfg.webhooks)
+                .map_err(|e| format!("group {group}: {e}"))?;
+            let (log, network) = member(group);
+            let r = GroupRaft::new(cfg.node_id, Arc::clone(&raft), network, log, sm)
+                .await
+                .map_err(|e| format!("group {group}: {e}"))?;
+            rafts.push(r);
+        }
+        let serving = rafts.iter().map(|_| AtomicU64::new(0)).collect();
+        Ok(Arc::new(Groups { cfg, rafts, serving }))
+    }
+
+    pub fn count(&self) -> u32 {
+        self.rafts.len() as u32
+    }
+
+    pub fn group_of_shard(&self, shard: u32) -> u32 {
+        shard / self.cfg.shards_per_group
+    }
+
+    pub fn group_of(&self, id: &AccountId) -> u32 {
+        self.group_of_shard(id.shard(u64::from(self.cfg.shards)) as u32)
+    }
+
+    /// The node's member of `group`.
+    pub fn raft(&self, group: u32) -> &GroupRaft {
+        &self.rafts[group as usize]
+    }
+
+    /// Makes `members` the voters of every group (a new cluster, from one
+    /// of its nodes).
+    pub async fn initialize(&self, members: &BTreeMap<u64, BasicNode>) -> Result<(), String> {
+        for (group, raft) in self.rafts.iter().enumerate() {
+            raft.initialize(members.clone()).await.map_err(|e| format!("group {group}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The term this node serves `group` in, if it does.
+    pub fn serving(&self, group: u32) -> Option<u64> {
+        Some(self.serving[group as usize].load(Ordering::Acquire)).filter(|&t| t != 0)
+    }
+
+    /// Where requests for `id` go now.
+    pub fn route(&self, id: &AccountId) -> Route {
+        let group = self.group_of(id);
+        if let Some(term) = self.serving(group) {
+            return Route::Here(term);
+        }
+        let metrics = self.raft(group).metrics();
+        let m = metrics.borrow_watched();
+        match m.current_leader {
+            Some(leader) if leader != self.cfg.node_id => {
+                let addr = m.membership_config.get_node(&leader).map(|n| n.addr.clone()).unwrap_or_default();
+                Route::Leader(leader, addr)
+            }
+            _ => Route::Nobody,
+        }
+    }
+
+    /// The answer for a request this node does not serve.
+    pub fn elsewhere(&self, id: &AccountId) -> Error {
+        let shard = id.shard(u64::from(self.cfg.shards)) as u32;
+        match self.route(id) {
+            Route::Leader(leader, addr) => Error::WrongNode {
+                shard,
+                leader: Some(leader),
+                sentence: format!("node {leader} ({addr}) leads shard {shard}; nothing was applied, send it there"),
+            },
+            Route::Here(_) | Route::Nobody => Error::ShardUnavailable(format!(
+                "shard {shard} has no leader this node can serve it with; nothing was applied, retry"
+            )),
+        }
+    }
+
+    /// Confirms, by the leader lease, that this node still leads `group`
+    /// (before a read is answered from its cells).
+    pub async fn confirm(&self, group: u32) -> Result<(), Error> {
+        match self.raft(group).ensure_linearizable(ReadPolicy::LeaseRead).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::ShardUnavailable(format!(
+                "this node could not confirm it leads group {group} ({e}); nothing was read, retry"
+            ))),
+        }
+    }
+
+    /// The terms served now, per group (read after the health epoch: see
+    /// the writer).
+    pub fn terms(&self) -> Vec<u64> {
+        self.serving.iter().map(|t| t.load(Ordering::Acquire)).collect()
+    }
+
+    /// Commits a group write: one entry per group it touches, each
+    /// proposed for the term in `terms` (as read when the writes were
+    /// checked against the epoch). `Ok` once every entry is applied.
+    pub(crate) async fn commit(&self, writes: Vec<AccountWrite>, terms: &[u64]) -> Result<(), Error> {
+        let mut entries: BTreeMap<u32, ShardEntry> = BTreeMap::new();
+        for w in writes {
+            let group = self.group_of(&w.id);
+            let term = terms[group as usize];
+            if term == 0 {
+                return Err(Error::ShardUnavailable(format!(
+                    "this node stopped leading group {group} while the request was being applied; nothing was \
+                     applied, retry"
+                )));
+            }
+            let entry = entries.entry(group).or_insert_with(|| ShardEntry { term: Some(term), items: Vec::new() });
+            entry.items.push(LogItem { id: w.id, records: w.records, dedup: w.dedup });
+        }
+        let proposals = entries.into_iter().map(|(group, entry)| async move {
+            let outcome = tokio::time::timeout(self.cfg.commit_timeout, self.raft(group).client_write(entry)).await;
+            match outcome {
+                Ok(Ok(written)) if written.data == Applied::Yes => Ok(()),
+                Ok(Ok(_fenced)) => Err(format!("group {group} fenced the entry (its leader changed)")),
+                Ok(Err(e)) => Err(format!("group {group}: {e}")),
+                Err(_) => Err(format!("group {group} did not commit within {:?}", self.cfg.commit_timeout)),
+            }
+        });
+        let failed: Vec<String> =
+            futures_util::future::join_all(proposals).await.into_iter().filter_map(Result::err).collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::ShardUnavailable(format!(
+            "{}; the outcome is unknown, resend under the same idempotency key",
+            failed.join("; ")
+        )))
+    }
+
+    /// Watches every group's leadership: serves a group from the moment it
+    /// leads it and has applied what came before its term, stops at once
+    /// when it does not, and moves `health`'s epoch each time. `taken(group)`
+    /// runs after each takeover (resume what the group's leader owns).
+    pub fn watch(
+        self: &Arc<Self>,
+        health: Arc<Health>,
+        taken: Arc<dyn Fn(u32) + Send + Sync>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.count())
+            .map(|group| {
+                let groups = Arc::clone(self);
+                let health = Arc::clone(&health);
+                let taken = Arc::clone(&taken);
+                tokio::spawn(async move {
+                    let mut metrics = groups.raft(group).metrics();
+                    loop {
+                        let (leads, term) = {
+                            let m = metrics.borrow_watched();
+                            (
+                                m.state == ServerState::Leader && m.current_leader == Some(groups.cfg.node_id),
+                                m.current_term,
+                            )
+                        };
+                        let slot = &groups.serving[group as usize];
+                        let served = slot.load(Ordering::Acquire);
+                        if !leads && served != 0 {
+                            slot.store(0, Ordering::Release);
+                            health.moved();
+                            tracing::info!(group, term = served, "stopped serving the group");
+                        } else if leads && served != term {
+                            if served != 0 {
+                                slot.store(0, Ordering::Release);
+                                health.moved();
+                            }
+                            // Everything committed before the term applied.
+                            let read = groups.raft(group).ensure_linearizable(ReadPolicy::ReadIndex).await;
+                            if read.is_ok() && metrics.borrow_watched().current_term == term {
+                                slot.store(term, Ordering::Release);
+                                health.moved();
+                                tracing::info!(group, term, "serving the group");
+                                taken(group);
+                            } else if read.is_err() {
+                                // No quorum confirmed it yet: look again
+                                // when something changes, or soon.
+                                let retry = Duration::from_millis(groups.cfg.raft.heartbeat_interval);
+                                let _ = tokio::time::timeout(retry, metrics.changed()).await;
+                            }
+                            continue;
+                        }
+                        if metrics.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Stops every member (the node is stopping).
+    pub async fn shutdown(&self) {
+        for slot in &self.serving {
+            slot.store(0, Ordering::Release);
+        }
+        for raft in &self.rafts {
+            let _ = raft.shutdown().await;
+        }
+    }
+}

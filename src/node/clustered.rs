@@ -1,0 +1,251 @@
+//! A clustered node end to end (tests): three nodes in one process, their
+//! groups' members talking over the node link on loopback, each node on
+//! RocksDB in a directory of its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::async_runtime::watch::WatchReceiver;
+
+use crate::clock::SystemClock;
+use crate::cluster::apply::StoreShard;
+use crate::cluster::groups::{Groups, GroupsConfig};
+use crate::cluster::link::{LinkFactory, LinkService};
+use crate::cluster::rocks::RaftDisk;
+use crate::cluster::testing::serve_at;
+use crate::config::NodeConfig;
+use crate::error::Error;
+use crate::ledger::AccountId;
+use crate::ledger::{Amount, Command, Currency, DebitMode, IdemKey, Mode, Reply, Request, Service};
+use crate::node::Node;
+use crate::recharge::gateway::SimulatedGateway;
+use crate::store::RocksStore;
+use crate::store::Store;
+
+const SECRET: &str = "cluster-secret-0123456789";
+/// Bounded waits: they end as soon as the cluster gets there.
+const TRIES: u32 = 600;
+
+/// One clustered node: its node, its groups, its store, its link
+/// server, on RocksDB in a directory that outlives it (a restart).
+struct Member {
+    node: Option<Node>,
+    groups: Arc<Groups>,
+    store: Arc<dyn Store>,
+    server: Vec<tokio::task::JoinHandle<()>>,
+    /// The groups' logs: closed when the member is dropped.
+    _disk: RaftDisk,
+}
+
+/// Opens what a restarting node opens; a store the stopped node's
+/// last tasks still hold is tried again (boundedly).
+fn open_disks(dir: &std::path::Path) -> (Arc<dyn Store>, RaftDisk) {
+    for _ in 0..TRIES {
+        let store = RocksStore::open(&dir.join("state"));
+        let disk = RaftDisk::open(&dir.join("raft"));
+        if let (Ok(store), Ok(disk)) = (store, disk) {
+            return (Arc::new(store), disk);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("cannot reopen {}", dir.display());
+}
+
+async fn member(id: u64, dir: &std::path::Path, addr: &str) -> (Member, BasicNode) {
+    let mut config = NodeConfig::default();
+    config.node.shards = 8;
+    config.node.workers = 2;
+    let raft = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    };
+    let cfg = GroupsConfig {
+        node_id: id,
+        shards: 8,
+        shards_per_group: 4,
+        commit_timeout: Duration::from_secs(2),
+        raft,
+        notice_ms: config.ledger.expiry_notice_ms,
+        webhooks: false,
+    };
+    let (store, disk) = open_disks(dir);
+    let service = LinkService::<StoreShard>::new(SECRET);
+    let (addr, server) = serve_at(Arc::clone(&service), addr).await;
+    let link = LinkFactory::new(SECRET);
+    let groups = Groups::start(cfg, Arc::clone(&store), |g| (disk.log(g), link.group(g))).await.unwrap();
+    for g in 0..groups.count() {
+        service.host(g, groups.raft(g).clone());
+    }
+    let gateway = Arc::new(SimulatedGateway::new());
+    let node = Node::start_clustered(config, Arc::clone(&store), Arc::new(SystemClock), gateway, Arc::clone(&groups))
+        .await
+        .unwrap();
+    (Member { node: Some(node), groups, store, server, _disk: disk }, BasicNode { addr: addr.to_string() })
+}
+
+/// Stops a member as a lost node stops: its link goes quiet and its
+/// group members stop, then the node.
+async fn lose(m: &mut Member) {
+    for task in &m.server {
+        task.abort();
+    }
+    m.groups.shutdown().await;
+    if let Some(node) = m.node.take() {
+        node.shutdown().await;
+    }
+}
+
+/// Sends `req` as a client would: to node 1 (or the first alive), then
+/// to the leader a `wrong_node` names; `shard_unavailable` is resent
+/// (under the same key: it applies once). The node that answered, and
+/// its answer.
+async fn send(members: &BTreeMap<u64, Member>, req: &Request) -> (u64, Result<Reply, Error>) {
+    let mut to = *members.iter().find(|(_, m)| m.node.is_some()).unwrap().0;
+    let mut last = None;
+    for _ in 0..TRIES {
+        let Some(node) = members.get(&to).and_then(|m| m.node.as_ref()) else {
+            to = *members.iter().find(|(_, m)| m.node.is_some()).unwrap().0;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        match node.execute(req.clone()).await {
+            Err(Error::WrongNode { leader: Some(leader), .. }) => to = leader,
+            Err(e @ (Error::WrongNode { leader: None, .. } | Error::ShardUnavailable(_))) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answer => return (to, answer),
+        }
+    }
+    panic!("no node served {req:?}; the last answer: {last:?}");
+}
+
+fn request(account: &AccountId, key: Option<&str>, command: Command) -> Request {
+    Request { account: account.clone(), key: key.map(|k| IdemKey::new(k).unwrap()), command }
+}
+
+fn debit(dollars: i64) -> Command {
+    Command::Debit {
+        amount: Amount::whole(dollars),
+        mode: DebitMode::Strict,
+        service: Service::default(),
+        reference: None,
+    }
+}
+
+/// Three clustered nodes in one process, each group's members talking
+/// over the node link on loopback: every request is acknowledged only
+/// through the group's leader (another node answers `wrong_node`
+/// naming it), followers apply the same state, and when the node that
+/// leads a group is lost the other two elect a leader that serves the
+/// same balances and goes on; restarted from its disks, the lost node
+/// catches up to the same state. Nothing acknowledged is lost, and
+/// every account's ledger sums to its balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clustered_nodes_commit_through_their_leaders_and_outlive_one() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut members = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let (m, addr) = member(id, dirs[id as usize - 1].path(), "127.0.0.1:0").await;
+        members.insert(id, m);
+        addrs.insert(id, addr);
+    }
+    members[&1].groups.initialize(&addrs).await.unwrap();
+    let accounts: Vec<AccountId> = (0..12).map(|i| AccountId::new(&format!("acct-{i}")).unwrap()).collect();
+    let mut expected: BTreeMap<AccountId, i64> = BTreeMap::new();
+    for id in &accounts {
+        let open =
+            Command::Open { mode: Mode::Prepaid, currency: Currency::USD, past_due_suspends: None, credit_limit: None };
+        let (_, answer) = send(&members, &request(id, Some("open"), open)).await;
+        answer.unwrap();
+        let buy = Command::Purchase { amount: Amount::whole(10), reference: None };
+        send(&members, &request(id, Some("buy-1"), buy)).await.1.unwrap();
+        expected.insert(id.clone(), 10);
+    }
+
+    // A node that does not serve an account's group names the one that
+    // does, and applies nothing.
+    let probe = &accounts[0];
+    let (leader, _) = send(&members, &request(probe, None, Command::CheckAccess)).await;
+    let group = members[&leader].groups.group_of(probe);
+    assert_eq!(members[&leader].groups.serving(group).map(|t| t > 0), Some(true));
+    for (id, m) in &members {
+        if *id == leader {
+            continue;
+        }
+        match m.node.as_ref().unwrap().execute(request(probe, Some("d-x"), debit(1))).await {
+            Err(Error::WrongNode { leader: hint, .. }) => assert_eq!(hint, Some(leader)),
+            other => panic!("node {id} does not lead group {group}, yet answered {other:?}"),
+        }
+    }
+
+    for round in 0..3 {
+        for id in &accounts {
+            let key = format!("d-{round}");
+            send(&members, &request(id, Some(&key), debit(1))).await.1.unwrap();
+            *expected.get_mut(id).unwrap() -= 1;
+        }
+    }
+
+    // The node leading the probe's group is lost.
+    let mut lost = members.remove(&leader).unwrap();
+    lose(&mut lost).await;
+    drop(lost);
+
+    // The other two go on; resent requests apply once.
+    for round in 3..6 {
+        for id in &accounts {
+            let key = format!("d-{round}");
+            let (by, answer) = send(&members, &request(id, Some(&key), debit(1))).await;
+            assert_ne!(by, leader);
+            answer.unwrap();
+            *expected.get_mut(id).unwrap() -= 1;
+        }
+    }
+    // A resend of an acknowledged debit is its first result again.
+    let (_, again) = send(&members, &request(probe, Some("d-5"), debit(1))).await;
+    again.unwrap();
+
+    for id in &accounts {
+        let (by, answer) = send(&members, &request(id, None, Command::Balance)).await;
+        let balance = answer.unwrap().balance;
+        assert_eq!(balance, Amount::whole(expected[id]), "account {id}");
+        // The ledger sums to the balance, on the node that serves it.
+        let history = members[&by].node.as_ref().unwrap().history(id, 0, 1_000).unwrap();
+        let sum = history.iter().fold(Amount::ZERO, |s, r| s + r.event.balance_delta());
+        assert_eq!(sum, balance);
+    }
+
+    // The lost node restarts from its disks where it was, and catches
+    // up: all three hold the same state for every account once they
+    // have applied the same log.
+    let addr = addrs[&leader].addr.clone();
+    let (back, _) = member(leader, dirs[leader as usize - 1].path(), &addr).await;
+    members.insert(leader, back);
+    let ids: Vec<u64> = members.keys().copied().collect();
+    for g in 0..members[&1].groups.count() {
+        let (by, _) = {
+            let probe = (0..).map(|i| AccountId::new(&format!("probe-{i}")).unwrap());
+            let id = probe.into_iter().find(|id| members[&1].groups.group_of(id) == g).unwrap();
+            send(&members, &request(&id, None, Command::CheckAccess)).await
+        };
+        let last = members[&by].groups.raft(g).metrics().borrow_watched().last_log_index;
+        for id in &ids {
+            let wait = members[id].groups.raft(g).wait(Some(Duration::from_secs(20)));
+            wait.applied_index_at_least(last, "applied").await.unwrap();
+        }
+    }
+    for id in &accounts {
+        let states: Vec<_> = ids.iter().map(|m| members[m].store.load(id).unwrap().map(|l| l.state)).collect();
+        assert!(states[0].is_some());
+        assert!(states.iter().all(|s| *s == states[0]), "account {id}: {states:?}");
+    }
+    for (_, m) in members.iter_mut() {
+        lose(m).await;
+    }
+}
