@@ -128,6 +128,11 @@ pub const SETTING_BOUNDS: &[(&str, u64, u64)] = &[
     ("webhooks.backoff_max_ms", 1, 86_400_000),
     ("webhooks.timeout_ms", 1, 600_000),
     ("webhooks.dead_letters_kept", 1, 10_000_000),
+    ("cluster.shards_per_group", 1, 65_536),
+    ("cluster.heartbeat_ms", 10, 60_000),
+    ("cluster.election_timeout_min_ms", 20, 599_999),
+    ("cluster.election_timeout_max_ms", 21, 600_000),
+    ("cluster.commit_timeout_ms", 10, 600_000),
 ];
 
 /// Most shard workers a node runs.
@@ -351,6 +356,77 @@ impl Default for RechargeSettings {
     }
 }
 
+/// Running as one member of a cluster (issue 13, docs/CLUSTER.md). Off
+/// (`node_id = 0`, the default): the node runs alone, as it always did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id in the cluster, one of `members`; 0: not clustered.
+    /// Env: PREPAID_CLUSTER_NODE_ID.
+    pub node_id: u64,
+    /// Every member of the cluster, this node included, as `id=host:port`
+    /// (its gRPC address: the node link is served there too). Env:
+    /// PREPAID_CLUSTER_MEMBERS, comma separated.
+    pub members: Vec<String>,
+    /// The secret every node of the cluster presents on the node link (at
+    /// least 16 characters). Env: PREPAID_CLUSTER_SECRET.
+    pub secret: String,
+    /// Shards per Raft group (shard `s` in group `s / shards_per_group`);
+    /// divides `node.shards`. Fixed for the cluster.
+    pub shards_per_group: u32,
+    /// Raft heartbeat from a group's leader.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time between these
+    /// stands for election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How long a write waits for its groups to commit before it is
+    /// answered `shard_unavailable` with its outcome unknown.
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> ClusterSettings {
+        ClusterSettings {
+            node_id: 0,
+            members: Vec::new(),
+            secret: String::new(),
+            shards_per_group: 16,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            commit_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether the node runs clustered.
+    pub fn enabled(&self) -> bool {
+        self.node_id != 0
+    }
+
+    /// `members` as (id, address), checked.
+    pub fn member_addrs(&self) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+        let mut out = std::collections::BTreeMap::new();
+        for spec in &self.members {
+            let bad = || ConfigError::Invalid(format!("cluster.members: {spec:?} is not id=host:port"));
+            let (id, addr) = spec.split_once('=').ok_or_else(bad)?;
+            let id: u64 = id.trim().parse().map_err(|_| bad())?;
+            let addr = addr.trim();
+            if id == 0
+                || addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(bad());
+            }
+            if out.insert(id, addr.to_string()).is_some() {
+                return Err(ConfigError::Invalid(format!("cluster.members: node {id} is named twice")));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -361,6 +437,7 @@ pub struct NodeConfig {
     pub webhooks: WebhookSettings,
     pub recharge: RechargeSettings,
     pub tls: TlsSettings,
+    pub cluster: ClusterSettings,
 }
 
 /// `text` as a value of the kind `current` is.
@@ -593,6 +670,43 @@ impl NodeConfig {
         let t = &self.tls;
         if t.cert_file.as_os_str().is_empty() != t.key_file.as_os_str().is_empty() {
             return bad("tls.cert_file and tls.key_file go together: set both (TLS on both listeners) or neither");
+        }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let bad = |what: String| Err(ConfigError::Invalid(what));
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms || c.election_timeout_min_ms <= c.heartbeat_ms {
+            return bad(
+                "cluster: heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms, or leaders are voted \
+                 out while they live"
+                    .into(),
+            );
+        }
+        let members = c.member_addrs()?;
+        if !c.enabled() {
+            return Ok(());
+        }
+        if !self.node.shards.is_multiple_of(c.shards_per_group) {
+            return bad(format!(
+                "cluster.shards_per_group ({}) must divide node.shards ({})",
+                c.shards_per_group, self.node.shards
+            ));
+        }
+        if !members.contains_key(&c.node_id) {
+            return bad(format!("cluster.node_id {} is not one of cluster.members", c.node_id));
+        }
+        if c.secret.len() < 16 {
+            return bad("cluster.secret is at least 16 characters when the node is clustered".into());
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return bad("a clustered node needs node.data_dir: its groups' logs must outlive it".into());
+        }
+        if !self.webhooks.urls.is_empty() {
+            // Every member holds the journal marks; delivery that follows
+            // each group's leader is not built yet (docs/CLUSTER.md).
+            return bad("a clustered node does not deliver webhooks yet: leave webhooks.urls empty".into());
         }
         Ok(())
     }

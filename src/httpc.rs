@@ -81,7 +81,21 @@ impl Target {
     /// POSTs `body` as JSON with extra headers; the status and (up to
     /// `MAX_RESPONSE_BYTES` of) the body of the answer.
     pub async fn post(&self, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
-        let mut request = hyper::Request::post(self.uri.clone()).header("content-type", "application/json");
+        let request = hyper::Request::post(self.uri.clone()).header("content-type", "application/json");
+        self.send(request, headers, body).await
+    }
+
+    /// GETs the URL with extra headers: the status and the body.
+    pub async fn get(&self, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+        self.send(hyper::Request::get(self.uri.clone()), headers, "").await
+    }
+
+    async fn send(
+        &self,
+        mut request: hyper::http::request::Builder,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

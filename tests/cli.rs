@@ -62,6 +62,8 @@ fn bad_arguments_are_refused_with_a_sentence() {
         (vec!["bench", "--addr", "127.0.0.1:1", "--in-flight", "1025"], "1025 is not in 1..=1024"),
         (vec!["bench", "--embedded", "--durability", "eventually"], "[possible values: sync, async]"),
         (vec!["account"], "Usage: prepaid account"),
+        (vec!["cluster"], "Usage: prepaid cluster"),
+        (vec!["cluster", "move"], "unrecognized subcommand"),
         (vec!["account", "show"], "--account <ID>"),
         (vec!["account", "debit", "--account", "a"], "--amount <X>"),
         (
@@ -103,6 +105,13 @@ fn bad_arguments_are_refused_with_a_sentence() {
     assert_eq!((code, out.trim()), (0, format!("prepaid {}", prepaid::VERSION).as_str()));
     let (code, out, _) = prepaid(&["account", "--version"]);
     assert_eq!((code, out.trim()), (0, format!("prepaid-account {}", prepaid::VERSION).as_str()));
+    // No node there: a sentence and exit 1, nothing else.
+    let (code, _, err) = prepaid(&["cluster", "status", "--http", "http://127.0.0.1:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("http://127.0.0.1:1/admin/v1/cluster"), "{err}");
+    let (code, _, err) = prepaid(&["cluster", "init", "--http", "ftp://127.0.0.1:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("only http:// and https://"), "{err}");
     // `--name=value` is read as `--name value`.
     let (code, _, err) = prepaid(&["demo", "--accounts=0"]);
     assert_eq!(code, 2);

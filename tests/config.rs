@@ -83,6 +83,8 @@ fn every_setting_comes_from_the_environment_too() {
                 ("webhooks", "secret", _) => "0123456789abcdef-secret".into(),
                 ("recharge", "gateway_url", _) => "https://pay.example/charge".into(),
                 ("tls", "cert_file" | "key_file" | "ca_file", _) => format!("/etc/prepaid/{field}.pem"),
+                ("cluster", "members", _) => "1=127.0.0.1:7070, 2=127.0.0.2:7070".into(),
+                ("cluster", "secret", _) => "0123456789abcdef-cluster".into(),
                 other => panic!("no test value for {other:?}: add one"),
             };
             let name = format!("PREPAID_{}_{}", section.to_uppercase(), field.to_uppercase());
@@ -96,6 +98,9 @@ fn every_setting_comes_from_the_environment_too() {
                     ("PREPAID_WEBHOOKS_URLS", "PREPAID_WEBHOOKS_SECRET") => Some("0123456789abcdef".into()),
                     ("PREPAID_TLS_CERT_FILE", "PREPAID_TLS_KEY_FILE") => Some("/k.pem".into()),
                     ("PREPAID_TLS_KEY_FILE", "PREPAID_TLS_CERT_FILE") => Some("/c.pem".into()),
+                    ("PREPAID_CLUSTER_NODE_ID", "PREPAID_CLUSTER_MEMBERS") => Some("1=127.0.0.1:7070".into()),
+                    ("PREPAID_CLUSTER_NODE_ID", "PREPAID_CLUSTER_SECRET") => Some("0123456789abcdef".into()),
+                    ("PREPAID_CLUSTER_NODE_ID", "PREPAID_NODE_DATA_DIR") => Some("/var/lib/prepaid".into()),
                     _ => None,
                 }
             });
@@ -143,9 +148,25 @@ fn every_bounded_setting_is_tried_at_and_past_its_limits() {
         let (section, field) = name.split_once('.').unwrap();
         // backoff_ms <= backoff_max_ms is a rule of its own: keep it true.
         let with = |n: u64| {
+            // So is heartbeat_ms < election_timeout_min_ms < _max_ms.
             let partner = match field {
                 "backoff_ms" => format!("backoff_max_ms = {}\n", n.max(1)),
                 "backoff_max_ms" => format!("backoff_ms = {}\n", n.clamp(1, 200)),
+                "heartbeat_ms" => {
+                    let min = (n + 1).max(20);
+                    format!("election_timeout_min_ms = {min}\nelection_timeout_max_ms = {}\n", min + 1)
+                }
+                "election_timeout_min_ms" => {
+                    format!(
+                        "heartbeat_ms = {}\nelection_timeout_max_ms = {}\n",
+                        n.saturating_sub(1).clamp(10, 60_000),
+                        n + 1
+                    )
+                }
+                "election_timeout_max_ms" => {
+                    let min = (n - 1).clamp(20, 599_999);
+                    format!("election_timeout_min_ms = {min}\nheartbeat_ms = {}\n", (min - 1).clamp(10, 60_000))
+                }
                 _ => String::new(),
             };
             NodeConfig::from_toml(&format!("[{section}]\n{field} = {n}\n{partner}"))
@@ -347,4 +368,51 @@ fn tls_takes_a_certificate_and_its_key_together() {
 fn repo_file(path: &str) -> std::path::PathBuf {
     let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     std::path::Path::new(&root).join(path)
+}
+
+/// A clustered node's settings: who it is among which members, the secret,
+/// and the groups' layout and timing, each rule refused with a sentence.
+#[test]
+fn a_clustered_node_names_itself_among_its_members_with_a_secret() {
+    let base = |extra: &str| {
+        format!(
+            "[node]\ndata_dir = \"/var/lib/prepaid\"\n[cluster]\nnode_id = 2\nmembers = [\"1=10.0.0.1:7070\", \
+             \"2=10.0.0.2:7070\", \"3=10.0.0.3:7070\"]\nsecret = \"0123456789abcdef\"\n{extra}"
+        )
+    };
+    let cfg = NodeConfig::from_toml(&base("")).unwrap();
+    assert!(cfg.cluster.enabled() && !NodeConfig::default().cluster.enabled());
+    let members = cfg.cluster.member_addrs().unwrap();
+    assert_eq!(members.get(&3).map(String::as_str), Some("10.0.0.3:7070"));
+    assert_eq!(members.len(), 3);
+    let refused = |text: String, says: &str| {
+        let err = NodeConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains(says), "{text}: {err}");
+    };
+    refused(base("").replace("node_id = 2", "node_id = 4"), "cluster.node_id 4 is not one of cluster.members");
+    refused(base("").replace("0123456789abcdef", "short"), "cluster.secret is at least 16 characters");
+    refused(base("").replace("data_dir = \"/var/lib/prepaid\"", ""), "needs node.data_dir");
+    refused(base("shards_per_group = 15\n"), "cluster.shards_per_group (15) must divide node.shards (256)");
+    refused(base("heartbeat_ms = 300\n"), "heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
+    let hooks = "[webhooks]\nurls = [\"https://hooks.example/prepaid\"]\nsecret = \"0123456789abcdef\"\n";
+    refused(format!("{hooks}{}", base("")), "does not deliver webhooks yet");
+    for bad in ["2", "2=", "x=10.0.0.2:7070", "0=10.0.0.2:7070", "2=10.0.0.2", "2=:7070", "2=10.0.0.2:99999"] {
+        refused(base("").replace("2=10.0.0.2:7070", bad), "is not id=host:port");
+    }
+    refused(base("").replace("3=10.0.0.3:7070", "2=10.0.0.3:7070"), "node 2 is named twice");
+    // A secret of exactly 16 is enough; members come from the environment
+    // too, comma separated.
+    let mut env = NodeConfig::default();
+    env.apply_env(|n| match n {
+        "PREPAID_DATA_DIR" => Some("/var/lib/prepaid".into()),
+        "PREPAID_CLUSTER_NODE_ID" => Some("1".into()),
+        "PREPAID_CLUSTER_MEMBERS" => Some("1=127.0.0.1:7070, 2=127.0.0.2:7070".into()),
+        "PREPAID_CLUSTER_SECRET" => Some("0123456789abcdef".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(env.cluster.member_addrs().unwrap().len(), 2);
+    // Not clustered, the members are still checked, and nothing else is.
+    refused("[cluster]\nmembers = [\"one\"]\n".into(), "is not id=host:port");
+    assert!(NodeConfig::from_toml("[node]\nshards = 8\n").is_ok(), "16 a group is only asked of a cluster");
 }

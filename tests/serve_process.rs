@@ -30,6 +30,24 @@ fn cli_against_a_served_node_then_sigterm_stops_it_cleanly() {
     let (code, out, err) = cli(&server, &["open", "--account", "acme"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("status       inactive"), "{out}");
+    // A node alone says so, and refuses to make a cluster.
+    let cluster = |what: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+            .args(["cluster", what, "--http", &format!("http://{}", server.http), "--token", ADMIN])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, out, err) = cluster("status");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["clustered"], false, "{out}");
+    let (code, _, err) = cluster("init");
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_request") && err.contains("not clustered"), "{err}");
     let (code, out, err) = cli(&server, &["purchase", "--account", "acme", "--amount", "25", "--key", "p1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("balance      25.00"), "{out}");
@@ -572,4 +590,292 @@ fn a_closed_stdout_does_not_stop_serve() {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A free loopback port: bound by the OS, then let go for a node to take.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+mod cluster {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use prepaid::ledger::Amount;
+    use prepaid::{Client, ClientError};
+
+    use super::serve::{self, ADMIN, Server};
+
+    const SECRET: &str = "cluster-secret-0123456789";
+    /// Bounded retries of one request (20 ms apart): a failover takes a
+    /// few election timeouts.
+    const TRIES: u32 = 1_000;
+
+    /// Node `id` of the cluster `members`, on its gRPC port, in `dir`.
+    fn start_member(id: u64, dir: &Path, port: u16, members: &str) -> Server {
+        let (id, grpc) = (id.to_string(), format!("127.0.0.1:{port}"));
+        let env = [
+            ("PREPAID_GRPC_ADDR", grpc.as_str()),
+            ("PREPAID_CLUSTER_NODE_ID", id.as_str()),
+            ("PREPAID_CLUSTER_MEMBERS", members),
+            ("PREPAID_CLUSTER_SECRET", SECRET),
+            ("PREPAID_CLUSTER_HEARTBEAT_MS", "50"),
+            ("PREPAID_CLUSTER_ELECTION_TIMEOUT_MIN_MS", "200"),
+            ("PREPAID_CLUSTER_ELECTION_TIMEOUT_MAX_MS", "400"),
+        ];
+        serve::start_env(dir, &[], &env)
+    }
+
+    fn cluster_cli(server: &Server, what: &str) -> (i32, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_prepaid"))
+            .args(["cluster", what, "--http", &format!("http://{}", server.http), "--token", ADMIN])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    #[derive(Clone)]
+    enum Op {
+        Open,
+        Purchase(String),
+        Debit(String),
+        Balance,
+    }
+
+    /// The cluster as a client sees it: a connection per live node, and
+    /// where each account's requests went last.
+    struct Clients {
+        addrs: BTreeMap<u64, String>,
+        conns: BTreeMap<u64, Client>,
+        hint: BTreeMap<String, u64>,
+        /// Nodes that did not answer in time: tried last.
+        slow: std::collections::BTreeSet<u64>,
+    }
+
+    impl Clients {
+        async fn conn(&mut self, id: u64) -> Option<Client> {
+            if !self.conns.contains_key(&id) {
+                let client = Client::connect(&self.addrs[&id], ADMIN).await.ok()?.with_deadline(Duration::from_secs(1));
+                self.conns.insert(id, client);
+            }
+            self.conns.get(&id).cloned()
+        }
+
+        /// `op` on `account`, sent where the account's group is led: a
+        /// `wrong_node` names the leader; while a group has none (a
+        /// failover), or a node is gone, the same request (same key) is
+        /// sent again. The balance after it.
+        async fn run(&mut self, account: &str, op: Op) -> String {
+            let mut to = self.hint.get(account).copied().unwrap_or(1);
+            let mut last = None;
+            for _ in 0..TRIES {
+                if self.slow.contains(&to) && self.slow.len() < self.addrs.len() {
+                    to = to % self.addrs.len() as u64 + 1;
+                    continue;
+                }
+                let Some(client) = self.conn(to).await else {
+                    to = to % self.addrs.len() as u64 + 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let answer = match &op {
+                    Op::Open => client.open_account(account).await.map(|a| a.balance),
+                    Op::Purchase(key) => client.purchase(account, key, "100").await.map(|a| a.balance),
+                    Op::Debit(key) => client.debit(account, key, "1").await.map(|a| a.balance),
+                    Op::Balance => client.balance(account).await.map(|b| b.balance),
+                };
+                match answer {
+                    Ok(balance) => {
+                        self.hint.insert(account.to_string(), to);
+                        return balance;
+                    }
+                    Err(ClientError::Refused { code, message }) if code == "wrong_node" => {
+                        // "node N (addr) leads shard S; …"
+                        let named = message.split_whitespace().nth(1).and_then(|n| n.parse().ok());
+                        to = named.unwrap_or(to % self.addrs.len() as u64 + 1);
+                        last = Some(message);
+                    }
+                    Err(e) => {
+                        if matches!(e, ClientError::Unavailable(_) | ClientError::OutcomeUnknown(_)) {
+                            if matches!(e, ClientError::OutcomeUnknown(_)) {
+                                self.slow.insert(to);
+                            }
+                            self.conns.remove(&to);
+                            to = to % self.addrs.len() as u64 + 1;
+                        }
+                        last = Some(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            panic!("{account}: no node answered; the last answer: {last:?}");
+        }
+    }
+
+    /// Three `prepaid serve` processes on loopback make a cluster
+    /// (`prepaid cluster init`): 16 shard groups of 3, each led by one of
+    /// them. A client that follows `wrong_node` gets every request applied
+    /// once; the node leading most groups is killed with SIGKILL under the
+    /// load, the other two take its groups over and go on, and it comes
+    /// back from its disks. Then the node leading most groups is stopped
+    /// (SIGSTOP: a leader that does not know it was deposed) while the
+    /// load goes on, and let go again (SIGCONT): what it held from before
+    /// applies nowhere. Every acknowledged debit is in the balances once,
+    /// and every account's ledger sums to its balance.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_serve_processes_make_a_cluster_that_outlives_a_kill_9() {
+        let root: PathBuf = std::env::temp_dir().join(format!("prepaid-cluster-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let ports: BTreeMap<u64, u16> = (1..=3).map(|id| (id, super::free_port())).collect();
+        let members = ports.iter().map(|(id, p)| format!("{id}=127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let dir = |id: u64| root.join(format!("node-{id}"));
+        let mut servers: BTreeMap<u64, Server> =
+            ports.iter().map(|(&id, &port)| (id, start_member(id, &dir(id), port, &members))).collect();
+        let (code, out, err) = cluster_cli(&servers[&1], "init");
+        assert_eq!(code, 0, "{out}{err}");
+        // Once every group has a leader, every node's status says so.
+        let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
+        for _ in 0..TRIES {
+            leaders.clear();
+            let (code, out, err) = cluster_cli(&servers[&1], "status");
+            assert_eq!(code, 0, "{err}");
+            let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(status["node_id"], 1);
+            let groups = status["groups"].as_array().unwrap();
+            assert_eq!(groups.len(), 16, "256 shards, 16 a group");
+            for g in groups {
+                if let Some(leader) = g["leader"].as_u64() {
+                    *leaders.entry(leader).or_default() += 1;
+                }
+            }
+            if leaders.values().sum::<usize>() == 16 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(leaders.values().sum::<usize>(), 16, "every group led: {leaders:?}");
+        // A second init is refused: the cluster exists.
+        let (code, _, err) = cluster_cli(&servers[&2], "init");
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("invalid_request"), "{err}");
+
+        let addrs = ports.iter().map(|(id, p)| (*id, format!("127.0.0.1:{p}"))).collect();
+        let mut clients = Clients { addrs, conns: BTreeMap::new(), hint: BTreeMap::new(), slow: Default::default() };
+        let accounts: Vec<String> = (0..24).map(|i| format!("acct-{i}")).collect();
+        let mut debits: BTreeMap<String, i64> = BTreeMap::new();
+        for a in &accounts {
+            clients.run(a, Op::Open).await;
+            clients.run(a, Op::Purchase("buy".into())).await;
+            for round in 0..3 {
+                clients.run(a, Op::Debit(format!("d-{round}"))).await;
+                *debits.entry(a.clone()).or_default() += 1;
+            }
+        }
+
+        // SIGKILL the node leading most groups, then debit every account:
+        // the time from the kill to each account's debit acknowledged.
+        let (&victim, _) = leaders.iter().max_by_key(|(_, n)| **n).unwrap();
+        let killed = Instant::now();
+        drop(servers.remove(&victim));
+        clients.conns.remove(&victim);
+        let mut back = Duration::ZERO;
+        for a in &accounts {
+            clients.run(a, Op::Debit("d-3".into())).await;
+            *debits.entry(a.clone()).or_default() += 1;
+            back = back.max(killed.elapsed());
+        }
+        eprintln!(
+            "node {victim} killed (it led {} of 16 groups): every account served again within {back:?}",
+            leaders[&victim]
+        );
+
+        // It comes back from its disks where it was; the load goes on.
+        servers.insert(victim, start_member(victim, &dir(victim), ports[&victim], &members));
+        for a in &accounts {
+            clients.run(a, Op::Debit("d-4".into())).await;
+            // A resend of an acknowledged debit is its first result.
+            clients.run(a, Op::Debit("d-2".into())).await;
+            *debits.entry(a.clone()).or_default() += 1;
+        }
+        // SIGSTOP the node leading most groups now: a leader that is
+        // deposed without knowing it. The load goes on through the others;
+        // requests sent to it meanwhile are resent elsewhere under their
+        // keys. Then SIGCONT: it learns the new terms and applies nothing
+        // of its own.
+        let (code, out, err) = cluster_cli(&servers[&1], "status");
+        assert_eq!(code, 0, "{err}");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+        for g in status["groups"].as_array().unwrap() {
+            if let Some(leader) = g["leader"].as_u64() {
+                *led.entry(leader).or_default() += 1;
+            }
+        }
+        let (&stale, _) = led.iter().max_by_key(|(_, n)| **n).unwrap();
+        let pid = servers[&stale].child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        let stopped = Instant::now();
+        let mut back = Duration::ZERO;
+        for a in &accounts {
+            clients.run(a, Op::Debit("d-5".into())).await;
+            *debits.entry(a.clone()).or_default() += 1;
+            back = back.max(stopped.elapsed());
+        }
+        eprintln!("node {stale} stopped (it led {} groups): every account served again within {back:?}", led[&stale]);
+        assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+        clients.slow.clear();
+        for a in &accounts {
+            clients.run(a, Op::Debit("d-6".into())).await;
+            clients.run(a, Op::Debit("d-5".into())).await;
+            *debits.entry(a.clone()).or_default() += 1;
+        }
+
+        for a in &accounts {
+            let balance = clients.run(a, Op::Balance).await;
+            let expected = 100 - debits[a];
+            assert_eq!(balance, format!("{expected}.00"), "account {a}");
+            // The ledger sums to the balance, as its leader keeps it.
+            let leader = clients.hint[a];
+            let client = clients.conn(leader).await.unwrap();
+            let history = client.history(a, 0, 1_000).await.unwrap();
+            let count = |kind: &str| history.iter().filter(|r| r.kind == kind).count() as i64;
+            assert_eq!((count("credited"), count("debited")), (1, debits[a]), "each applied once: {a}");
+            // Each record moves the balance by its own amount, exactly.
+            let mut at = Amount::ZERO;
+            for r in &history {
+                let after = Amount::parse(&r.balance_after).unwrap();
+                let moved = match r.kind.as_str() {
+                    "credited" => Amount::whole(100),
+                    "debited" => Amount::whole(-1),
+                    _ => Amount::ZERO,
+                };
+                assert_eq!(after, at + moved, "account {a}, record {}", r.seq);
+                at = after;
+            }
+            assert_eq!(at.to_string(), balance);
+            // Every node's copy of the ledger is the same, once it has
+            // applied the log (followers apply just behind the leader).
+            for id in 1..=3u64 {
+                let node = clients.conn(id).await.unwrap();
+                let mut same = false;
+                for _ in 0..TRIES {
+                    if node.history(a, 0, 1_000).await.unwrap() == history {
+                        same = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert!(same, "node {id} holds another ledger for {a}");
+            }
+        }
+        for (_, server) in servers {
+            assert_eq!(serve::sigterm(server), 0);
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

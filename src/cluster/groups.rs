@@ -69,6 +69,23 @@ pub struct Groups {
     serving: Vec<AtomicU64>,
 }
 
+/// One group as a node sees it (`prepaid cluster status`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStatus {
+    pub group: u32,
+    /// The shards it holds: `first..=last`.
+    pub first_shard: u32,
+    pub last_shard: u32,
+    /// Whether this node serves it now (leads it, caught up).
+    pub serving: bool,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// Its voters.
+    pub voters: Vec<u64>,
+}
+
 /// Where a shard's requests go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -287,6 +304,27 @@ impl Groups {
                         }
                     }
                 })
+            })
+            .collect()
+    }
+
+    /// Every group as this node sees it.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        (0..self.count())
+            .map(|group| {
+                let metrics = self.raft(group).metrics();
+                let m = metrics.borrow_watched();
+                GroupStatus {
+                    group,
+                    first_shard: group * self.cfg.shards_per_group,
+                    last_shard: (group + 1) * self.cfg.shards_per_group - 1,
+                    serving: self.serving(group).is_some(),
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    last_log_index: m.last_log_index,
+                    last_applied: m.last_applied.map(|l| l.index),
+                    voters: m.membership_config.membership().voter_ids().collect(),
+                }
             })
             .collect()
     }

@@ -164,7 +164,9 @@ impl RaftNetworkFactory<C> for LinkFactory {
                 .clone()
         };
         Link {
-            client: pb::node_link_client::NodeLinkClient::new(channel),
+            client: pb::node_link_client::NodeLinkClient::new(channel)
+                .max_decoding_message_size(256 * 1024 * 1024)
+                .max_encoding_message_size(256 * 1024 * 1024),
             secret: Arc::clone(&self.secret),
             group: self.group,
         }

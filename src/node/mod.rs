@@ -81,6 +81,18 @@ pub struct Node {
     /// A temporary data directory, removed on shutdown (or when the node
     /// is dropped).
     temp_dir: Option<tempfile::TempDir>,
+    /// Clustered from the configuration (`cluster.node_id`): the link
+    /// service that serves its groups' members to the other nodes, and the
+    /// disk of their logs (closed after the groups stop).
+    #[cfg(feature = "rocksdb")]
+    member: Option<Member>,
+}
+
+/// What a node started clustered by `Node::start` holds besides the node.
+#[cfg(feature = "rocksdb")]
+struct Member {
+    link: Arc<crate::cluster::link::LinkService<crate::cluster::apply::StoreShard>>,
+    _disk: crate::cluster::rocks::RaftDisk,
 }
 
 impl Node {
@@ -108,9 +120,90 @@ impl Node {
             checkpoint_on_open: true,
         };
         let store: Arc<dyn Store> = Arc::new(crate::store::RocksStore::open_with(&dir, opts)?);
-        let mut node = Node::start_with(config, store, Arc::new(SystemClock), gateway).await?;
+        let mut node = if config.cluster.enabled() {
+            Node::start_member(config, store, &dir, gateway).await?
+        } else {
+            Node::start_with(config, store, Arc::new(SystemClock), gateway).await?
+        };
         node.temp_dir = temp_dir;
         Ok(node)
+    }
+
+    /// `start`, clustered (`cluster.node_id`): the groups' logs on a RocksDB
+    /// of their own in `dir/raft`, their members reached over the node link
+    /// with the cluster secret. A new cluster is made by `cluster_init` on
+    /// one of its nodes.
+    #[cfg(feature = "rocksdb")]
+    async fn start_member(
+        config: NodeConfig,
+        store: Arc<dyn Store>,
+        dir: &std::path::Path,
+        gateway: Arc<dyn PaymentGateway>,
+    ) -> Result<Node, StartError> {
+        use crate::cluster::groups::GroupsConfig;
+        use crate::cluster::link::{LinkFactory, LinkService};
+        let c = &config.cluster;
+        let disk = crate::cluster::rocks::RaftDisk::open(&dir.join("raft"))?;
+        let link = LinkFactory::new(&c.secret);
+        let raft = openraft::Config {
+            cluster_name: "prepaid".into(),
+            heartbeat_interval: c.heartbeat_ms,
+            election_timeout_min: c.election_timeout_min_ms,
+            election_timeout_max: c.election_timeout_max_ms,
+            ..Default::default()
+        };
+        let cfg = GroupsConfig {
+            node_id: c.node_id,
+            shards: config.node.shards,
+            shards_per_group: c.shards_per_group,
+            commit_timeout: Duration::from_millis(c.commit_timeout_ms),
+            raft,
+            notice_ms: config.ledger.expiry_notice_ms,
+            webhooks: !config.webhooks.urls.is_empty(),
+        };
+        let groups = Groups::start(cfg, Arc::clone(&store), |g| (disk.log(g), link.group(g)))
+            .await
+            .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
+        let service = LinkService::new(&c.secret);
+        for g in 0..groups.count() {
+            service.host(g, groups.raft(g).clone());
+        }
+        match Node::start_clustered(config, store, Arc::new(SystemClock), gateway, Arc::clone(&groups)).await {
+            Ok(mut node) => {
+                node.member = Some(Member { link: service, _disk: disk });
+                Ok(node)
+            }
+            Err(e) => {
+                groups.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Clustered from the configuration: the gRPC service of the node link,
+    /// for the server to serve beside the ledger.
+    pub fn link_service(&self) -> Option<Arc<crate::cluster::link::LinkService<crate::cluster::apply::StoreShard>>> {
+        #[cfg(feature = "rocksdb")]
+        return self.member.as_ref().map(|m| Arc::clone(&m.link));
+        #[cfg(not(feature = "rocksdb"))]
+        None
+    }
+
+    /// Makes a new cluster of `cluster.members`: every group gets them as
+    /// its voters. Once, on one node, with every node started.
+    pub async fn cluster_init(&self) -> Result<(), Error> {
+        let Some(groups) = &self.inner.groups else {
+            return Err(Error::InvalidRequest("this node is not clustered (cluster.node_id is 0)".into()));
+        };
+        let members = self.inner.shared.cfg.cluster.member_addrs().map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let members = members.into_iter().map(|(id, addr)| (id, openraft::BasicNode { addr })).collect();
+        groups.initialize(&members).await.map_err(|e| Error::InvalidRequest(format!("cannot initialize: {e}")))
+    }
+
+    /// Clustered: each group's leader, term and progress as this node
+    /// sees them; `None` when the node runs alone.
+    pub fn cluster_status(&self) -> Option<Vec<crate::cluster::groups::GroupStatus>> {
+        self.inner.groups.as_ref().map(|g| g.status())
     }
 
     /// Starts a node on any store and clock (tests use a manual clock and an
@@ -267,7 +360,14 @@ impl Node {
             durability = ?n.durability,
             "node started"
         );
-        Ok(Node { inner, writer: Some(writer), tasks, temp_dir: None })
+        Ok(Node {
+            inner,
+            writer: Some(writer),
+            tasks,
+            temp_dir: None,
+            #[cfg(feature = "rocksdb")]
+            member: None,
+        })
     }
 
     /// One request; the reply once it is durable (in `sync` mode).

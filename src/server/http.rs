@@ -9,6 +9,8 @@
 //! | GET | `/admin/v1/accounts/{id}` | the balance view |
 //! | GET | `/admin/v1/accounts/{id}/history?after_seq=&limit=` | a page of the ledger |
 //! | GET | `/admin/v1/webhooks` | delivery figures and dead letters |
+//! | GET | `/admin/v1/cluster` | clustered: this node's id and each shard group's leader, term and progress as it sees them |
+//! | POST | `/admin/v1/cluster/init` | makes a new cluster of `cluster.members` (once, on one node) |
 //! | GET | `/openapi.json` | the OpenAPI 3.1 document of all of the above (`openapi.json` here) |
 //!
 //! A request's key is `idempotency_key` (as in the proto; `key` is read
@@ -46,6 +48,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/admin/v1/accounts/{id}", get(account))
         .route("/admin/v1/accounts/{id}/history", get(history))
         .route("/admin/v1/webhooks", get(webhooks))
+        .route("/admin/v1/cluster", get(cluster_status))
+        .route("/admin/v1/cluster/init", post(cluster_init))
         .route("/openapi.json", get(openapi))
         .fallback(no_such_path)
         .layer(DefaultBodyLimit::max(limit))
@@ -310,6 +314,37 @@ async fn account(
     };
     match node.balance(&id).await {
         Ok(view) => axum::Json(json!(view)).into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+async fn cluster_status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let node = match api.node() {
+        Ok(node) => node,
+        Err(e) => return refuse(e),
+    };
+    match node.cluster_status() {
+        None => axum::Json(json!({ "clustered": false, "node_id": 0, "groups": [] })).into_response(),
+        Some(groups) => {
+            let id = node.config().cluster.node_id;
+            axum::Json(json!({ "clustered": true, "node_id": id, "groups": groups })).into_response()
+        }
+    }
+}
+
+async fn cluster_init(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let node = match api.node() {
+        Ok(node) => node,
+        Err(e) => return refuse(e),
+    };
+    match node.cluster_init().await {
+        Ok(()) => axum::Json(json!({ "initialized": true })).into_response(),
         Err(e) => refuse(e),
     }
 }

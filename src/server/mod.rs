@@ -259,6 +259,9 @@ pub struct Bound {
 /// Serves `node` until `shutdown` completes, then stops the node cleanly.
 /// `on_bound` hears the addresses once both listeners are open (port 0 in
 /// the configuration picks a free port).
+/// The largest node link message (an append of many group commits).
+const LINK_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 pub async fn run(
     cfg: NodeConfig,
     node: Node,
@@ -325,6 +328,14 @@ pub async fn run(
             return Err(ServeError::Start(e.to_string()));
         }
     };
+    // Clustered: the node link is served beside the ledger (its calls carry
+    // the cluster secret, not an API token). A group's append carries up
+    // to `max_payload_entries` group commits.
+    let link = node.link_service().map(|link| {
+        crate::cluster::link::pb::node_link_server::NodeLinkServer::new(link)
+            .max_decoding_message_size(LINK_MESSAGE_BYTES)
+            .max_encoding_message_size(LINK_MESSAGE_BYTES)
+    });
     // One signal for both listeners and every stream.
     let (stop_tx, stop_rx) = watch::channel(false);
     let api = Arc::new(Api {
@@ -383,6 +394,7 @@ pub async fn run(
         .add_service(grpc::Door { inner: service, api: Arc::clone(&api) })
         .add_service(health_service)
         .add_service(reflection)
+        .add_optional_service(link)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
 
     let app = http::router(Arc::clone(&api));

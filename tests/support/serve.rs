@@ -27,6 +27,11 @@ impl Drop for Server {
 
 /// Starts `prepaid serve [args…]` on `data_dir` with an admin token.
 pub fn start(data_dir: &Path, args: &[&str]) -> Server {
+    start_env(data_dir, args, &[])
+}
+
+/// `start`, with more environment (which wins over the defaults here).
+pub fn start_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
         .arg("serve")
         .arg("--simulated-gateway")
@@ -35,6 +40,7 @@ pub fn start(data_dir: &Path, args: &[&str]) -> Server {
         .env("PREPAID_GRPC_ADDR", "127.0.0.1:0")
         .env("PREPAID_HTTP_ADDR", "127.0.0.1:0")
         .env("PREPAID_TOKENS", format!("ops:admin:{ADMIN}"))
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -17,6 +17,7 @@ macro_rules! say {
 }
 
 mod cli;
+mod cluster;
 mod load;
 mod raft;
 mod torture;
@@ -72,6 +73,9 @@ enum Cmd {
     Serve(ServeArgs),
     /// Operate on an account of a served node, over gRPC
     Account(cli::AccountArgs),
+    /// A clustered node: make a new cluster, or see its groups (the HTTP
+    /// admin API)
+    Cluster(cluster::ClusterArgs),
     /// Load for the crash test, until killed (internal)
     #[command(hide = true)]
     CrashChild(CrashChildArgs),
@@ -278,6 +282,7 @@ fn main() -> ExitCode {
         }
         Cmd::Serve(a) => cli::serve(a.config, a.data_dir, a.gateway_url, a.simulated_gateway, a.ephemeral),
         Cmd::Account(a) => cli::account(a),
+        Cmd::Cluster(a) => cluster::run(a),
         Cmd::Bench(a) => match a.addr {
             Some(addr) => read_ca(a.ca_cert.as_deref()).and_then(|ca| {
                 let bench = load::RemoteArgs {

@@ -1,0 +1,58 @@
+//! `prepaid cluster …`: a clustered node's admin API from the command line
+//! (`/admin/v1/cluster…` over HTTP, with an admin token).
+
+use clap::{Args, Subcommand};
+use prepaid::httpc::{Outbound, Target};
+use serde_json::Value;
+
+use crate::Failure;
+
+/// `prepaid cluster <what>`: which node's admin API, and what to do.
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// The node's HTTP admin address
+    #[arg(long, global = true, value_name = "URL", env = "PREPAID_HTTP", default_value = "http://127.0.0.1:7071")]
+    http: String,
+    /// An admin token
+    #[arg(long, global = true, env = "PREPAID_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
+    #[command(subcommand)]
+    op: ClusterOp,
+}
+
+#[derive(Subcommand)]
+enum ClusterOp {
+    /// Make a new cluster of the node's `cluster.members` (once, on one
+    /// node, every node started)
+    Init,
+    /// Each shard group's leader, term and progress as this node sees them
+    /// (JSON)
+    Status,
+}
+
+pub fn run(a: ClusterArgs) -> Result<(), Failure> {
+    let (path, post) = match a.op {
+        ClusterOp::Init => ("/admin/v1/cluster/init", true),
+        ClusterOp::Status => ("/admin/v1/cluster", false),
+    };
+    let url = format!("{}{path}", a.http.trim_end_matches('/'));
+    let runtime = crate::runtime()?;
+    let (status, body) = runtime
+        .block_on(async {
+            let target = Target::parse(&url, &Outbound::new(None)?)?;
+            let bearer = format!("Bearer {}", a.token);
+            let headers = [("authorization", bearer.as_str())];
+            let answer = if post { target.post(&headers, "").await } else { target.get(&headers).await };
+            answer.map_err(|e| format!("{url}: {e}"))
+        })
+        .map_err(Failure::Run)?;
+    if status != 200 {
+        let sentence = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| Some(format!("{}: {}", v.get("code")?.as_str()?, v.get("message")?.as_str()?)))
+            .unwrap_or(body);
+        return Err(Failure::Run(format!("{url} answered {status}: {sentence}")));
+    }
+    say!("{body}");
+    Ok(())
+}
