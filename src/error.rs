@@ -39,6 +39,10 @@ pub enum Error {
     /// under the same idempotency key is always safe.
     #[error("{0}")]
     ShardUnavailable(String),
+    /// Clustered: the answer of the node a request was forwarded to, as it
+    /// gave it (its stable code and sentence).
+    #[error("{message}")]
+    Remote { code: &'static str, message: String },
     #[error("no valid API token was given")]
     Unauthenticated,
     #[error("the token's role may not {0}")]
@@ -57,8 +61,21 @@ impl Error {
             Error::InvalidRequest(_) => "invalid_request",
             Error::WrongNode { .. } => "wrong_node",
             Error::ShardUnavailable(_) => "shard_unavailable",
+            Error::Remote { code, .. } => code,
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
+        }
+    }
+
+    /// Another node's answer with `code` and `message` (forwarding): the
+    /// code as this build knows it, or `internal` for one it does not.
+    pub fn remote(code: &str, message: String) -> Error {
+        let known = Reason::ALL_CODES.iter().chain(Error::NODE_CODES).find(|c| **c == code);
+        match known {
+            Some(code) => Error::Remote { code, message },
+            None => {
+                Error::Internal(format!("another node answered with a code this one does not know: {code}: {message}"))
+            }
         }
     }
 
@@ -75,4 +92,21 @@ impl Error {
         "unauthenticated",
         "forbidden",
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another node's answer keeps its stable code when this build knows
+    /// it; an unknown one is `internal`, with the sentence kept.
+    #[test]
+    fn a_forwarded_answer_keeps_its_code_or_is_internal() {
+        let known = Error::remote("insufficient_funds", "the balance is 0.00".into());
+        assert_eq!((known.code(), known.to_string().as_str()), ("insufficient_funds", "the balance is 0.00"));
+        assert_eq!(Error::remote("wrong_node", "node 2 leads".into()).code(), "wrong_node");
+        let unknown = Error::remote("made_up", "what".into());
+        assert_eq!(unknown.code(), "internal");
+        assert!(unknown.to_string().contains("made_up: what"), "{unknown}");
+    }
 }

@@ -719,8 +719,9 @@ mod cluster {
 
     /// Three `prepaid serve` processes on loopback make a cluster
     /// (`prepaid cluster init`): 16 shard groups of 3, each led by one of
-    /// them. A client that follows `wrong_node` gets every request applied
-    /// once; the node leading most groups is killed with SIGKILL under the
+    /// them. Every node takes every request (forwarding what it does not
+    /// lead), and a client that follows `wrong_node` gets every request
+    /// applied once; the node leading most groups is killed with SIGKILL under the
     /// load, the other two take its groups over and go on, and it comes
     /// back from its disks. Then the node leading most groups is stopped
     /// (SIGSTOP: a leader that does not know it was deposed) while the
@@ -773,6 +774,19 @@ mod cluster {
             clients.run(a, Op::Purchase("buy".into())).await;
             for round in 0..3 {
                 clients.run(a, Op::Debit(format!("d-{round}"))).await;
+                *debits.entry(a.clone()).or_default() += 1;
+            }
+        }
+
+        // Any node takes any request: one that does not lead the account's
+        // group forwards it, over the node link, to the node that does.
+        for id in 1..=3u64 {
+            let client = clients.conn(id).await.unwrap();
+            for a in &accounts[..6] {
+                let key = format!("via-{id}");
+                let first = client.debit(a, &key, "1").await.unwrap();
+                let again = client.debit(a, &key, "1").await.unwrap();
+                assert!(!first.replayed && again.replayed, "forwarded or not, a key applies once");
                 *debits.entry(a.clone()).or_default() += 1;
             }
         }
@@ -873,6 +887,26 @@ mod cluster {
                 assert!(same, "node {id} holds another ledger for {a}");
             }
         }
+        // /metrics per group: at one moment, each group is served by one
+        // node exactly (bounded wait: a lease may be in renewal); nodes 2
+        // and 3 forwarded what they did not lead.
+        let serving =
+            |text: &str, group: u64| text.contains(&format!("prepaid_cluster_group_serving{{group=\"{group}\"}} 1\n"));
+        let mut once = false;
+        for _ in 0..TRIES {
+            let texts: Vec<String> = servers.values().map(|s| super::get(&s.http, "/metrics", "").1).collect();
+            once = (0..16).all(|g| texts.iter().filter(|t| serving(t, g)).count() == 1);
+            if once {
+                let forwarded = |t: &str| {
+                    let line = t.lines().find(|l| l.starts_with("prepaid_cluster_forwarded_total ")).unwrap();
+                    line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+                };
+                assert!(forwarded(&texts[1]) >= 6 && forwarded(&texts[2]) >= 6, "{}", texts[1]);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(once, "every group served by exactly one node");
         for (_, server) in servers {
             assert_eq!(serve::sigterm(server), 0);
         }

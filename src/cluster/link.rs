@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Cursor;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -27,6 +28,8 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::ShardRaft;
+use crate::error::Error;
+use crate::ledger::{Reply, Request as Request_};
 
 type C = ShardRaft;
 type Snap = Cursor<Vec<u8>>;
@@ -34,6 +37,10 @@ type Snap = Cursor<Vec<u8>>;
 pub mod pb {
     tonic::include_proto!("prepaid.link.v1");
 }
+
+/// The largest node link message either way (an append of many group
+/// commits, a forwarded batch).
+pub const LINK_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 use pb::RaftKind;
 
@@ -49,14 +56,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The results of forwarded requests, one each, in order.
+pub type Ran<'a> = Pin<Box<dyn Future<Output = Vec<Result<Reply, Error>>> + Send + 'a>>;
+
+/// Runs requests forwarded from another node here, where their groups
+/// are led (the node implements it).
+pub trait Forwarded: Send + Sync + 'static {
+    fn run(&self, reqs: Vec<Request_>) -> Ran<'_>;
+}
+
+/// A forwarded request's answer on the wire: its reply and whether it is
+/// the first result given again (a flag the reply's own encoding skips,
+/// as stored replies never carry it), or its error's stable code and
+/// sentence.
+type Answer = Result<(Reply, bool), (String, String)>;
+
 /// The members of groups this node holds, by group, as the link serves
-/// them.
+/// them, and the node that runs forwarded requests.
 pub struct LinkService<SM>
 where
     SM: RaftStateMachine<C, SnapshotData = Snap>,
 {
     groups: Mutex<BTreeMap<u32, openraft::Raft<C, SM>>>,
     secret: [u8; 32],
+    node: std::sync::OnceLock<Weak<dyn Forwarded>>,
 }
 
 impl<SM> LinkService<SM>
@@ -64,14 +87,23 @@ where
     SM: RaftStateMachine<C, SnapshotData = Snap>,
 {
     pub fn new(secret: &str) -> Arc<LinkService<SM>> {
-        Arc::new(LinkService { groups: Mutex::new(BTreeMap::new()), secret: Sha256::digest(secret.as_bytes()).into() })
+        Arc::new(LinkService {
+            groups: Mutex::new(BTreeMap::new()),
+            secret: Sha256::digest(secret.as_bytes()).into(),
+            node: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Forwarded requests run on `node` (set once, when the node started).
+    pub fn forward_to(&self, node: Weak<dyn Forwarded>) {
+        let _ = self.node.set(node);
     }
 
     pub fn host(&self, group: u32, raft: openraft::Raft<C, SM>) {
         lock(&self.groups).insert(group, raft);
     }
 
-    fn check(&self, req: &Request<pb::RaftCall>) -> Result<(), Status> {
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let presented = req
             .metadata()
             .get("authorization")
@@ -118,6 +150,26 @@ where
             Err(e) => Err(Status::invalid_argument(e)),
         }
     }
+
+    async fn forward(&self, req: Request<pb::ForwardCall>) -> Result<Response<pb::ForwardAnswer>, Status> {
+        self.check(&req)?;
+        let reqs: Vec<Request_> = decode(&req.into_inner().body).map_err(Status::invalid_argument)?;
+        let node = self.node.get().and_then(Weak::upgrade);
+        let node = node.ok_or_else(|| Status::unavailable("this node does not take forwarded requests"))?;
+        let answers: Vec<Answer> = node
+            .run(reqs)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(reply) => {
+                    let again = reply.replayed;
+                    Ok((reply, again))
+                }
+                Err(e) => Err((e.code().to_string(), e.to_string())),
+            })
+            .collect();
+        Ok(Response::new(pb::ForwardAnswer { body: encode(&answers).map_err(Status::internal)? }))
+    }
 }
 
 /// Channels to the other nodes, by address, shared by every group.
@@ -131,6 +183,48 @@ pub struct LinkFactory {
 impl LinkFactory {
     pub fn new(secret: &str) -> LinkFactory {
         LinkFactory { channels: Arc::default(), secret: secret.into(), group: 0 }
+    }
+
+    /// The shared channel to the node at `addr`.
+    fn channel(&self, addr: &str) -> tonic::transport::Channel {
+        let mut channels = lock(&self.channels);
+        channels
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                // Lazy: connects on first use and again after a loss.
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .map(|e| e.connect_lazy())
+                    .unwrap_or_else(|_| tonic::transport::Endpoint::from_static("http://0.0.0.0:1").connect_lazy())
+            })
+            .clone()
+    }
+
+    /// Runs `reqs` on the node at `addr` (which leads their groups): one
+    /// answer each, in order, or why the call failed (its outcome is then
+    /// unknown).
+    pub async fn forward(
+        &self,
+        addr: &str,
+        reqs: &[Request_],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Result<Reply, Error>>, String> {
+        let mut client = pb::node_link_client::NodeLinkClient::new(self.channel(addr))
+            .max_decoding_message_size(LINK_MESSAGE_BYTES)
+            .max_encoding_message_size(LINK_MESSAGE_BYTES);
+        let mut req = Request::new(pb::ForwardCall { body: encode(&reqs)? });
+        req.set_timeout(timeout);
+        let bearer = format!("Bearer {}", self.secret).parse().map_err(|e| format!("{e}"))?;
+        req.metadata_mut().insert("authorization", bearer);
+        let answer = client.forward(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        let answers: Vec<Answer> = decode(&answer.body)?;
+        if answers.len() != reqs.len() {
+            return Err(format!("{} answers to {} requests", answers.len(), reqs.len()));
+        }
+        let answer = |a: Answer| match a {
+            Ok((reply, replayed)) => Ok(Reply { replayed, ..reply }),
+            Err((code, message)) => Err(Error::remote(&code, message)),
+        };
+        Ok(answers.into_iter().map(answer).collect())
     }
 
     /// The factory of one group, over the same channels.
@@ -151,22 +245,11 @@ impl RaftNetworkFactory<C> for LinkFactory {
     type Network = Link;
 
     async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Link {
-        let channel = {
-            let mut channels = lock(&self.channels);
-            channels
-                .entry(node.addr.clone())
-                .or_insert_with(|| {
-                    // Lazy: connects on first use and again after a loss.
-                    tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
-                        .map(|e| e.connect_lazy())
-                        .unwrap_or_else(|_| tonic::transport::Endpoint::from_static("http://0.0.0.0:1").connect_lazy())
-                })
-                .clone()
-        };
+        let channel = self.channel(&node.addr);
         Link {
             client: pb::node_link_client::NodeLinkClient::new(channel)
-                .max_decoding_message_size(256 * 1024 * 1024)
-                .max_encoding_message_size(256 * 1024 * 1024),
+                .max_decoding_message_size(LINK_MESSAGE_BYTES)
+                .max_encoding_message_size(LINK_MESSAGE_BYTES),
             secret: Arc::clone(&self.secret),
             group: self.group,
         }

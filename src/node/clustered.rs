@@ -81,9 +81,10 @@ async fn member(id: u64, dir: &std::path::Path, addr: &str) -> (Member, BasicNod
         service.host(g, groups.raft(g).clone());
     }
     let gateway = Arc::new(SimulatedGateway::new());
-    let node = Node::start_clustered(config, Arc::clone(&store), Arc::new(SystemClock), gateway, Arc::clone(&groups))
-        .await
-        .unwrap();
+    let node =
+        Node::start_clustered(config, Arc::clone(&store), Arc::new(SystemClock), gateway, Arc::clone(&groups), None)
+            .await
+            .unwrap();
     (Member { node: Some(node), groups, store, server, _disk: disk }, BasicNode { addr: addr.to_string() })
 }
 

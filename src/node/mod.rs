@@ -11,6 +11,7 @@
 mod clustered;
 mod ops;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -20,7 +21,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::groups::Groups;
+use crate::cluster::groups::{Groups, Route};
+use crate::cluster::link::{Forwarded, LinkFactory};
 use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::health::Health;
@@ -57,6 +59,11 @@ pub(crate) struct Inner {
     /// Clustered: the node's shard groups (only the groups it serves take
     /// requests).
     groups: Option<Arc<Groups>>,
+    /// Clustered: channels to the other nodes, over which requests for
+    /// groups they lead are forwarded (`None`: answered `wrong_node`).
+    link: Option<LinkFactory>,
+    /// Requests forwarded so far.
+    forwarded: std::sync::atomic::AtomicU64,
 }
 
 /// Counts requests against `node.max_in_flight` while they are in the node.
@@ -141,7 +148,7 @@ impl Node {
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Node, StartError> {
         use crate::cluster::groups::GroupsConfig;
-        use crate::cluster::link::{LinkFactory, LinkService};
+        use crate::cluster::link::LinkService;
         let c = &config.cluster;
         let disk = crate::cluster::rocks::RaftDisk::open(&dir.join("raft"))?;
         let link = LinkFactory::new(&c.secret);
@@ -168,8 +175,11 @@ impl Node {
         for g in 0..groups.count() {
             service.host(g, groups.raft(g).clone());
         }
-        match Node::start_clustered(config, store, Arc::new(SystemClock), gateway, Arc::clone(&groups)).await {
+        match Node::start_clustered(config, store, Arc::new(SystemClock), gateway, Arc::clone(&groups), Some(link))
+            .await
+        {
             Ok(mut node) => {
+                service.forward_to(node.forwarded());
                 node.member = Some(Member { link: service, _disk: disk });
                 Ok(node)
             }
@@ -200,6 +210,11 @@ impl Node {
         groups.initialize(&members).await.map_err(|e| Error::InvalidRequest(format!("cannot initialize: {e}")))
     }
 
+    /// Requests this node forwarded to the leaders of their groups.
+    pub fn forwarded_count(&self) -> u64 {
+        self.inner.forwarded.load(Ordering::Relaxed)
+    }
+
     /// Clustered: each group's leader, term and progress as this node
     /// sees them; `None` when the node runs alone.
     pub fn cluster_status(&self) -> Option<Vec<crate::cluster::groups::GroupStatus>> {
@@ -214,20 +229,28 @@ impl Node {
         clock: Arc<dyn Clock>,
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Node, StartError> {
-        Node::start_on(config, store, clock, gateway, false, None).await
+        Node::start_on(config, store, clock, gateway, false, None, None).await
     }
 
     /// Starts a clustered node: its writes are committed through `groups`
     /// (the node's members of its shard groups, on the same `store`), and
-    /// it serves only the groups it leads. See `cluster::groups`.
+    /// it serves only the groups it leads. See `cluster::groups`. With
+    /// `link`, requests for groups another node leads are forwarded there
+    /// (one hop); without, they are answered `wrong_node`.
     pub async fn start_clustered(
         config: NodeConfig,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         gateway: Arc<dyn PaymentGateway>,
         groups: Arc<Groups>,
+        link: Option<LinkFactory>,
     ) -> Result<Node, StartError> {
-        Node::start_on(config, store, clock, gateway, false, Some(groups)).await
+        Node::start_on(config, store, clock, gateway, false, Some(groups), link).await
+    }
+
+    /// What runs requests forwarded to this node (for its link service).
+    pub fn forwarded(&self) -> Weak<dyn Forwarded> {
+        Arc::downgrade(&self.inner) as Weak<dyn Forwarded>
     }
 
     /// `start_with` for the deterministic simulation: everything the node
@@ -243,7 +266,7 @@ impl Node {
         clock: Arc<dyn Clock>,
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Node, StartError> {
-        Node::start_on(config, store, clock, gateway, true, None).await
+        Node::start_on(config, store, clock, gateway, true, None, None).await
     }
 
     async fn start_on(
@@ -253,6 +276,7 @@ impl Node {
         gateway: Arc<dyn PaymentGateway>,
         simulated: bool,
         groups: Option<Arc<Groups>>,
+        link: Option<LinkFactory>,
     ) -> Result<Node, StartError> {
         config.validate()?;
         let mut config = config;
@@ -327,6 +351,8 @@ impl Node {
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             groups,
+            link,
+            forwarded: std::sync::atomic::AtomicU64::new(0),
         });
         let timing = recharge::Timing {
             charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),
@@ -538,6 +564,10 @@ impl Inner {
     /// current (`balance`, `check_access`) is answered only after the
     /// leader lease of its group confirms this node still leads it.
     async fn dispatch(&self, jobs: Vec<Job>) {
+        self.dispatch_with(jobs, true).await
+    }
+
+    async fn dispatch_with(&self, jobs: Vec<Job>, forward: bool) {
         let Some(groups) = &self.groups else { return self.send(jobs) };
         let reads = |job: &Job| job.req.command.is_query() && job.req.command != Command::Tick;
         let mut confirmed: Vec<(u32, Result<(), Error>)> = Vec::new();
@@ -559,7 +589,13 @@ impl Inner {
                 _ => send.push(job),
             }
         }
-        self.send(send);
+        self.send_or_forward(send, forward);
+    }
+
+    /// How long a forwarded call may take: the leader's commit, and then
+    /// some for the hop.
+    fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.shared.cfg.cluster.commit_timeout_ms.saturating_mul(2).max(1_000))
     }
 
     /// Hands jobs to their workers, one message per worker; answers them at
@@ -567,6 +603,13 @@ impl Inner {
     /// node does not serve is answered `wrong_node` or `shard_unavailable`. A job whose worker is gone is answered
     /// `internal` when it is dropped.
     pub(crate) fn send(&self, jobs: Vec<Job>) {
+        self.send_or_forward(jobs, true)
+    }
+
+    /// `send`; clustered, a job for a group another node leads goes there
+    /// over the node link when `forward` (one hop: a forwarded job is not
+    /// forwarded again).
+    fn send_or_forward(&self, jobs: Vec<Job>, forward: bool) {
         if self.stopping.load(Ordering::Acquire) {
             for job in jobs {
                 if let Some(reply) = job.reply {
@@ -579,11 +622,33 @@ impl Inner {
             None => jobs,
             Some(groups) => {
                 let mut here = Vec::with_capacity(jobs.len());
+                let mut there: BTreeMap<String, Vec<Job>> = BTreeMap::new();
                 for job in jobs {
                     if groups.serving(groups.group_of(&job.req.account)).is_some() {
                         here.push(job);
-                    } else if let Some(reply) = job.reply {
-                        reply.send(Err(groups.elsewhere(&job.req.account)));
+                        continue;
+                    }
+                    // Timers fire where their group is led; a job nobody
+                    // waits for is not forwarded.
+                    if job.reply.is_none() {
+                        continue;
+                    }
+                    match groups.route(&job.req.account) {
+                        Route::Leader(_, addr) if forward && self.link.is_some() && !addr.is_empty() => {
+                            there.entry(addr).or_default().push(job);
+                        }
+                        _ => {
+                            let error = groups.elsewhere(&job.req.account);
+                            if let Some(reply) = job.reply {
+                                reply.send(Err(error));
+                            }
+                        }
+                    }
+                }
+                if let Some(link) = &self.link {
+                    for (addr, jobs) in there {
+                        self.forwarded.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                        tokio::spawn(forward_to(link.clone(), addr, jobs, self.forward_timeout()));
                     }
                 }
                 here
@@ -665,5 +730,54 @@ async fn timers(inner: Arc<Inner>) {
             Err(e) => inner.shared.health.fail(&e.to_string()),
         }
         tokio::time::sleep(poll).await;
+    }
+}
+
+/// Jobs for groups the node at `addr` leads: sent there as one call; each
+/// job answered with its result there, or, if the call fails, with its
+/// outcome unknown.
+async fn forward_to(link: LinkFactory, addr: String, jobs: Vec<Job>, timeout: Duration) {
+    let reqs: Vec<Request> = jobs.iter().map(|j| j.req.clone()).collect();
+    match link.forward(&addr, &reqs, timeout).await {
+        Ok(answers) => {
+            for (job, answer) in jobs.into_iter().zip(answers) {
+                if let Some(reply) = job.reply {
+                    reply.send(answer);
+                }
+            }
+        }
+        Err(e) => {
+            let error = Error::ShardUnavailable(format!(
+                "forwarded to the leader at {addr}, which did not answer ({e}); the outcome is unknown, resend under \
+                 the same idempotency key"
+            ));
+            for job in jobs {
+                if let Some(reply) = job.reply {
+                    reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl Forwarded for Inner {
+    fn run(&self, reqs: Vec<Request>) -> crate::cluster::link::Ran<'_> {
+        Box::pin(async move {
+            let max = self.shared.cfg.node.max_batch;
+            if reqs.len() > max {
+                return reqs.iter().map(|_| Err(Error::BatchTooLarge { max })).collect();
+            }
+            // Counted against `node.max_in_flight` here, as a caller's.
+            let admitted = self.admit(reqs.len());
+            let shed = reqs.len() - admitted.n;
+            let mut reqs = reqs;
+            reqs.truncate(admitted.n);
+            let (completion, replies) = Completion::new(reqs.len());
+            let jobs = reqs.into_iter().zip(replies).map(|(req, reply)| Job { req, reply: Some(reply) }).collect();
+            self.dispatch_with(jobs, false).await;
+            let mut out = completion.wait().await;
+            out.extend((0..shed).map(|_| Err(Error::Overloaded)));
+            out
+        })
     }
 }

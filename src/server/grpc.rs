@@ -33,6 +33,15 @@ pub fn status(e: &Error) -> Status {
         Error::WrongNode { .. } => Code::FailedPrecondition,
         Error::Internal(_) => Code::Internal,
         Error::Refused(_) | Error::InvalidRequest(_) => Code::InvalidArgument,
+        Error::Remote { code, .. } => match *code {
+            "unauthenticated" => Code::Unauthenticated,
+            "forbidden" => Code::PermissionDenied,
+            "batch_too_large" | "overloaded" => Code::ResourceExhausted,
+            "shutting_down" | "storage_unavailable" | "shard_unavailable" => Code::Unavailable,
+            "wrong_node" => Code::FailedPrecondition,
+            "internal" => Code::Internal,
+            _ => Code::InvalidArgument,
+        },
     };
     let details = Bytes::from(prost::Message::encode_to_vec(&wire::refusal(e)));
     let mut metadata = tonic::metadata::MetadataMap::new();

@@ -110,6 +110,17 @@ fn http_status(e: &Error) -> StatusCode {
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::Refused(crate::ledger::Reason::UnknownAccount) => StatusCode::NOT_FOUND,
         Error::Refused(_) | Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        Error::Remote { code, .. } => match *code {
+            "unauthenticated" => StatusCode::UNAUTHORIZED,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "batch_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "overloaded" => StatusCode::TOO_MANY_REQUESTS,
+            "shutting_down" | "storage_unavailable" | "shard_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "wrong_node" => StatusCode::MISDIRECTED_REQUEST,
+            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+            "unknown_account" => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        },
     }
 }
 

@@ -85,6 +85,9 @@ pub struct Gauges {
     pub uptime_seconds: u64,
     /// The process's own figures (`None` where /proc cannot be read).
     pub process: Option<Process>,
+    /// Clustered: each shard group as this node sees it, and the requests
+    /// it forwarded to other nodes.
+    pub cluster: Option<(Vec<crate::cluster::groups::GroupStatus>, u64)>,
 }
 
 /// The standard Prometheus process metrics, read from `/proc/self` (Linux).
@@ -202,7 +205,9 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE prepaid_group_accounts histogram");
         for (i, bound) in GROUP_BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "prepaid_group_accounts_bucket{{le=\"{bound}\"}} {}", g.node.group_buckets[i]);
+            // Empty buckets when the node is gone (stopping): zeros.
+            let n = g.node.group_buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "prepaid_group_accounts_bucket{{le=\"{bound}\"}} {n}");
         }
         let _ = writeln!(out, "prepaid_group_accounts_bucket{{le=\"+Inf\"}} {}", g.node.groups);
         let _ = writeln!(out, "prepaid_group_accounts_sum {}", g.node.group_accounts);
@@ -293,6 +298,9 @@ impl Metrics {
         for (name, kind, help, value) in gauges {
             series(&mut out, name, kind, help, value);
         }
+        if let Some((groups, forwarded)) = &g.cluster {
+            cluster(&mut out, groups, *forwarded);
+        }
         let _ = writeln!(out, "# HELP prepaid_uptime_seconds Seconds since the server started.");
         let _ = writeln!(out, "# TYPE prepaid_uptime_seconds gauge");
         let _ = writeln!(out, "prepaid_uptime_seconds {}", g.uptime_seconds);
@@ -329,6 +337,40 @@ fn series(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
     let _ = writeln!(out, "{name} {value}");
 }
 
+/// A clustered node's series: per shard group as it sees it, and the
+/// requests it forwarded.
+fn cluster(out: &mut String, groups: &[crate::cluster::groups::GroupStatus], forwarded: u64) {
+    type Figure = fn(&crate::cluster::groups::GroupStatus) -> u64;
+    let per_group: [(&str, &str, Figure); 4] = [
+        ("prepaid_cluster_group_serving", "1 while this node leads the group and serves its shards.", |g| {
+            u64::from(g.serving)
+        }),
+        ("prepaid_cluster_group_leader", "The group's leader as this node knows it (node id; 0: none).", |g| {
+            g.leader.unwrap_or(0)
+        }),
+        ("prepaid_cluster_group_term", "The group's Raft term as this node knows it.", |g| g.term),
+        (
+            "prepaid_cluster_group_apply_lag",
+            "Entries in this node's log of the group not yet applied to its state.",
+            |g| g.last_log_index.unwrap_or(0).saturating_sub(g.last_applied.unwrap_or(0)),
+        ),
+    ];
+    for (name, help, figure) in per_group {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for g in groups {
+            let _ = writeln!(out, "{name}{{group=\"{}\"}} {}", g.group, figure(g));
+        }
+    }
+    series(
+        out,
+        "prepaid_cluster_forwarded_total",
+        "counter",
+        "Requests forwarded to the node leading their group.",
+        forwarded,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,8 +394,10 @@ mod tests {
             webhook_dead_letters: 0,
             uptime_seconds: 42,
             process: Process::read(),
+            cluster: None,
         });
         assert!(text.contains("prepaid_requests_total{op=\"debit\",code=\"ok\"} 2"), "{text}");
+        assert!(!text.contains("prepaid_cluster_"), "a node alone has no cluster series");
         assert!(text.contains("prepaid_requests_total{op=\"debit\",code=\"insufficient_funds\"} 1"));
         assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"0.0005\"} 2"));
         assert!(text.contains("prepaid_request_seconds_bucket{op=\"debit\",le=\"1\"} 2"));
@@ -375,6 +419,33 @@ mod tests {
         });
         assert_eq!(m.count("debit", "ok"), 6);
         assert_eq!(m.totals(), (7, 1));
+        // Clustered: a series per group, and the forwarded count.
+        use crate::cluster::groups::GroupStatus;
+        let group = |group, serving, leader, applied| GroupStatus {
+            group,
+            first_shard: group * 16,
+            last_shard: group * 16 + 15,
+            serving,
+            leader,
+            term: 3,
+            last_log_index: Some(40),
+            last_applied: applied,
+            voters: vec![1, 2, 3],
+        };
+        let groups = vec![group(0, true, Some(2), Some(40)), group(1, false, None, Some(37))];
+        let clustered = m.render(&Gauges { cluster: Some((groups, 9)), ..Gauges::default() });
+        for line in [
+            "prepaid_cluster_group_serving{group=\"0\"} 1",
+            "prepaid_cluster_group_serving{group=\"1\"} 0",
+            "prepaid_cluster_group_leader{group=\"0\"} 2",
+            "prepaid_cluster_group_leader{group=\"1\"} 0",
+            "prepaid_cluster_group_term{group=\"1\"} 3",
+            "prepaid_cluster_group_apply_lag{group=\"0\"} 0",
+            "prepaid_cluster_group_apply_lag{group=\"1\"} 3",
+            "prepaid_cluster_forwarded_total 9",
+        ] {
+            assert!(clustered.contains(&format!("{line}\n")), "{line}: {clustered}");
+        }
         // The process's own figures, from /proc (this test's process).
         let p = Process::read().expect("/proc/self is readable");
         assert!(p.resident_bytes > 0 && p.virtual_bytes >= p.resident_bytes, "{p:?}");

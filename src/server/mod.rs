@@ -72,6 +72,7 @@ impl Api {
             webhook_dead_letters: w.dead_letters,
             uptime_seconds: self.started.elapsed().as_secs(),
             process: metrics::Process::read(),
+            cluster: node.cluster_status().map(|groups| (groups, node.forwarded_count())),
         }
     }
 
@@ -259,9 +260,6 @@ pub struct Bound {
 /// Serves `node` until `shutdown` completes, then stops the node cleanly.
 /// `on_bound` hears the addresses once both listeners are open (port 0 in
 /// the configuration picks a free port).
-/// The largest node link message (an append of many group commits).
-const LINK_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-
 pub async fn run(
     cfg: NodeConfig,
     node: Node,
@@ -333,8 +331,8 @@ pub async fn run(
     // to `max_payload_entries` group commits.
     let link = node.link_service().map(|link| {
         crate::cluster::link::pb::node_link_server::NodeLinkServer::new(link)
-            .max_decoding_message_size(LINK_MESSAGE_BYTES)
-            .max_encoding_message_size(LINK_MESSAGE_BYTES)
+            .max_decoding_message_size(crate::cluster::link::LINK_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::cluster::link::LINK_MESSAGE_BYTES)
     });
     // One signal for both listeners and every stream.
     let (stop_tx, stop_rx) = watch::channel(false);
