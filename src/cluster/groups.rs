@@ -69,6 +69,18 @@ pub struct Groups {
     serving: Vec<AtomicU64>,
 }
 
+/// What a request to replace a member found in one group, on the node asked.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Replaced {
+    /// The member is replaced (now, or before: asking again is harmless).
+    Done,
+    /// This node does not lead the group (the leader it knows, if any).
+    NotLeader(Option<u64>),
+    /// This node led the group and is the member to replace: it handed the
+    /// lead to another voter; ask that one.
+    HandedOff(u64),
+}
+
 /// One group as a node sees it (`prepaid cluster status`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct GroupStatus {
@@ -308,6 +320,82 @@ impl Groups {
             .collect()
     }
 
+    /// Replaces the group's voter on node `from` with node `to` (at
+    /// `to_addr`), if this node leads the group: `to` joins as a learner
+    /// and catches up from this node's log (waiting at most `wait`), then
+    /// one joint change makes it a voter in `from`'s place. A node being
+    /// replaced that leads hands the lead off first.
+    pub async fn replace_here(
+        &self,
+        group: u32,
+        from: u64,
+        to: u64,
+        to_addr: &str,
+        wait: Duration,
+    ) -> Result<Replaced, String> {
+        if group >= self.count() {
+            return Err(format!("there is no group {group} (there are {})", self.count()));
+        }
+        let raft = self.raft(group);
+        let (leads, leader, voters) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            let voters: std::collections::BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+            (m.state == ServerState::Leader && m.current_leader == Some(self.cfg.node_id), m.current_leader, voters)
+        };
+        if !leads {
+            return Ok(Replaced::NotLeader(leader));
+        }
+        match (voters.contains(&from), voters.contains(&to)) {
+            (false, true) => return Ok(Replaced::Done),
+            (false, false) => return Err(format!("node {from} is not a voter of group {group} ({voters:?})")),
+            (true, true) => return Err(format!("node {to} is already a voter of group {group}")),
+            (true, false) => {}
+        }
+        if from == self.cfg.node_id {
+            let Some(&other) = voters.iter().find(|v| **v != from) else {
+                return Err(format!("node {from} is group {group}'s only voter: nobody to hand the lead to"));
+            };
+            raft.trigger().transfer_leader(other).await.map_err(|e| e.to_string())?;
+            return Ok(Replaced::HandedOff(other));
+        }
+        let late = |step: &str| format!("group {group}: {step} did not finish within {wait:?}");
+        // Leadership may move while a step runs: the step is asked again of
+        // the new leader (a change already made is made once).
+        let moved =
+            |e: openraft::errors::RaftError<C, openraft::errors::ClientWriteError<C>>| match e.forward_to_leader() {
+                Some(to) => Ok(Replaced::NotLeader(to.leader_id)),
+                None => Err(e.to_string()),
+            };
+        let learner = raft.add_learner(to, BasicNode { addr: to_addr.to_string() }, true);
+        if let Err(e) = tokio::time::timeout(wait, learner).await.map_err(|_| late("catching up"))? {
+            return moved(e);
+        }
+        let mut now = voters;
+        now.remove(&from);
+        now.insert(to);
+        let change = raft.change_membership(now, false);
+        if let Err(e) = tokio::time::timeout(wait, change).await.map_err(|_| late("the change"))? {
+            return moved(e);
+        }
+        tracing::info!(group, from, to, "replaced a member");
+        Ok(Replaced::Done)
+    }
+
+    /// The leader of `group` as this node knows it: itself, or another
+    /// node and its address.
+    pub fn leader_of(&self, group: u32) -> Route {
+        let metrics = self.raft(group).metrics();
+        let m = metrics.borrow_watched();
+        match m.current_leader {
+            Some(id) if id == self.cfg.node_id => Route::Here(m.current_term),
+            Some(id) => {
+                Route::Leader(id, m.membership_config.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default())
+            }
+            None => Route::Nobody,
+        }
+    }
+
     /// Every group as this node sees it.
     pub fn status(&self) -> Vec<GroupStatus> {
         (0..self.count())
@@ -337,5 +425,21 @@ impl Groups {
         for raft in &self.rafts {
             let _ = raft.shutdown().await;
         }
+    }
+}
+
+/// How long a replacement waits for the new member to catch up, and then
+/// for the change, in one group.
+pub const REPLACE_WAIT: Duration = Duration::from_secs(120);
+
+impl super::link::Members for Groups {
+    fn replace<'a>(
+        &'a self,
+        group: u32,
+        from: u64,
+        to: u64,
+        to_addr: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Replaced, String>> + Send + 'a>> {
+        Box::pin(self.replace_here(group, from, to, to_addr, REPLACE_WAIT))
     }
 }

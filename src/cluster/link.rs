@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::ShardRaft;
+use super::groups::Replaced;
 use crate::error::Error;
 use crate::ledger::{Reply, Request as Request_};
 
@@ -65,6 +66,18 @@ pub trait Forwarded: Send + Sync + 'static {
     fn run(&self, reqs: Vec<Request_>) -> Ran<'_>;
 }
 
+/// Replaces members of the groups this node leads (the node's groups
+/// implement it).
+pub trait Members: Send + Sync + 'static {
+    fn replace<'a>(
+        &'a self,
+        group: u32,
+        from: u64,
+        to: u64,
+        to_addr: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Replaced, String>> + Send + 'a>>;
+}
+
 /// A forwarded request's answer on the wire: its reply and whether it is
 /// the first result given again (a flag the reply's own encoding skips,
 /// as stored replies never carry it), or its error's stable code and
@@ -80,6 +93,7 @@ where
     groups: Mutex<BTreeMap<u32, openraft::Raft<C, SM>>>,
     secret: [u8; 32],
     node: std::sync::OnceLock<Weak<dyn Forwarded>>,
+    members: std::sync::OnceLock<Weak<dyn Members>>,
 }
 
 impl<SM> LinkService<SM>
@@ -91,7 +105,13 @@ where
             groups: Mutex::new(BTreeMap::new()),
             secret: Sha256::digest(secret.as_bytes()).into(),
             node: std::sync::OnceLock::new(),
+            members: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Replacements of members run on `groups` (set once, at start).
+    pub fn members_of(&self, groups: Weak<dyn Members>) {
+        let _ = self.members.set(groups);
     }
 
     /// Forwarded requests run on `node` (set once, when the node started).
@@ -170,6 +190,15 @@ where
             .collect();
         Ok(Response::new(pb::ForwardAnswer { body: encode(&answers).map_err(Status::internal)? }))
     }
+
+    async fn replace(&self, req: Request<pb::ReplaceCall>) -> Result<Response<pb::ReplaceAnswer>, Status> {
+        self.check(&req)?;
+        let call = req.into_inner();
+        let groups = self.members.get().and_then(Weak::upgrade);
+        let groups = groups.ok_or_else(|| Status::unavailable("this node's groups are not running"))?;
+        let outcome = groups.replace(call.group, call.from, call.to, &call.to_addr).await;
+        Ok(Response::new(pb::ReplaceAnswer { body: encode(&outcome).map_err(Status::internal)? }))
+    }
 }
 
 /// Channels to the other nodes, by address, shared by every group.
@@ -197,6 +226,26 @@ impl LinkFactory {
                     .unwrap_or_else(|_| tonic::transport::Endpoint::from_static("http://0.0.0.0:1").connect_lazy())
             })
             .clone()
+    }
+
+    /// Asks the node at `addr` (which leads `group`) to replace its voter
+    /// `from` with `to`.
+    pub async fn replace(
+        &self,
+        addr: &str,
+        group: u32,
+        from: u64,
+        to: u64,
+        to_addr: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Replaced, String> {
+        let mut client = pb::node_link_client::NodeLinkClient::new(self.channel(addr));
+        let mut req = Request::new(pb::ReplaceCall { group, from, to, to_addr: to_addr.to_string() });
+        req.set_timeout(timeout);
+        let bearer = format!("Bearer {}", self.secret).parse().map_err(|e| format!("{e}"))?;
+        req.metadata_mut().insert("authorization", bearer);
+        let answer = client.replace(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        decode::<Result<Replaced, String>>(&answer.body)?
     }
 
     /// Runs `reqs` on the node at `addr` (which leads their groups): one

@@ -35,6 +35,10 @@ use crate::shard::{Completion, Job, ShardWorker, Shared, WorkerMsg, internal};
 use crate::stats::NodeStats;
 use crate::store::Store;
 
+/// How often a replacement asks a group again while it elects or hands
+/// its lead off (50 ms apart: 10 s).
+const REPLACE_TRIES: u32 = 200;
+
 /// How long shutdown waits (in 5 ms steps) for stopped workers to let go.
 const SHUTDOWN_WAIT_STEPS: u32 = 2_000;
 
@@ -180,6 +184,7 @@ impl Node {
         {
             Ok(mut node) => {
                 service.forward_to(node.forwarded());
+                service.members_of(Arc::downgrade(&groups) as Weak<dyn crate::cluster::link::Members>);
                 node.member = Some(Member { link: service, _disk: disk });
                 Ok(node)
             }
@@ -208,6 +213,51 @@ impl Node {
         let members = self.inner.shared.cfg.cluster.member_addrs().map_err(|e| Error::InvalidRequest(e.to_string()))?;
         let members = members.into_iter().map(|(id, addr)| (id, openraft::BasicNode { addr })).collect();
         groups.initialize(&members).await.map_err(|e| Error::InvalidRequest(format!("cannot initialize: {e}")))
+    }
+
+    /// Replaces node `from` with node `to` (at `to_addr`, started with an
+    /// empty data dir and its own id) in every group, one group at a time,
+    /// each on the node that leads it: `to` catches up as a learner, then
+    /// takes `from`'s vote. What happened in each group, in order.
+    pub async fn cluster_replace(&self, from: u64, to: u64, to_addr: &str) -> Result<Vec<(u32, String)>, Error> {
+        let Some(groups) = &self.inner.groups else {
+            return Err(Error::InvalidRequest("this node is not clustered (cluster.node_id is 0)".into()));
+        };
+        if from == to || to == 0 {
+            return Err(Error::InvalidRequest(format!("replace node {from} with another node, not {to}")));
+        }
+        if to_addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            return Err(Error::InvalidRequest(format!("to_addr {to_addr:?} is not host:port")));
+        }
+        let timeout = crate::cluster::groups::REPLACE_WAIT * 2;
+        let mut out = Vec::new();
+        for group in 0..groups.count() {
+            let mut outcome = Err("no leader".to_string());
+            // Bounded: while the group elects, or its lead is handed off.
+            for _ in 0..REPLACE_TRIES {
+                let asked = match (groups.leader_of(group), &self.inner.link) {
+                    (Route::Here(_), _) => groups.replace_here(group, from, to, to_addr, timeout / 2).await,
+                    (Route::Leader(_, addr), Some(link)) if !addr.is_empty() => {
+                        link.replace(&addr, group, from, to, to_addr, timeout).await
+                    }
+                    _ => Ok(crate::cluster::groups::Replaced::NotLeader(None)),
+                };
+                match asked {
+                    Ok(crate::cluster::groups::Replaced::Done) => {
+                        outcome = Ok(());
+                        break;
+                    }
+                    Ok(other) => outcome = Err(format!("{other:?}")),
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            out.push((group, outcome.map_or_else(|e| e, |()| "replaced".to_string())));
+        }
+        Ok(out)
     }
 
     /// Requests this node forwarded to the leaders of their groups.
@@ -592,10 +642,10 @@ impl Inner {
         self.send_or_forward(send, forward);
     }
 
-    /// How long a forwarded call may take: the leader's commit, and then
-    /// some for the hop.
+    /// How long a forwarded call may take: the leader's commit, and a
+    /// second for the hop.
     fn forward_timeout(&self) -> Duration {
-        Duration::from_millis(self.shared.cfg.cluster.commit_timeout_ms.saturating_mul(2).max(1_000))
+        Duration::from_millis(self.shared.cfg.cluster.commit_timeout_ms.saturating_add(1_000))
     }
 
     /// Hands jobs to their workers, one message per worker; answers them at

@@ -11,6 +11,7 @@
 //! | GET | `/admin/v1/webhooks` | delivery figures and dead letters |
 //! | GET | `/admin/v1/cluster` | clustered: this node's id and each shard group's leader, term and progress as it sees them |
 //! | POST | `/admin/v1/cluster/init` | makes a new cluster of `cluster.members` (once, on one node) |
+//! | POST | `/admin/v1/cluster/replace` | `{"from", "to", "to_addr"}`: node `to` takes node `from`'s place in every group |
 //! | GET | `/openapi.json` | the OpenAPI 3.1 document of all of the above (`openapi.json` here) |
 //!
 //! A request's key is `idempotency_key` (as in the proto; `key` is read
@@ -50,6 +51,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/admin/v1/webhooks", get(webhooks))
         .route("/admin/v1/cluster", get(cluster_status))
         .route("/admin/v1/cluster/init", post(cluster_init))
+        .route("/admin/v1/cluster/replace", post(cluster_replace))
         .route("/openapi.json", get(openapi))
         .fallback(no_such_path)
         .layer(DefaultBodyLimit::max(limit))
@@ -356,6 +358,40 @@ async fn cluster_init(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
     };
     match node.cluster_init().await {
         Ok(()) => axum::Json(json!({ "initialized": true })).into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replace {
+    from: u64,
+    to: u64,
+    to_addr: String,
+}
+
+async fn cluster_replace(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Replace>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let r = match body {
+        Ok(axum::Json(r)) => r,
+        Err(e) => return refuse(Error::InvalidRequest(format!("the body is not {{from, to, to_addr}}: {e}"))),
+    };
+    let node = match api.node() {
+        Ok(node) => node,
+        Err(e) => return refuse(e),
+    };
+    match node.cluster_replace(r.from, r.to, &r.to_addr).await {
+        Ok(groups) => {
+            let done = groups.iter().all(|(_, outcome)| outcome == "replaced");
+            let groups: Vec<Value> = groups.into_iter().map(|(g, o)| json!({ "group": g, "outcome": o })).collect();
+            axum::Json(json!({ "replaced": done, "groups": groups })).into_response()
+        }
         Err(e) => refuse(e),
     }
 }

@@ -28,12 +28,29 @@ enum ClusterOp {
     /// Each shard group's leader, term and progress as this node sees them
     /// (JSON)
     Status,
+    /// Give node FROM's place in every group to node TO (started with an
+    /// empty data dir and its own id): it catches up, then takes the vote
+    Replace {
+        /// The node id to replace
+        #[arg(long, value_name = "ID")]
+        from: u64,
+        /// The node id that takes its place
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        to: u64,
+        /// The new node's gRPC address
+        #[arg(long, value_name = "HOST:PORT")]
+        to_addr: String,
+    },
 }
 
 pub fn run(a: ClusterArgs) -> Result<(), Failure> {
-    let (path, post) = match a.op {
-        ClusterOp::Init => ("/admin/v1/cluster/init", true),
-        ClusterOp::Status => ("/admin/v1/cluster", false),
+    let (path, post, body) = match a.op {
+        ClusterOp::Init => ("/admin/v1/cluster/init", true, String::new()),
+        ClusterOp::Status => ("/admin/v1/cluster", false, String::new()),
+        ClusterOp::Replace { from, to, to_addr } => {
+            let body = serde_json::json!({ "from": from, "to": to, "to_addr": to_addr }).to_string();
+            ("/admin/v1/cluster/replace", true, body)
+        }
     };
     let url = format!("{}{path}", a.http.trim_end_matches('/'));
     let runtime = crate::runtime()?;
@@ -42,7 +59,7 @@ pub fn run(a: ClusterArgs) -> Result<(), Failure> {
             let target = Target::parse(&url, &Outbound::new(None)?)?;
             let bearer = format!("Bearer {}", a.token);
             let headers = [("authorization", bearer.as_str())];
-            let answer = if post { target.post(&headers, "").await } else { target.get(&headers).await };
+            let answer = if post { target.post(&headers, &body).await } else { target.get(&headers).await };
             answer.map_err(|e| format!("{url}: {e}"))
         })
         .map_err(Failure::Run)?;
@@ -54,5 +71,11 @@ pub fn run(a: ClusterArgs) -> Result<(), Failure> {
         return Err(Failure::Run(format!("{url} answered {status}: {sentence}")));
     }
     say!("{body}");
+    // A replacement that did not finish in every group is a failure (the
+    // groups say why; asking again is harmless).
+    let unfinished = serde_json::from_str::<Value>(&body).ok().is_some_and(|v| v["replaced"] == false);
+    if unfinished {
+        return Err(Failure::Run("the replacement did not finish in every group: ask again".into()));
+    }
     Ok(())
 }
