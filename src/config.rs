@@ -703,6 +703,11 @@ impl NodeConfig {
         if self.node.data_dir.as_os_str().is_empty() {
             return bad("a clustered node needs node.data_dir: its groups' logs must outlive it".into());
         }
+        if self.node.durability == Durability::Async {
+            // Async replies before the write is durable; clustered, before
+            // it is committed, and a leader change loses it.
+            return bad("a clustered node answers only what its group committed: node.durability must be sync".into());
+        }
         if !self.webhooks.urls.is_empty() {
             // Every member holds the journal marks; delivery that follows
             // each group's leader is not built yet (docs/CLUSTER.md).

@@ -394,8 +394,10 @@ fn a_clustered_node_names_itself_among_its_members_with_a_secret() {
     refused(base("").replace("data_dir = \"/var/lib/prepaid\"", ""), "needs node.data_dir");
     refused(base("shards_per_group = 15\n"), "cluster.shards_per_group (15) must divide node.shards (256)");
     refused(base("heartbeat_ms = 300\n"), "heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
+    refused(base("").replace("[cluster]", "durability = \"async\"\n[cluster]"), "node.durability must be sync");
     let hooks = "[webhooks]\nurls = [\"https://hooks.example/prepaid\"]\nsecret = \"0123456789abcdef\"\n";
     refused(format!("{hooks}{}", base("")), "does not deliver webhooks yet");
+    refused(base("").replace("[cluster]", "durability = \"async\"\n[cluster]"), "node.durability must be sync");
     for bad in ["2", "2=", "x=10.0.0.2:7070", "0=10.0.0.2:7070", "2=10.0.0.2", "2=:7070", "2=10.0.0.2:99999"] {
         refused(base("").replace("2=10.0.0.2:7070", bad), "is not id=host:port");
     }

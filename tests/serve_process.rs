@@ -752,27 +752,12 @@ mod cluster {
             ports.iter().map(|(&id, &port)| (id, start_member(id, &dir(id), port, &members))).collect();
         let (code, out, err) = cluster_cli(&servers[&1], "init");
         assert_eq!(code, 0, "{out}{err}");
-        // Once every group has a leader, every node's status says so.
-        let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
-        for _ in 0..TRIES {
-            leaders.clear();
-            let (code, out, err) = cluster_cli(&servers[&1], "status");
-            assert_eq!(code, 0, "{err}");
-            let status: serde_json::Value = serde_json::from_str(&out).unwrap();
-            assert_eq!(status["node_id"], 1);
-            let groups = status["groups"].as_array().unwrap();
-            assert_eq!(groups.len(), 16, "256 shards, 16 a group");
-            for g in groups {
-                if let Some(leader) = g["leader"].as_u64() {
-                    *leaders.entry(leader).or_default() += 1;
-                }
-            }
-            if leaders.values().sum::<usize>() == 16 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(leaders.values().sum::<usize>(), 16, "every group led: {leaders:?}");
+        // Once every group has a leader, the status says so: 256 shards,
+        // 16 a group.
+        let leaders = wait_led(&servers[&1]);
+        let (_, out, _) = cluster_cli(&servers[&1], "status");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((status["node_id"].as_u64(), status["groups"].as_array().map(Vec::len)), (Some(1), Some(16)));
         // A second init is refused: the cluster exists.
         let (code, _, err) = cluster_cli(&servers[&2], "init");
         assert_eq!(code, 1, "{err}");
@@ -834,15 +819,7 @@ mod cluster {
         // requests sent to it meanwhile are resent elsewhere under their
         // keys. Then SIGCONT: it learns the new terms and applies nothing
         // of its own.
-        let (code, out, err) = cluster_cli(&servers[&1], "status");
-        assert_eq!(code, 0, "{err}");
-        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let mut led: BTreeMap<u64, usize> = BTreeMap::new();
-        for g in status["groups"].as_array().unwrap() {
-            if let Some(leader) = g["leader"].as_u64() {
-                *led.entry(leader).or_default() += 1;
-            }
-        }
+        let led = wait_led(&servers[&1]);
         let (&stale, _) = led.iter().max_by_key(|(_, n)| **n).unwrap();
         let pid = servers[&stale].child.id().to_string();
         assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());

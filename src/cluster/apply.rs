@@ -13,7 +13,8 @@
 //! - proposed for a term it was not committed in: made from a deposed
 //!   leader's memory;
 //! - an account's records do not continue its state exactly (a first
-//!   sequence other than the next): made from memory that missed an entry.
+//!   sequence other than the next, or records that do not replay onto
+//!   it): made from memory that missed an entry.
 //!
 //! Snapshots are not built yet: the log is never purged (the groups run
 //! with `SnapshotPolicy::Never`), so a new member catches up from the log.
@@ -99,7 +100,13 @@ impl StoreShard {
                     Some(s) => s.replay(record),
                     None => AccountState::open(item.id.clone(), record).map(|s| state = Some(s)),
                 };
-                folded.map_err(|e| broken(format!("account {}: an entry does not replay: {e}", item.id)))?;
+                if let Err(e) = folded {
+                    // Records that do not replay onto the state (made from
+                    // memory that differs from it): refused, alike on every
+                    // member, and the group goes on.
+                    tracing::error!(account = %item.id, group = self.group, error = %e, "an entry does not replay");
+                    return Ok(None);
+                }
             }
             let Some(state) = state else {
                 // Idempotency records alone, for an account never opened:
@@ -245,7 +252,8 @@ mod tests {
         };
         let mut ledger = Ledger::new("acme");
         let (open, buy, buy2) = (ledger.open(), ledger.purchase("b1", 10), ledger.purchase("b2", 5));
-        let stored = |store: &MemoryStore| store.load(&ledger.id).unwrap().map(|l| l.state);
+        let id = ledger.id.clone();
+        let stored = |store: &MemoryStore| store.load(&id).unwrap().map(|l| l.state);
 
         // Made in another term: nothing applied.
         assert_eq!(write(open.clone(), term + 1).await, Applied::Fenced);
@@ -263,6 +271,14 @@ mod tests {
         // nothing, the state stays.
         assert_eq!(write(buy, term).await, Applied::Fenced);
         assert_eq!(stored(&store).as_ref(), ledger.account.state.as_ref());
+        // Records at the right sequence that do not replay onto the state
+        // (memory that differs from it): refused, and the group goes on.
+        let mut forged = ledger.purchase("b3", 7);
+        forged.items[0].records[0].balance_after = crate::ledger::Amount::whole(1_000);
+        assert_eq!(write(forged, term).await, Applied::Fenced);
+        assert_eq!(stored(&store).map(|s| s.balance()), Some(crate::ledger::Amount::whole(15)));
+        let mut next = Ledger::new("other");
+        assert_eq!(write(next.open(), term).await, Applied::Yes, "the group still applies entries");
         let applied = raft.metrics().borrow_watched().last_applied;
         raft.shutdown().await.unwrap();
 

@@ -10,8 +10,8 @@
 //! index at the start of the term); every change of that moves the health
 //! epoch (`Health::moved`), so cells reload from the store and nothing made
 //! from older memory is written. A request for a group the node does not
-//! serve is answered `wrong_node` (with the leader when known) or
-//! `shard_unavailable`.
+//! serve is forwarded to the leader (`node/mod.rs`), or answered
+//! `wrong_node` (with the leader when known) or `shard_unavailable`.
 //!
 //! A group write is split by group into one `ShardEntry` each, proposed
 //! with the term the node serves the group in (the state machine fences an
@@ -218,10 +218,20 @@ impl Groups {
         }
     }
 
-    /// The terms served now, per group (read after the health epoch: see
-    /// the writer).
-    pub fn terms(&self) -> Vec<u64> {
-        self.serving.iter().map(|t| t.load(Ordering::Acquire)).collect()
+    /// The health epoch and the term served in each group, read together:
+    /// every takeover moves the epoch before it publishes its term, so
+    /// terms read between two equal epochs all belong to that epoch.
+    /// Memory made in the returned epoch was made under these terms (or
+    /// while a group was not served: its term is then 0, and nothing is
+    /// proposed for it).
+    pub fn terms(&self, health: &Health) -> (u64, Vec<u64>) {
+        loop {
+            let epoch = health.epoch();
+            let terms = self.serving.iter().map(|t| t.load(Ordering::Acquire)).collect();
+            if health.epoch() == epoch {
+                return (epoch, terms);
+            }
+        }
     }
 
     /// Commits a group write: one entry per group it touches, each
@@ -241,24 +251,30 @@ impl Groups {
             let entry = entries.entry(group).or_insert_with(|| ShardEntry { term: Some(term), items: Vec::new() });
             entry.items.push(LogItem { id: w.id, records: w.records, dedup: w.dedup });
         }
+        let proposed = entries.len();
+        // Each group's failure, and whether it is known to have applied
+        // nothing (fenced: every member refused the entry).
         let proposals = entries.into_iter().map(|(group, entry)| async move {
             let outcome = tokio::time::timeout(self.cfg.commit_timeout, self.raft(group).client_write(entry)).await;
             match outcome {
                 Ok(Ok(written)) if written.data == Applied::Yes => Ok(()),
-                Ok(Ok(_fenced)) => Err(format!("group {group} fenced the entry (its leader changed)")),
-                Ok(Err(e)) => Err(format!("group {group}: {e}")),
-                Err(_) => Err(format!("group {group} did not commit within {:?}", self.cfg.commit_timeout)),
+                Ok(Ok(_fenced)) => Err((format!("group {group} refused the entry (made from outdated memory)"), true)),
+                Ok(Err(e)) => Err((format!("group {group}: {e}"), false)),
+                Err(_) => Err((format!("group {group} did not commit within {:?}", self.cfg.commit_timeout), false)),
             }
         });
-        let failed: Vec<String> =
+        let failed: Vec<(String, bool)> =
             futures_util::future::join_all(proposals).await.into_iter().filter_map(Result::err).collect();
         if failed.is_empty() {
             return Ok(());
         }
-        Err(Error::ShardUnavailable(format!(
-            "{}; the outcome is unknown, resend under the same idempotency key",
-            failed.join("; ")
-        )))
+        let what = failed.iter().map(|(why, _)| why.as_str()).collect::<Vec<_>>().join("; ");
+        // Groups that did apply their entries keep them: only when every
+        // entry proposed was refused (one group) is nothing applied.
+        if failed.len() == 1 && failed[0].1 && proposed == 1 {
+            return Err(Error::ShardUnavailable(format!("{what}; nothing was applied, retry")));
+        }
+        Err(Error::ShardUnavailable(format!("{what}; the outcome is unknown, resend under the same idempotency key")))
     }
 
     /// Watches every group's leadership: serves a group from the moment it
@@ -299,8 +315,13 @@ impl Groups {
                             // Everything committed before the term applied.
                             let read = groups.raft(group).ensure_linearizable(ReadPolicy::ReadIndex).await;
                             if read.is_ok() && metrics.borrow_watched().current_term == term {
-                                slot.store(term, Ordering::Release);
+                                // The epoch moves before the term is
+                                // published: a writer that sees the term
+                                // sees the new epoch too (`Groups::terms`),
+                                // and cells reload from a store that holds
+                                // everything before the term.
                                 health.moved();
+                                slot.store(term, Ordering::Release);
                                 tracing::info!(group, term, "serving the group");
                                 taken(group);
                             } else if read.is_err() {

@@ -3,13 +3,15 @@
 //! this module holds the pieces a shard's Raft group is made of, and grows
 //! into the router, the node link and the controller group.
 //!
-//! Today (the first step): the type config of a shard's group, the entry it
-//! replicates — one shard's part of one group commit, as the log already
-//! holds it (`codec::LogItem`: each account's journal records and
-//! idempotency records, results and not commands, so a follower applies an
-//! entry by replaying it and no rule runs twice) — and an in-memory log
-//! store and state machine (`memory`) that pass openraft's own storage
-//! suite. Nothing runs clustered yet: a node is one node, as before.
+//! Here: the type config of a group, the entry it replicates — one
+//! group's part of one group commit, as the log already holds it
+//! (`codec::LogItem`: each account's journal records and idempotency
+//! records, results and not commands, so a follower applies an entry by
+//! replaying it and no rule runs twice) — the state machine on the node's
+//! store (`apply`), a node's groups (`groups`), the logs (`memory`,
+//! `rocks`), the node link (`link`), groups in one process (`local`) and a
+//! planned move (`moves`). A node runs clustered when `cluster.node_id` is
+//! set (docs/CLUSTER.md).
 
 use std::fmt;
 

@@ -192,12 +192,17 @@ impl Writer {
     async fn commit(&self, group: &mut Vec<Submission>, sync: bool) {
         // Only submissions made in the current epoch, while storage works,
         // may be written; the rest are refused whole. Clustered, the terms
-        // the groups are served in are read after the epoch: a term read
-        // here is the one the submissions' memory was made in, or a later
-        // one that the entry's term fence refuses.
-        let epoch = self.health.epoch();
+        // the groups are served in are read with the epoch (`Groups::terms`):
+        // the submissions of that epoch were made under them, and an entry
+        // committed in another term is refused by its state machine.
+        let (epoch, terms) = match &self.groups {
+            Some(groups) => {
+                let (epoch, terms) = groups.terms(&self.health);
+                (epoch, Some(terms))
+            }
+            None => (self.health.epoch(), None),
+        };
         let failure = self.health.failure();
-        let terms = self.groups.as_ref().map(|g| g.terms());
         let current =
             |s: &Submission| failure.is_none() && (s.epoch == epoch || s.writes.is_empty() && s.replies.is_empty());
         let mut set = WriteSet { webhooks: self.cfg.webhooks, ..WriteSet::default() };

@@ -229,14 +229,18 @@ impl Node {
         if to_addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
             return Err(Error::InvalidRequest(format!("to_addr {to_addr:?} is not host:port")));
         }
-        let timeout = crate::cluster::groups::REPLACE_WAIT * 2;
+        // The remote runs two steps of at most REPLACE_WAIT each; the call
+        // waits for both, and a little more.
+        let timeout = crate::cluster::groups::REPLACE_WAIT * 2 + Duration::from_secs(10);
         let mut out = Vec::new();
         for group in 0..groups.count() {
             let mut outcome = Err("no leader".to_string());
             // Bounded: while the group elects, or its lead is handed off.
             for _ in 0..REPLACE_TRIES {
                 let asked = match (groups.leader_of(group), &self.inner.link) {
-                    (Route::Here(_), _) => groups.replace_here(group, from, to, to_addr, timeout / 2).await,
+                    (Route::Here(_), _) => {
+                        groups.replace_here(group, from, to, to_addr, crate::cluster::groups::REPLACE_WAIT).await
+                    }
                     (Route::Leader(_, addr), Some(link)) if !addr.is_empty() => {
                         link.replace(&addr, group, from, to, to_addr, timeout).await
                     }
@@ -650,8 +654,9 @@ impl Inner {
 
     /// Hands jobs to their workers, one message per worker; answers them at
     /// once if the node is stopping. Clustered, a job for a group this
-    /// node does not serve is answered `wrong_node` or `shard_unavailable`. A job whose worker is gone is answered
-    /// `internal` when it is dropped.
+    /// node does not serve is forwarded to its leader (or answered
+    /// `wrong_node` or `shard_unavailable`). A job whose worker is gone is
+    /// answered `internal` when it is dropped.
     pub(crate) fn send(&self, jobs: Vec<Job>) {
         self.send_or_forward(jobs, true)
     }
