@@ -75,7 +75,7 @@ serve() {
 
 bench() {
   "$PREPAID" bench --addr "$1" --token "$TOKEN" --accounts "$ACCOUNTS" --debits "$DEBITS" \
-    --batch "$BATCH" --conns "$CONNS" --in-flight "$IN_FLIGHT" 2>&1 | grep -E "debits/s|p50|refused|unknown" || true
+    --batch "$BATCH" --conns "$CONNS" --in-flight "$IN_FLIGHT" 2>&1 | grep -E "throughput|overloaded|conservation" || true
 }
 
 fsync
