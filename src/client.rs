@@ -29,7 +29,9 @@ use crate::wire::pb::request::Op;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The node refused the request (or the whole call): nothing was
-    /// applied. `code` is stable (docs/errors.md).
+    /// applied, except for a clustered node's `shard_unavailable` whose
+    /// message says the outcome is unknown (resend it under the same
+    /// idempotency key). `code` is stable (docs/errors.md).
     #[error("{code}: {message}")]
     Refused { code: String, message: String },
     /// No reply in time, or the connection broke after the request was sent:
