@@ -743,18 +743,9 @@ mod cluster {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_serve_processes_make_a_cluster_that_outlives_a_kill_9() {
         let _alone = ONE_AT_A_TIME.lock().await;
-        let root: PathBuf = std::env::temp_dir().join(format!("prepaid-cluster-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let ports: BTreeMap<u64, u16> = (1..=3).map(|id| (id, super::free_port())).collect();
-        let members = ports.iter().map(|(id, p)| format!("{id}=127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let (root, ports, members, mut servers, leaders) = start_three("prepaid-cluster", 3);
         let dir = |id: u64| root.join(format!("node-{id}"));
-        let mut servers: BTreeMap<u64, Server> =
-            ports.iter().map(|(&id, &port)| (id, start_member(id, &dir(id), port, &members))).collect();
-        let (code, out, err) = cluster_cli(&servers[&1], "init");
-        assert_eq!(code, 0, "{out}{err}");
-        // Once every group has a leader, the status says so: 256 shards,
-        // 16 a group.
-        let leaders = wait_led(&servers[&1]);
+        // The status says 256 shards, 16 a group.
         let (_, out, _) = cluster_cli(&servers[&1], "status");
         let status: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!((status["node_id"].as_u64(), status["groups"].as_array().map(Vec::len)), (Some(1), Some(16)));
@@ -903,6 +894,27 @@ mod cluster {
         let _ = std::fs::remove_dir_all(&root);
     }
 
+    /// Nodes 1, 2 and 3 made a cluster (`prepaid cluster init` on node 1),
+    /// every group led: the directory they are in, loopback ports for
+    /// `ports` nodes (the rest for nodes still to come), their members, the
+    /// servers, and how many groups each leads.
+    #[allow(clippy::type_complexity)]
+    fn start_three(
+        name: &str,
+        ports: u64,
+    ) -> (PathBuf, BTreeMap<u64, u16>, String, BTreeMap<u64, Server>, BTreeMap<u64, usize>) {
+        let root: PathBuf = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let ports: BTreeMap<u64, u16> = (1..=ports).map(|id| (id, super::free_port())).collect();
+        let members = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", ports[&id])).collect::<Vec<_>>().join(",");
+        let servers: BTreeMap<u64, Server> =
+            (1..=3).map(|id| (id, start_member(id, &root.join(format!("node-{id}")), ports[&id], &members))).collect();
+        let (code, out, err) = cluster_cli(&servers[&1], "init");
+        assert_eq!(code, 0, "{out}{err}");
+        let leaders = wait_led(&servers[&1]);
+        (root, ports, members, servers, leaders)
+    }
+
     /// Each group's leader as `server` sees it, once all 16 have one
     /// (bounded wait).
     fn wait_led(server: &Server) -> BTreeMap<u64, usize> {
@@ -935,16 +947,8 @@ mod cluster {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_whose_disk_is_lost_is_replaced_by_a_new_one() {
         let _alone = ONE_AT_A_TIME.lock().await;
-        let root: PathBuf = std::env::temp_dir().join(format!("prepaid-replace-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let ports: BTreeMap<u64, u16> = (1..=4).map(|id| (id, super::free_port())).collect();
-        let members = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", ports[&id])).collect::<Vec<_>>().join(",");
+        let (root, ports, _, mut servers, _) = start_three("prepaid-replace", 4);
         let dir = |id: u64| root.join(format!("node-{id}"));
-        let mut servers: BTreeMap<u64, Server> =
-            (1..=3).map(|id| (id, start_member(id, &dir(id), ports[&id], &members))).collect();
-        let (code, out, err) = cluster_cli(&servers[&1], "init");
-        assert_eq!(code, 0, "{out}{err}");
-        wait_led(&servers[&1]);
         let addr = |id: u64| format!("127.0.0.1:{}", ports[&id]);
         let addrs = [1, 2, 3].into_iter().map(|id| (id, addr(id))).collect();
         let mut clients = Clients { addrs, conns: BTreeMap::new(), hint: BTreeMap::new(), slow: Default::default() };

@@ -181,21 +181,18 @@ impl Groups {
         if let Some(term) = self.serving(group) {
             return Route::Here(term);
         }
-        let metrics = self.raft(group).metrics();
-        let m = metrics.borrow_watched();
-        match m.current_leader {
-            Some(leader) if leader != self.cfg.node_id => {
-                let addr = m.membership_config.get_node(&leader).map(|n| n.addr.clone()).unwrap_or_default();
-                Route::Leader(leader, addr)
-            }
-            _ => Route::Nobody,
+        match self.leader_of(group) {
+            // Leading, not yet serving (catching up): nobody for now.
+            Route::Here(_) => Route::Nobody,
+            other => other,
         }
     }
 
-    /// The answer for a request this node does not serve.
-    pub fn elsewhere(&self, id: &AccountId) -> Error {
+    /// The answer for a request for `id` this node does not serve, routed
+    /// `route`.
+    pub fn elsewhere(&self, id: &AccountId, route: Route) -> Error {
         let shard = id.shard(u64::from(self.cfg.shards)) as u32;
-        match self.route(id) {
+        match route {
             Route::Leader(leader, addr) => Error::WrongNode {
                 shard,
                 leader: Some(leader),

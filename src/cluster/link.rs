@@ -205,19 +205,35 @@ where
 #[derive(Clone)]
 pub struct LinkFactory {
     channels: Arc<Mutex<BTreeMap<String, tonic::transport::Channel>>>,
-    secret: Arc<str>,
+    /// `Bearer <secret>`, made once (`None`: a secret that is not a valid
+    /// header value; every call then fails saying so).
+    bearer: Option<Bearer>,
     group: u32,
+}
+
+type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+type LinkClient = pb::node_link_client::NodeLinkClient<tonic::transport::Channel>;
+
+/// `body` as a call: the deadline and the cluster secret set.
+fn signed<T>(body: T, bearer: &Option<Bearer>, timeout: std::time::Duration) -> Result<Request<T>, String> {
+    let bearer = bearer.clone().ok_or("the cluster secret is not a valid header value")?;
+    let mut req = Request::new(body);
+    req.set_timeout(timeout);
+    req.metadata_mut().insert("authorization", bearer);
+    Ok(req)
 }
 
 impl LinkFactory {
     pub fn new(secret: &str) -> LinkFactory {
-        LinkFactory { channels: Arc::default(), secret: secret.into(), group: 0 }
+        let bearer = format!("Bearer {secret}").parse().ok();
+        LinkFactory { channels: Arc::default(), bearer, group: 0 }
     }
 
-    /// The shared channel to the node at `addr`.
-    fn channel(&self, addr: &str) -> tonic::transport::Channel {
+    /// A client of the node at `addr`, over the channel shared by every
+    /// call to it.
+    fn client(&self, addr: &str) -> LinkClient {
         let mut channels = lock(&self.channels);
-        channels
+        let channel = channels
             .entry(addr.to_string())
             .or_insert_with(|| {
                 // Lazy: connects on first use and again after a loss.
@@ -225,7 +241,10 @@ impl LinkFactory {
                     .map(|e| e.connect_lazy())
                     .unwrap_or_else(|_| tonic::transport::Endpoint::from_static("http://0.0.0.0:1").connect_lazy())
             })
-            .clone()
+            .clone();
+        LinkClient::new(channel)
+            .max_decoding_message_size(LINK_MESSAGE_BYTES)
+            .max_encoding_message_size(LINK_MESSAGE_BYTES)
     }
 
     /// Asks the node at `addr` (which leads `group`) to replace its voter
@@ -239,12 +258,9 @@ impl LinkFactory {
         to_addr: &str,
         timeout: std::time::Duration,
     ) -> Result<Replaced, String> {
-        let mut client = pb::node_link_client::NodeLinkClient::new(self.channel(addr));
-        let mut req = Request::new(pb::ReplaceCall { group, from, to, to_addr: to_addr.to_string() });
-        req.set_timeout(timeout);
-        let bearer = format!("Bearer {}", self.secret).parse().map_err(|e| format!("{e}"))?;
-        req.metadata_mut().insert("authorization", bearer);
-        let answer = client.replace(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        let call = pb::ReplaceCall { group, from, to, to_addr: to_addr.to_string() };
+        let req = signed(call, &self.bearer, timeout)?;
+        let answer = self.client(addr).replace(req).await.map_err(|s| s.message().to_string())?.into_inner();
         decode::<Result<Replaced, String>>(&answer.body)?
     }
 
@@ -257,14 +273,8 @@ impl LinkFactory {
         reqs: &[Request_],
         timeout: std::time::Duration,
     ) -> Result<Vec<Result<Reply, Error>>, String> {
-        let mut client = pb::node_link_client::NodeLinkClient::new(self.channel(addr))
-            .max_decoding_message_size(LINK_MESSAGE_BYTES)
-            .max_encoding_message_size(LINK_MESSAGE_BYTES);
-        let mut req = Request::new(pb::ForwardCall { body: encode(&reqs)? });
-        req.set_timeout(timeout);
-        let bearer = format!("Bearer {}", self.secret).parse().map_err(|e| format!("{e}"))?;
-        req.metadata_mut().insert("authorization", bearer);
-        let answer = client.forward(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        let req = signed(pb::ForwardCall { body: encode(&reqs)? }, &self.bearer, timeout)?;
+        let answer = self.client(addr).forward(req).await.map_err(|s| s.message().to_string())?.into_inner();
         let answers: Vec<Answer> = decode(&answer.body)?;
         if answers.len() != reqs.len() {
             return Err(format!("{} answers to {} requests", answers.len(), reqs.len()));
@@ -294,21 +304,14 @@ impl RaftNetworkFactory<C> for LinkFactory {
     type Network = Link;
 
     async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Link {
-        let channel = self.channel(&node.addr);
-        Link {
-            client: pb::node_link_client::NodeLinkClient::new(channel)
-                .max_decoding_message_size(LINK_MESSAGE_BYTES)
-                .max_encoding_message_size(LINK_MESSAGE_BYTES),
-            secret: Arc::clone(&self.secret),
-            group: self.group,
-        }
+        Link { client: self.client(&node.addr), bearer: self.bearer.clone(), group: self.group }
     }
 }
 
 /// One group's messages to one node.
 pub struct Link {
-    client: pb::node_link_client::NodeLinkClient<tonic::transport::Channel>,
-    secret: Arc<str>,
+    client: LinkClient,
+    bearer: Option<Bearer>,
     group: u32,
 }
 
@@ -319,10 +322,8 @@ impl Link {
         body: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<C>> {
-        let mut req = Request::new(pb::RaftCall { group: self.group, kind: kind as i32, body });
-        req.set_timeout(option.hard_ttl());
-        let bearer = format!("Bearer {}", self.secret).parse().map_err(unreachable)?;
-        req.metadata_mut().insert("authorization", bearer);
+        let call = pb::RaftCall { group: self.group, kind: kind as i32, body };
+        let req = signed(call, &self.bearer, option.hard_ttl()).map_err(unreachable)?;
         let answer = self.client.raft(req).await.map_err(|s| unreachable(s.message()))?.into_inner();
         let result: Result<Resp, String> = decode(&answer.body).map_err(unreachable)?;
         result.map_err(unreachable)

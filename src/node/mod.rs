@@ -622,8 +622,11 @@ impl Inner {
     }
 
     async fn dispatch_with(&self, jobs: Vec<Job>, forward: bool) {
-        let Some(groups) = &self.groups else { return self.send(jobs) };
         let reads = |job: &Job| job.req.command.is_query() && job.req.command != Command::Tick;
+        let Some(groups) = &self.groups else { return self.send(jobs) };
+        if !jobs.iter().any(reads) {
+            return self.send_or_forward(jobs, forward);
+        }
         let mut confirmed: Vec<(u32, Result<(), Error>)> = Vec::new();
         for job in jobs.iter().filter(|j| reads(j)) {
             let group = groups.group_of(&job.req.account);
@@ -692,8 +695,8 @@ impl Inner {
                         Route::Leader(_, addr) if forward && self.link.is_some() && !addr.is_empty() => {
                             there.entry(addr).or_default().push(job);
                         }
-                        _ => {
-                            let error = groups.elsewhere(&job.req.account);
+                        route => {
+                            let error = groups.elsewhere(&job.req.account, route);
                             if let Some(reply) = job.reply {
                                 reply.send(Err(error));
                             }

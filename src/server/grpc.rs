@@ -25,23 +25,17 @@ use crate::wire::{self, pb};
 /// `prepaid-code` metadata and an encoded `Refusal` in the details.
 pub fn status(e: &Error) -> Status {
     use tonic::Code;
-    let code = match e {
-        Error::Unauthenticated => Code::Unauthenticated,
-        Error::Forbidden(_) => Code::PermissionDenied,
-        Error::BatchTooLarge { .. } | Error::Overloaded => Code::ResourceExhausted,
-        Error::ShuttingDown | Error::StorageUnavailable(_) | Error::ShardUnavailable(_) => Code::Unavailable,
-        Error::WrongNode { .. } => Code::FailedPrecondition,
-        Error::Internal(_) => Code::Internal,
-        Error::Refused(_) | Error::InvalidRequest(_) => Code::InvalidArgument,
-        Error::Remote { code, .. } => match *code {
-            "unauthenticated" => Code::Unauthenticated,
-            "forbidden" => Code::PermissionDenied,
-            "batch_too_large" | "overloaded" => Code::ResourceExhausted,
-            "shutting_down" | "storage_unavailable" | "shard_unavailable" => Code::Unavailable,
-            "wrong_node" => Code::FailedPrecondition,
-            "internal" => Code::Internal,
-            _ => Code::InvalidArgument,
-        },
+    // By the stable code, so another node's answer (`Error::Remote`) gets
+    // the status this node would give it.
+    let code = match e.code() {
+        "unauthenticated" => Code::Unauthenticated,
+        "forbidden" => Code::PermissionDenied,
+        "batch_too_large" | "overloaded" => Code::ResourceExhausted,
+        "shutting_down" | "storage_unavailable" | "shard_unavailable" => Code::Unavailable,
+        "wrong_node" => Code::FailedPrecondition,
+        "internal" => Code::Internal,
+        // The ledger's refusals and invalid_request.
+        _ => Code::InvalidArgument,
     };
     let details = Bytes::from(prost::Message::encode_to_vec(&wire::refusal(e)));
     let mut metadata = tonic::metadata::MetadataMap::new();

@@ -99,30 +99,20 @@ fn path_id(path: Result<Path<String>, axum::extract::rejection::PathRejection>) 
     }
 }
 
+/// By the stable code, so another node's answer (`Error::Remote`) gets
+/// the status this node would give it.
 fn http_status(e: &Error) -> StatusCode {
-    match e {
-        Error::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Error::Forbidden(_) => StatusCode::FORBIDDEN,
-        Error::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        Error::ShuttingDown | Error::StorageUnavailable(_) | Error::ShardUnavailable(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        Error::WrongNode { .. } => StatusCode::MISDIRECTED_REQUEST,
-        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        Error::Refused(crate::ledger::Reason::UnknownAccount) => StatusCode::NOT_FOUND,
-        Error::Refused(_) | Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-        Error::Remote { code, .. } => match *code {
-            "unauthenticated" => StatusCode::UNAUTHORIZED,
-            "forbidden" => StatusCode::FORBIDDEN,
-            "batch_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-            "shutting_down" | "storage_unavailable" | "shard_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            "wrong_node" => StatusCode::MISDIRECTED_REQUEST,
-            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
-            "unknown_account" => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        },
+    match e.code() {
+        "unauthenticated" => StatusCode::UNAUTHORIZED,
+        "forbidden" => StatusCode::FORBIDDEN,
+        "batch_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "overloaded" => StatusCode::TOO_MANY_REQUESTS,
+        "shutting_down" | "storage_unavailable" | "shard_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "wrong_node" => StatusCode::MISDIRECTED_REQUEST,
+        "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+        "unknown_account" => StatusCode::NOT_FOUND,
+        // The ledger's other refusals and invalid_request.
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
