@@ -133,6 +133,8 @@ pub const SETTING_BOUNDS: &[(&str, u64, u64)] = &[
     ("cluster.election_timeout_min_ms", 20, 599_999),
     ("cluster.election_timeout_max_ms", 21, 600_000),
     ("cluster.commit_timeout_ms", 10, 600_000),
+    ("cluster.leaderless_wait_ms", 0, 600_000),
+    ("cluster.leaderless_buffer", 1, 10_000_000),
 ];
 
 /// Most shard workers a node runs.
@@ -383,6 +385,18 @@ pub struct ClusterSettings {
     /// How long a write waits for its groups to commit before it is
     /// answered `shard_unavailable` with its outcome unknown.
     pub commit_timeout_ms: u64,
+    /// How long a request for a shard whose group has no leader for the
+    /// moment (an election, a leader handing over) waits for one before it
+    /// is answered `shard_unavailable` (nothing applied); 0: at once.
+    pub leaderless_wait_ms: u64,
+    /// Most requests waiting so at once on this node; past it they are
+    /// answered at once.
+    pub leaderless_buffer: usize,
+    /// Whether the leader of a group hands the lead to the group's
+    /// preferred voter (the voters in id order, group `g` to the
+    /// `g mod n`-th) once that voter is caught up, so each node leads its
+    /// share of the groups. Env: PREPAID_CLUSTER_BALANCE_LEADERS.
+    pub balance_leaders: bool,
 }
 
 impl Default for ClusterSettings {
@@ -396,6 +410,9 @@ impl Default for ClusterSettings {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             commit_timeout_ms: 2_000,
+            leaderless_wait_ms: 2_000,
+            leaderless_buffer: 10_000,
+            balance_leaders: true,
         }
     }
 }

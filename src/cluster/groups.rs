@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::storage::RaftLogStorage;
-use openraft::{BasicNode, RaftNetworkFactory, ReadPolicy, ServerState};
+use openraft::{BasicNode, Instant as _, RaftNetworkFactory, ReadPolicy, ServerState};
 
 use super::apply::StoreShard;
 use super::{Applied, ShardEntry, ShardRaft};
@@ -60,6 +60,9 @@ pub struct GroupsConfig {
     pub notice_ms: u64,
     /// Webhook marks are written with each account's records.
     pub webhooks: bool,
+    /// Whether the node hands each group it leads to the group's
+    /// preferred voter (`Groups::balance`).
+    pub balance_leaders: bool,
 }
 
 pub struct Groups {
@@ -67,6 +70,8 @@ pub struct Groups {
     rafts: Vec<GroupRaft>,
     /// Per group: the term this node serves it in, 0 when it does not.
     serving: Vec<AtomicU64>,
+    /// Moves on every change of `serving` (what `routable` waits on).
+    served: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a request to replace a member found in one group, on the node asked.
@@ -79,6 +84,9 @@ pub enum Replaced {
     /// This node led the group and is the member to replace: it handed the
     /// lead to another voter; ask that one.
     HandedOff(u64),
+    /// The leader this node knows could not be reached (it may have just
+    /// been lost): ask again once the group has another.
+    Unreachable(String),
 }
 
 /// One group as a node sees it (`prepaid cluster status`).
@@ -141,7 +149,8 @@ impl Groups {
             rafts.push(r);
         }
         let serving = rafts.iter().map(|_| AtomicU64::new(0)).collect();
-        Ok(Arc::new(Groups { cfg, rafts, serving }))
+        let (served, _) = tokio::sync::watch::channel(0);
+        Ok(Arc::new(Groups { cfg, rafts, serving, served }))
     }
 
     pub fn count(&self) -> u32 {
@@ -173,6 +182,34 @@ impl Groups {
     /// The term this node serves `group` in, if it does.
     pub fn serving(&self, group: u32) -> Option<u64> {
         Some(self.serving[group as usize].load(Ordering::Acquire)).filter(|&t| t != 0)
+    }
+
+    /// Serves `group` in `term` (0: no more), and says so to whoever waits.
+    fn set_serving(&self, group: u32, term: u64) {
+        self.serving[group as usize].store(term, Ordering::Release);
+        self.served.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits at most `wait` for `group` to have a leader a request can go
+    /// to: this node serving it, or another node whose address is known
+    /// (and is not `avoid`: a leader found gone). Whether it has one.
+    pub async fn routable(&self, group: u32, avoid: Option<&str>, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed before looking: a change after the look is seen.
+        let mut metrics = self.raft(group).metrics();
+        let mut served = self.served.subscribe();
+        loop {
+            let routed = self.serving(group).is_some()
+                || matches!(self.leader_of(group), Route::Leader(_, addr) if !addr.is_empty() && Some(addr.as_str()) != avoid);
+            if routed {
+                return true;
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return false },
+                changed = served.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
     }
 
     /// Where requests for `id` go now.
@@ -283,7 +320,7 @@ impl Groups {
         health: Arc<Health>,
         taken: Arc<dyn Fn(u32) + Send + Sync>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..self.count())
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = (0..self.count())
             .map(|group| {
                 let groups = Arc::clone(self);
                 let health = Arc::clone(&health);
@@ -298,15 +335,14 @@ impl Groups {
                                 m.current_term,
                             )
                         };
-                        let slot = &groups.serving[group as usize];
-                        let served = slot.load(Ordering::Acquire);
+                        let served = groups.serving[group as usize].load(Ordering::Acquire);
                         if !leads && served != 0 {
-                            slot.store(0, Ordering::Release);
+                            groups.set_serving(group, 0);
                             health.moved();
                             tracing::info!(group, term = served, "stopped serving the group");
                         } else if leads && served != term {
                             if served != 0 {
-                                slot.store(0, Ordering::Release);
+                                groups.set_serving(group, 0);
                                 health.moved();
                             }
                             // Everything committed before the term applied.
@@ -318,7 +354,7 @@ impl Groups {
                                 // and cells reload from a store that holds
                                 // everything before the term.
                                 health.moved();
-                                slot.store(term, Ordering::Release);
+                                groups.set_serving(group, term);
                                 tracing::info!(group, term, "serving the group");
                                 taken(group);
                             } else if read.is_err() {
@@ -335,7 +371,59 @@ impl Groups {
                     }
                 })
             })
-            .collect()
+            .collect();
+        if self.cfg.balance_leaders {
+            tasks.push(tokio::spawn(Arc::clone(self).balance()));
+        }
+        tasks
+    }
+
+    /// Spreads the lead: every `BALANCE_EVERY`, each group this node
+    /// serves whose preferred voter is another node (`preferred`) is handed
+    /// to it once that voter has every entry of this node's log and
+    /// answered within an election timeout. A voter that cannot keep the
+    /// lead is not handed the same group again for `BALANCE_BACKOFF`.
+    async fn balance(self: Arc<Self>) {
+        let mut handed: Vec<Option<tokio::time::Instant>> = vec![None; self.count() as usize];
+        loop {
+            tokio::time::sleep(BALANCE_EVERY).await;
+            for group in 0..self.count() {
+                let last = &mut handed[group as usize];
+                if last.is_some_and(|at| at.elapsed() < BALANCE_BACKOFF) {
+                    continue;
+                }
+                let Some(to) = self.handoff(group) else { continue };
+                if self.raft(group).trigger().transfer_leader(to).await.is_err() {
+                    return; // The member stopped: the node is stopping.
+                }
+                *last = Some(tokio::time::Instant::now());
+                tracing::info!(group, to, "handed the group's lead to its preferred voter");
+            }
+        }
+    }
+
+    /// The voter this node should hand `group` to now, if any: the
+    /// group's preferred voter, when this node serves the group, is not
+    /// that voter, the membership is not changing, and the voter is caught
+    /// up and heard from (a handoff to a voter behind the log is ignored by
+    /// it, and the group waits an election timeout for a new leader).
+    fn handoff(&self, group: u32) -> Option<u64> {
+        self.serving(group)?;
+        let metrics = self.raft(group).metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        if m.current_leader != Some(self.cfg.node_id) || membership.get_joint_config().len() != 1 {
+            return None;
+        }
+        let voters: Vec<u64> = membership.voter_ids().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let to = preferred(group, &voters)?;
+        if to == self.cfg.node_id {
+            return None;
+        }
+        let matched = m.replication.as_ref()?.get(&to)?.as_ref()?.index;
+        let heard = m.heartbeat.as_ref()?.get(&to)?.as_ref()?;
+        let recent = Duration::from_millis(self.cfg.raft.election_timeout_min);
+        (Some(matched) == m.last_log_index && heard.elapsed() < recent).then_some(to)
     }
 
     /// Replaces the group's voter on node `from` with node `to` (at
@@ -437,13 +525,30 @@ impl Groups {
 
     /// Stops every member (the node is stopping).
     pub async fn shutdown(&self) {
-        for slot in &self.serving {
-            slot.store(0, Ordering::Release);
+        for group in 0..self.count() {
+            self.set_serving(group, 0);
         }
         for raft in &self.rafts {
             let _ = raft.shutdown().await;
         }
     }
+}
+
+/// How often a node looks for groups to hand to their preferred voters.
+pub const BALANCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a node waits before it hands one group to its preferred voter
+/// again.
+pub const BALANCE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The voter that should lead `group`: the voters, in id order, take the
+/// groups round the ring (group `g` to the `g mod n`-th), so each of `n`
+/// voters leads its share and a group's lead comes back to the same node
+/// after it failed over.
+pub fn preferred(group: u32, voters: &[u64]) -> Option<u64> {
+    if voters.is_empty() {
+        return None;
+    }
+    Some(voters[group as usize % voters.len()])
 }
 
 /// How long a replacement waits for the new member to catch up, and then

@@ -260,24 +260,36 @@ impl LinkFactory {
     ) -> Result<Replaced, String> {
         let call = pb::ReplaceCall { group, from, to, to_addr: to_addr.to_string() };
         let req = signed(call, &self.bearer, timeout)?;
-        let answer = self.client(addr).replace(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        let answer = match self.client(addr).replace(req).await {
+            Ok(answer) => answer.into_inner(),
+            // Not reached (a leader just lost): asked again once the group
+            // has another.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                return Ok(Replaced::Unreachable(s.message().to_string()));
+            }
+            Err(s) => return Err(s.message().to_string()),
+        };
         decode::<Result<Replaced, String>>(&answer.body)?
     }
 
     /// Runs `reqs` on the node at `addr` (which leads their groups): one
-    /// answer each, in order, or why the call failed (its outcome is then
-    /// unknown).
+    /// answer each, in order, or why the call failed.
     pub async fn forward(
         &self,
         addr: &str,
         reqs: &[Request_],
         timeout: std::time::Duration,
-    ) -> Result<Vec<Result<Reply, Error>>, String> {
-        let req = signed(pb::ForwardCall { body: encode(&reqs)? }, &self.bearer, timeout)?;
-        let answer = self.client(addr).forward(req).await.map_err(|s| s.message().to_string())?.into_inner();
-        let answers: Vec<Answer> = decode(&answer.body)?;
+    ) -> Result<Vec<Result<Reply, Error>>, Unanswered> {
+        let unknown = |why: String| Unanswered { why, unsent: false };
+        let req = signed(pb::ForwardCall { body: encode(&reqs).map_err(unknown)? }, &self.bearer, timeout)
+            .map_err(|why| Unanswered { why, unsent: true })?;
+        let answer = match self.client(addr).forward(req).await {
+            Ok(answer) => answer.into_inner(),
+            Err(s) => return Err(Unanswered { why: s.message().to_string(), unsent: refused(&s) }),
+        };
+        let answers: Vec<Answer> = decode(&answer.body).map_err(unknown)?;
         if answers.len() != reqs.len() {
-            return Err(format!("{} answers to {} requests", answers.len(), reqs.len()));
+            return Err(unknown(format!("{} answers to {} requests", answers.len(), reqs.len())));
         }
         let answer = |a: Answer| match a {
             Ok((reply, replayed)) => Ok(Reply { replayed, ..reply }),
@@ -295,6 +307,29 @@ impl LinkFactory {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct LinkError(String);
+
+/// Why a forwarded call brought no answers.
+#[derive(Debug)]
+pub struct Unanswered {
+    pub why: String,
+    /// The call never left this node (the leader's address refused the
+    /// connection, or the call could not be made): nothing of it applied.
+    /// Otherwise the outcome is unknown.
+    pub unsent: bool,
+}
+
+/// Whether a failed call was refused at connect: nothing was sent. (A
+/// connection that breaks later may have carried the call.)
+fn refused(status: &Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cause = e.source();
+    }
+    false
+}
 
 fn unreachable(e: impl std::fmt::Display) -> RPCError<C> {
     RPCError::Unreachable(Unreachable::new(&LinkError(e.to_string())))
@@ -438,6 +473,33 @@ mod tests {
         assert_eq!(members[&rest[0]].1.state(), members[&rest[1]].1.state());
         for id in &rest {
             members[id].0.shutdown().await.unwrap();
+        }
+    }
+
+    /// A forward to an address nobody listens on was never sent (nothing
+    /// of it applied); one to a node that answers and then fails is not
+    /// known to be unsent.
+    #[tokio::test]
+    async fn a_forward_refused_at_connect_is_known_unsent() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let link = LinkFactory::new(SECRET);
+        let reqs = vec![Request_ {
+            account: crate::ledger::AccountId::new("acme").unwrap(),
+            key: None,
+            command: crate::ledger::Command::Balance,
+        }];
+        let failed = link.forward(&addr, &reqs, Duration::from_secs(5)).await.unwrap_err();
+        assert!(failed.unsent, "{failed:?}");
+        // A node that serves the link but has no node to run requests on
+        // answers with an error: that call was sent.
+        let service = LinkService::<MemoryShard>::new(SECRET);
+        let (addr, tasks) = serve(service).await;
+        let failed = link.forward(&addr.to_string(), &reqs, Duration::from_secs(5)).await.unwrap_err();
+        assert!(!failed.unsent, "{failed:?}");
+        for task in tasks {
+            task.abort();
         }
     }
 }

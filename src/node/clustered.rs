@@ -54,7 +54,13 @@ fn open_disks(dir: &std::path::Path) -> (Arc<dyn Store>, RaftDisk) {
 }
 
 async fn member(id: u64, dir: &std::path::Path, addr: &str) -> (Member, BasicNode) {
-    let mut config = NodeConfig::default();
+    member_with(id, dir, addr, NodeConfig::default()).await
+}
+
+/// `member`, its node started with `config` (its `node.shards` and
+/// `node.workers` set here).
+async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeConfig) -> (Member, BasicNode) {
+    let mut config = config;
     config.node.shards = 8;
     config.node.workers = 2;
     let raft = openraft::Config {
@@ -71,6 +77,9 @@ async fn member(id: u64, dir: &std::path::Path, addr: &str) -> (Member, BasicNod
         raft,
         notice_ms: config.ledger.expiry_notice_ms,
         webhooks: false,
+        // The tests send each request to the leader they found: the lead
+        // stays where the election put it.
+        balance_leaders: false,
     };
     let (store, disk) = open_disks(dir);
     let service = LinkService::<StoreShard>::new(SECRET);
@@ -249,4 +258,60 @@ async fn three_clustered_nodes_commit_through_their_leaders_and_outlive_one() {
     for (_, m) in members.iter_mut() {
         lose(m).await;
     }
+}
+
+/// A request for a group that has no leader yet (a cluster not yet
+/// initialized) waits for one, up to `cluster.leaderless_wait_ms`, and
+/// applies once the group has it. Past `cluster.leaderless_buffer`
+/// waiting requests, or with no wait, a request is answered
+/// `shard_unavailable` at once, nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_its_group_to_have_a_leader() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut config = NodeConfig::default();
+    config.cluster.leaderless_wait_ms = 60_000;
+    config.cluster.leaderless_buffer = 1;
+    let (one, addr) = member_with(1, dirs[0].path(), "127.0.0.1:0", config).await;
+    let one = Arc::new(one);
+    let open =
+        || Command::Open { mode: Mode::Prepaid, currency: Currency::USD, past_due_suspends: None, credit_limit: None };
+    let (a, b) = (AccountId::new("waits").unwrap(), AccountId::new("refused").unwrap());
+    let waits = {
+        let one = Arc::clone(&one);
+        let req = request(&a, Some("open"), open());
+        tokio::spawn(async move { one.node.as_ref().unwrap().execute(req).await })
+    };
+    let node = one.node.as_ref().unwrap();
+    let mut parked = false;
+    for _ in 0..TRIES {
+        parked = node.waiting_count() == 1;
+        if parked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(parked, "the first request waits for a leader");
+    // The buffer holds one: the next is answered at once.
+    let refused = node.execute(request(&b, Some("open"), open())).await;
+    assert!(matches!(refused, Err(Error::ShardUnavailable(_))), "{refused:?}");
+    // A node that does not wait answers at once too.
+    let mut at_once = NodeConfig::default();
+    at_once.cluster.leaderless_wait_ms = 0;
+    let (two, _) = member_with(2, dirs[1].path(), "127.0.0.1:0", at_once).await;
+    let answer = two.node.as_ref().unwrap().execute(request(&b, Some("open"), open())).await;
+    assert!(matches!(answer, Err(Error::ShardUnavailable(_))), "{answer:?}");
+    assert!(!waits.is_finished(), "still waiting: no group has a leader");
+
+    // A cluster of node 1 alone: every group gets its leader, and the
+    // waiting request applies.
+    one.groups.initialize(&BTreeMap::from([(1, addr)])).await.unwrap();
+    let opened = waits.await.unwrap();
+    assert!(opened.is_ok(), "{opened:?}");
+    assert_eq!(node.waiting_count(), 0);
+    node.execute(request(&a, None, Command::Balance)).await.unwrap();
+    // The refused request applied nothing.
+    let never = node.execute(request(&b, None, Command::Balance)).await;
+    assert!(matches!(never, Err(Error::Refused(crate::ledger::Reason::UnknownAccount))), "{never:?}");
+    let mut one = Arc::into_inner(one).unwrap();
+    lose(&mut one).await;
 }

@@ -68,6 +68,28 @@ pub(crate) struct Inner {
     link: Option<LinkFactory>,
     /// Requests forwarded so far.
     forwarded: std::sync::atomic::AtomicU64,
+    /// Requests waiting for their group to have a leader
+    /// (`cluster.leaderless_buffer` at most).
+    waiting: AtomicUsize,
+    /// The node itself, for the tasks that wait for a leader.
+    me: Weak<Inner>,
+}
+
+/// Where a job may still go from the node that has it.
+#[derive(Clone, Copy)]
+struct Hops {
+    /// To its group's leader over the node link (one hop: not a job that
+    /// was forwarded here).
+    forward: bool,
+    /// Wait here, once, for its group to have a leader.
+    wait: bool,
+}
+
+impl Hops {
+    /// A caller's request, or one the node makes itself.
+    const FIRST: Hops = Hops { forward: true, wait: true };
+    /// A request another node forwarded here.
+    const FORWARDED: Hops = Hops { forward: false, wait: true };
 }
 
 /// Counts requests against `node.max_in_flight` while they are in the node.
@@ -171,6 +193,7 @@ impl Node {
             raft,
             notice_ms: config.ledger.expiry_notice_ms,
             webhooks: !config.webhooks.urls.is_empty(),
+            balance_leaders: c.balance_leaders,
         };
         let groups = Groups::start(cfg, Arc::clone(&store), |g| (disk.log(g), link.group(g)))
             .await
@@ -267,6 +290,11 @@ impl Node {
     /// Requests this node forwarded to the leaders of their groups.
     pub fn forwarded_count(&self) -> u64 {
         self.inner.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting now for their group to have a leader.
+    pub fn waiting_count(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     /// Clustered: each group's leader, term and progress as this node
@@ -397,7 +425,7 @@ impl Node {
                 }
             }
         }
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             shards: u64::from(shared.cfg.node.shards),
             shared,
             workers,
@@ -407,6 +435,8 @@ impl Node {
             groups,
             link,
             forwarded: std::sync::atomic::AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            me: me.clone(),
         });
         let timing = recharge::Timing {
             charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),
@@ -618,14 +648,14 @@ impl Inner {
     /// current (`balance`, `check_access`) is answered only after the
     /// leader lease of its group confirms this node still leads it.
     async fn dispatch(&self, jobs: Vec<Job>) {
-        self.dispatch_with(jobs, true).await
+        self.dispatch_with(jobs, Hops::FIRST).await
     }
 
-    async fn dispatch_with(&self, jobs: Vec<Job>, forward: bool) {
+    async fn dispatch_with(&self, jobs: Vec<Job>, hops: Hops) {
         let reads = |job: &Job| job.req.command.is_query() && job.req.command != Command::Tick;
         let Some(groups) = &self.groups else { return self.send(jobs) };
         if !jobs.iter().any(reads) {
-            return self.send_or_forward(jobs, forward);
+            return self.send_or_forward(jobs, hops);
         }
         let mut confirmed: Vec<(u32, Result<(), Error>)> = Vec::new();
         for job in jobs.iter().filter(|j| reads(j)) {
@@ -646,7 +676,7 @@ impl Inner {
                 _ => send.push(job),
             }
         }
-        self.send_or_forward(send, forward);
+        self.send_or_forward(send, hops);
     }
 
     /// How long a forwarded call may take: the leader's commit, and a
@@ -658,16 +688,19 @@ impl Inner {
     /// Hands jobs to their workers, one message per worker; answers them at
     /// once if the node is stopping. Clustered, a job for a group this
     /// node does not serve is forwarded to its leader (or answered
-    /// `wrong_node` or `shard_unavailable`). A job whose worker is gone is
+    /// `wrong_node`), or waits for its group to have a leader (or is
+    /// answered `shard_unavailable`). A job whose worker is gone is
     /// answered `internal` when it is dropped.
     pub(crate) fn send(&self, jobs: Vec<Job>) {
-        self.send_or_forward(jobs, true)
+        self.send_or_forward(jobs, Hops::FIRST)
     }
 
     /// `send`; clustered, a job for a group another node leads goes there
-    /// over the node link when `forward` (one hop: a forwarded job is not
-    /// forwarded again).
-    fn send_or_forward(&self, jobs: Vec<Job>, forward: bool) {
+    /// over the node link when `hops.forward` (one hop: a forwarded job is
+    /// not forwarded again), and a job for a group without a leader waits
+    /// for one, up to `cluster.leaderless_wait_ms`, when `hops.wait`
+    /// (`cluster.leaderless_buffer` jobs at most wait at once).
+    fn send_or_forward(&self, jobs: Vec<Job>, hops: Hops) {
         if self.stopping.load(Ordering::Acquire) {
             for job in jobs {
                 if let Some(reply) = job.reply {
@@ -681,6 +714,8 @@ impl Inner {
             Some(groups) => {
                 let mut here = Vec::with_capacity(jobs.len());
                 let mut there: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+                let mut waiting: Vec<Job> = Vec::new();
+                let c = &self.shared.cfg.cluster;
                 for job in jobs {
                     if groups.serving(groups.group_of(&job.req.account)).is_some() {
                         here.push(job);
@@ -692,9 +727,10 @@ impl Inner {
                         continue;
                     }
                     match groups.route(&job.req.account) {
-                        Route::Leader(_, addr) if forward && self.link.is_some() && !addr.is_empty() => {
+                        Route::Leader(_, addr) if hops.forward && self.link.is_some() && !addr.is_empty() => {
                             there.entry(addr).or_default().push(job);
                         }
+                        Route::Nobody if hops.wait && c.leaderless_wait_ms > 0 => waiting.push(job),
                         route => {
                             let error = groups.elsewhere(&job.req.account, route);
                             if let Some(reply) = job.reply {
@@ -703,10 +739,12 @@ impl Inner {
                         }
                     }
                 }
+                self.wait_for_leader(waiting, None, hops);
                 if let Some(link) = &self.link {
                     for (addr, jobs) in there {
                         self.forwarded.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                        tokio::spawn(forward_to(link.clone(), addr, jobs, self.forward_timeout()));
+                        let timeout = self.forward_timeout();
+                        tokio::spawn(forward_to(self.me.clone(), link.clone(), addr, jobs, timeout, hops));
                     }
                 }
                 here
@@ -724,6 +762,42 @@ impl Inner {
             if !jobs.is_empty() {
                 let _ = worker.send_message(WorkerMsg::Batch(jobs));
             }
+        }
+    }
+
+    /// Jobs whose groups have no leader to send them to (or only `avoid`,
+    /// a leader found gone): each waits for its group to have one, up to
+    /// `cluster.leaderless_wait_ms`, then is sent on once more (without
+    /// waiting again). Past `cluster.leaderless_buffer` jobs waiting, a
+    /// job is answered `shard_unavailable` at once.
+    fn wait_for_leader(&self, jobs: Vec<Job>, avoid: Option<String>, hops: Hops) {
+        let Some(groups) = &self.groups else { return self.send_or_forward(jobs, Hops { wait: false, ..hops }) };
+        let max = self.shared.cfg.cluster.leaderless_buffer;
+        let mut per_group: BTreeMap<u32, Vec<Job>> = BTreeMap::new();
+        for job in jobs {
+            let room = self.waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+            if room.is_ok() {
+                per_group.entry(groups.group_of(&job.req.account)).or_default().push(job);
+            } else if let Some(reply) = job.reply {
+                reply.send(Err(groups.elsewhere(&job.req.account, Route::Nobody)));
+            }
+        }
+        let wait = Duration::from_millis(self.shared.cfg.cluster.leaderless_wait_ms);
+        for (group, jobs) in per_group {
+            let (me, groups, avoid) = (self.me.clone(), Arc::clone(groups), avoid.clone());
+            tokio::spawn(async move {
+                groups.routable(group, avoid.as_deref(), wait).await;
+                let Some(inner) = me.upgrade() else {
+                    for job in jobs {
+                        if let Some(reply) = job.reply {
+                            reply.send(Err(Error::ShuttingDown));
+                        }
+                    }
+                    return;
+                };
+                inner.waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
+                inner.dispatch_with(jobs, Hops { wait: false, ..hops }).await;
+            });
         }
     }
 
@@ -792,11 +866,21 @@ async fn timers(inner: Arc<Inner>) {
 }
 
 /// Jobs for groups the node at `addr` leads: sent there as one call; each
-/// job answered with its result there, or, if the call fails, with its
-/// outcome unknown.
-async fn forward_to(link: LinkFactory, addr: String, jobs: Vec<Job>, timeout: Duration) {
+/// job answered with its result there. A call that never left (the
+/// leader's address refused it: that node is gone) waits for the groups'
+/// next leaders, once (`hops.wait`); any other failure is answered with
+/// its outcome unknown.
+async fn forward_to(me: Weak<Inner>, link: LinkFactory, addr: String, jobs: Vec<Job>, timeout: Duration, hops: Hops) {
     let reqs: Vec<Request> = jobs.iter().map(|j| j.req.clone()).collect();
-    match link.forward(&addr, &reqs, timeout).await {
+    let answered = link.forward(&addr, &reqs, timeout).await;
+    if let Err(failed) = &answered
+        && failed.unsent
+        && hops.wait
+        && let Some(inner) = me.upgrade()
+    {
+        return inner.wait_for_leader(jobs, Some(addr), hops);
+    }
+    match answered {
         Ok(answers) => {
             for (job, answer) in jobs.into_iter().zip(answers) {
                 if let Some(reply) = job.reply {
@@ -804,11 +888,16 @@ async fn forward_to(link: LinkFactory, addr: String, jobs: Vec<Job>, timeout: Du
                 }
             }
         }
-        Err(e) => {
-            let error = Error::ShardUnavailable(format!(
-                "forwarded to the leader at {addr}, which did not answer ({e}); the outcome is unknown, resend under \
-                 the same idempotency key"
-            ));
+        Err(failed) => {
+            let error = Error::ShardUnavailable(if failed.unsent {
+                format!("the leader at {addr} could not be reached ({}); nothing was applied, retry", failed.why)
+            } else {
+                format!(
+                    "forwarded to the leader at {addr}, which did not answer ({}); the outcome is unknown, resend \
+                     under the same idempotency key",
+                    failed.why
+                )
+            });
             for job in jobs {
                 if let Some(reply) = job.reply {
                     reply.send(Err(error.clone()));
@@ -832,7 +921,7 @@ impl Forwarded for Inner {
             reqs.truncate(admitted.n);
             let (completion, replies) = Completion::new(reqs.len());
             let jobs = reqs.into_iter().zip(replies).map(|(req, reply)| Job { req, reply: Some(reply) }).collect();
-            self.dispatch_with(jobs, false).await;
+            self.dispatch_with(jobs, Hops::FORWARDED).await;
             let mut out = completion.wait().await;
             out.extend((0..shed).map(|_| Err(Error::Overloaded)));
             out

@@ -85,9 +85,19 @@ pub struct Gauges {
     pub uptime_seconds: u64,
     /// The process's own figures (`None` where /proc cannot be read).
     pub process: Option<Process>,
-    /// Clustered: each shard group as this node sees it, and the requests
-    /// it forwarded to other nodes.
-    pub cluster: Option<(Vec<crate::cluster::groups::GroupStatus>, u64)>,
+    /// Clustered: each shard group as this node sees it, and its requests.
+    pub cluster: Option<ClusterGauges>,
+}
+
+/// A clustered node's figures.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterGauges {
+    /// Each shard group as this node sees it.
+    pub groups: Vec<crate::cluster::groups::GroupStatus>,
+    /// Requests forwarded to other nodes, so far.
+    pub forwarded: u64,
+    /// Requests waiting now for their group to have a leader.
+    pub waiting: usize,
 }
 
 /// The standard Prometheus process metrics, read from `/proc/self` (Linux).
@@ -298,8 +308,8 @@ impl Metrics {
         for (name, kind, help, value) in gauges {
             series(&mut out, name, kind, help, value);
         }
-        if let Some((groups, forwarded)) = &g.cluster {
-            cluster(&mut out, groups, *forwarded);
+        if let Some(c) = &g.cluster {
+            cluster(&mut out, c);
         }
         let _ = writeln!(out, "# HELP prepaid_uptime_seconds Seconds since the server started.");
         let _ = writeln!(out, "# TYPE prepaid_uptime_seconds gauge");
@@ -337,9 +347,9 @@ fn series(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
     let _ = writeln!(out, "{name} {value}");
 }
 
-/// A clustered node's series: per shard group as it sees it, and the
-/// requests it forwarded.
-fn cluster(out: &mut String, groups: &[crate::cluster::groups::GroupStatus], forwarded: u64) {
+/// A clustered node's series: per shard group as it sees it, the requests
+/// it forwarded and those waiting for a leader.
+fn cluster(out: &mut String, c: &ClusterGauges) {
     type Figure = fn(&crate::cluster::groups::GroupStatus) -> u64;
     let per_group: [(&str, &str, Figure); 4] = [
         ("prepaid_cluster_group_serving", "1 while this node leads the group and serves its shards.", |g| {
@@ -358,7 +368,7 @@ fn cluster(out: &mut String, groups: &[crate::cluster::groups::GroupStatus], for
     for (name, help, figure) in per_group {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
-        for g in groups {
+        for g in &c.groups {
             let _ = writeln!(out, "{name}{{group=\"{}\"}} {}", g.group, figure(g));
         }
     }
@@ -367,7 +377,14 @@ fn cluster(out: &mut String, groups: &[crate::cluster::groups::GroupStatus], for
         "prepaid_cluster_forwarded_total",
         "counter",
         "Requests forwarded to the node leading their group.",
-        forwarded,
+        c.forwarded,
+    );
+    series(
+        out,
+        "prepaid_cluster_waiting",
+        "gauge",
+        "Requests waiting for their group to have a leader (cluster.leaderless_buffer at most).",
+        c.waiting as u64,
     );
 }
 
@@ -433,7 +450,8 @@ mod tests {
             voters: vec![1, 2, 3],
         };
         let groups = vec![group(0, true, Some(2), Some(40)), group(1, false, None, Some(37))];
-        let clustered = m.render(&Gauges { cluster: Some((groups, 9)), ..Gauges::default() });
+        let cluster = ClusterGauges { groups, forwarded: 9, waiting: 2 };
+        let clustered = m.render(&Gauges { cluster: Some(cluster), ..Gauges::default() });
         for line in [
             "prepaid_cluster_group_serving{group=\"0\"} 1",
             "prepaid_cluster_group_serving{group=\"1\"} 0",
@@ -443,6 +461,7 @@ mod tests {
             "prepaid_cluster_group_apply_lag{group=\"0\"} 0",
             "prepaid_cluster_group_apply_lag{group=\"1\"} 3",
             "prepaid_cluster_forwarded_total 9",
+            "prepaid_cluster_waiting 2",
         ] {
             assert!(clustered.contains(&format!("{line}\n")), "{line}: {clustered}");
         }

@@ -72,7 +72,11 @@ impl Api {
             webhook_dead_letters: w.dead_letters,
             uptime_seconds: self.started.elapsed().as_secs(),
             process: metrics::Process::read(),
-            cluster: node.cluster_status().map(|groups| (groups, node.forwarded_count())),
+            cluster: node.cluster_status().map(|groups| metrics::ClusterGauges {
+                groups,
+                forwarded: node.forwarded_count(),
+                waiting: node.waiting_count(),
+            }),
         }
     }
 
