@@ -8,6 +8,10 @@
 //! is answered make the next one.
 //! `execute` sends a batch you built yourself as one unary call.
 //!
+//! `ClusterClient` is the client of a cluster: a `Client` per node and
+//! the map of which node leads each shard group, so that a request goes
+//! straight to its leader.
+//!
 //! Deadlines never guess: a call that gets no reply in time, or whose
 //! stream breaks after it was sent, fails with `ClientError::OutcomeUnknown`
 //! — the request may or may not have been applied; send it again with the
@@ -289,11 +293,257 @@ impl Client {
     }
 
     pub async fn balance(&self, account: &str) -> Result<pb::BalanceView, ClientError> {
-        let accepted = self.call(Op::Balance(pb::Balance { account: account.into() })).await?;
-        match accepted.detail {
-            Some(pb::accepted::Detail::BalanceView(view)) => Ok(view),
-            _ => Err(ClientError::OutcomeUnknown("the balance reply holds no balance view".into())),
+        balance_view(self.call(Op::Balance(pb::Balance { account: account.into() })).await?)
+    }
+
+    /// Where each shard group's requests go, as the node knows it.
+    pub async fn cluster_map(&self) -> Result<pb::ClusterMapReply, ClientError> {
+        let mut unary = self.unary.clone();
+        Ok(unary.cluster_map(self.request(pb::ClusterMapRequest {})).await.map_err(from_status)?.into_inner())
+    }
+}
+
+fn balance_view(accepted: pb::Accepted) -> Result<pb::BalanceView, ClientError> {
+    match accepted.detail {
+        Some(pb::accepted::Detail::BalanceView(view)) => Ok(view),
+        _ => Err(ClientError::OutcomeUnknown("the balance reply holds no balance view".into())),
+    }
+}
+
+/// Most sends of one request by a `ClusterClient`, each to where the map
+/// it learned last says (or to another node).
+pub const ROUTE_TRIES: u32 = 8;
+/// The pause before the n-th resend is n times this: a group whose leader
+/// was lost has another after an election.
+const ROUTE_PAUSE: Duration = Duration::from_millis(50);
+/// How long a node that could not be reached is passed over.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// A client of a cluster (docs/CLUSTER.md): a `Client` per node it has
+/// met, and the map of where each shard group's requests go, as any node
+/// tells it (`ClusterMap`). An account's request goes straight to its
+/// group's leader, with no forwarding hop. A `wrong_node`, a
+/// `shard_unavailable` that applied nothing, or a node that cannot be
+/// reached makes it learn the map again and send the request where the map
+/// then says, at most `ROUTE_TRIES` times; any other answer, an
+/// `OutcomeUnknown` among them, is the caller's (resend under the same
+/// idempotency key). A map gone stale in other ways costs a forward: a node
+/// that does not lead the group forwards the request to the one that does.
+/// Cheap to clone; clones share connections and the map.
+#[derive(Clone)]
+pub struct ClusterClient {
+    routes: Arc<Routes>,
+}
+
+struct Routes {
+    seeds: Vec<String>,
+    token: String,
+    ca: Option<Vec<u8>>,
+    deadline: Duration,
+    conns: Mutex<HashMap<String, Client>>,
+    map: Mutex<Map>,
+    /// Nodes that could not be reached, and when.
+    down: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+#[derive(Default)]
+struct Map {
+    shards: u32,
+    shards_per_group: u32,
+    /// Each group's leader's address ("": none known).
+    leaders: Vec<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ClusterClient {
+    /// Connects to the cluster through `seeds` (any of its nodes'
+    /// addresses, as `Client::connect` takes them), learning the map from
+    /// the first that answers. Calls time out after 10 s unless
+    /// `with_deadline` says otherwise.
+    pub async fn connect(seeds: &[&str], token: &str) -> Result<ClusterClient, ClientError> {
+        ClusterClient::connect_with(seeds, token, None, Duration::from_secs(10)).await
+    }
+
+    /// As `connect`, with a private CA (`Client::connect_with`) and each
+    /// call's deadline.
+    pub async fn connect_with(
+        seeds: &[&str],
+        token: &str,
+        ca_pem: Option<&[u8]>,
+        deadline: Duration,
+    ) -> Result<ClusterClient, ClientError> {
+        if seeds.is_empty() {
+            return Err(ClientError::Unavailable("no node address given".into()));
         }
+        let routes = Routes {
+            seeds: seeds.iter().map(|s| s.to_string()).collect(),
+            token: token.to_string(),
+            ca: ca_pem.map(<[u8]>::to_vec),
+            deadline,
+            conns: Mutex::default(),
+            map: Mutex::default(),
+            down: Mutex::default(),
+        };
+        let client = ClusterClient { routes: Arc::new(routes) };
+        client.refresh().await?;
+        Ok(client)
+    }
+
+    /// The connection to the node at `addr`, made once.
+    async fn conn(&self, addr: &str) -> Result<Client, ClientError> {
+        if let Some(c) = lock(&self.routes.conns).get(addr) {
+            return Ok(c.clone());
+        }
+        let r = &self.routes;
+        match Client::connect_with(addr, &r.token, r.ca.as_deref()).await {
+            Ok(c) => {
+                let c = c.with_deadline(r.deadline);
+                lock(&r.conns).insert(addr.to_string(), c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                lock(&r.down).insert(addr.to_string(), std::time::Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    fn is_down(&self, addr: &str) -> bool {
+        let mut down = lock(&self.routes.down);
+        down.retain(|_, at| at.elapsed() < DOWN_FOR);
+        down.contains_key(addr)
+    }
+
+    /// The nodes it knows: the seeds, then the leaders the map names;
+    /// those that could not be reached lately last.
+    fn nodes(&self) -> Vec<String> {
+        let mut nodes = self.routes.seeds.clone();
+        for addr in &lock(&self.routes.map).leaders {
+            if !addr.is_empty() && !nodes.contains(addr) {
+                nodes.push(addr.clone());
+            }
+        }
+        nodes.sort_by_key(|a| self.is_down(a));
+        nodes
+    }
+
+    /// Learns the map again, from the first node that answers.
+    pub async fn refresh(&self) -> Result<(), ClientError> {
+        let mut last = ClientError::Unavailable("no node answered".into());
+        for addr in self.nodes() {
+            let answer = match self.conn(&addr).await {
+                Ok(c) => c.cluster_map().await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(m) => {
+                    let leaders = m.groups.into_iter().map(|g| g.addr).collect();
+                    *lock(&self.routes.map) = Map { shards: m.shards, shards_per_group: m.shards_per_group, leaders };
+                    return Ok(());
+                }
+                Err(e) => {
+                    lock(&self.routes.conns).remove(&addr);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Where `account`'s requests go now: its group's leader, or (none
+    /// known, a node alone, an id the node will refuse anyway, or a leader
+    /// that could not be reached lately) the first node that is not down.
+    pub fn route(&self, account: &str) -> String {
+        let leader = {
+            let map = lock(&self.routes.map);
+            crate::ledger::AccountId::new(account).ok().and_then(|id| {
+                let per = map.shards_per_group;
+                let shard = id.shard(u64::from(map.shards.max(1))) as u32;
+                map.leaders.get((shard / per.max(1)) as usize).filter(|a| per > 0 && !a.is_empty()).cloned()
+            })
+        };
+        match leader {
+            Some(addr) if !self.is_down(&addr) => addr,
+            _ => self.nodes().into_iter().next().unwrap_or_default(),
+        }
+    }
+
+    /// One operation on `account`, sent where its group is led.
+    pub async fn call(&self, account: &str, op: Op) -> Result<pb::Accepted, ClientError> {
+        let mut last = ClientError::Unavailable("not sent".into());
+        for attempt in 0..ROUTE_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(ROUTE_PAUSE * attempt).await;
+                let _ = self.refresh().await;
+            }
+            let addr = self.route(account);
+            let answer = match self.conn(&addr).await {
+                Ok(c) => c.call(op.clone()).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Err(ClientError::Unavailable(e)) => {
+                    lock(&self.routes.conns).remove(&addr);
+                    lock(&self.routes.down).insert(addr, std::time::Instant::now());
+                    last = ClientError::Unavailable(e);
+                }
+                Err(ClientError::Refused { code, message })
+                    if code == "wrong_node"
+                        || (code == "shard_unavailable" && message.contains("nothing was applied")) =>
+                {
+                    last = ClientError::Refused { code, message };
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    /// A strict debit for an API request.
+    pub async fn debit(&self, account: &str, key: &str, amount: &str) -> Result<pb::Accepted, ClientError> {
+        let debit = pb::Debit {
+            account: account.into(),
+            idempotency_key: key.into(),
+            amount: amount.into(),
+            ..Default::default()
+        };
+        self.call(account, Op::Debit(debit)).await
+    }
+
+    pub async fn purchase(&self, account: &str, key: &str, amount: &str) -> Result<pb::Accepted, ClientError> {
+        let purchase = pb::Purchase {
+            account: account.into(),
+            idempotency_key: key.into(),
+            amount: amount.into(),
+            reference: None,
+        };
+        self.call(account, Op::Purchase(purchase)).await
+    }
+
+    pub async fn open_account(&self, account: &str) -> Result<pb::Accepted, ClientError> {
+        self.call(account, Op::OpenAccount(pb::OpenAccount { account: account.into(), ..Default::default() })).await
+    }
+
+    pub async fn check_access(&self, account: &str) -> Result<pb::Accepted, ClientError> {
+        self.call(account, Op::CheckAccess(pb::CheckAccess { account: account.into() })).await
+    }
+
+    pub async fn balance(&self, account: &str) -> Result<pb::BalanceView, ClientError> {
+        balance_view(self.call(account, Op::Balance(pb::Balance { account: account.into() })).await?)
+    }
+
+    /// A page of the account's ledger from its group's leader (whose copy
+    /// is the newest), oldest first.
+    pub async fn history(
+        &self,
+        account: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<pb::HistoryRecord>, ClientError> {
+        self.conn(&self.route(account)).await?.history(account, after_seq, limit).await
     }
 }
 

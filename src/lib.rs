@@ -37,7 +37,7 @@ pub mod wire;
 /// report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, ClusterClient};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, NodeConfig};
 pub use error::Error;

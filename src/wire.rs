@@ -103,7 +103,10 @@ pub fn allowed(role: Role, op: &str) -> bool {
     match role {
         Role::Admin => true,
         Role::Authorize => {
-            matches!(op, "check_access" | "debit" | "hold" | "capture" | "release" | "balance" | "history")
+            matches!(
+                op,
+                "check_access" | "debit" | "hold" | "capture" | "release" | "balance" | "history" | "cluster_map"
+            )
         }
     }
 }

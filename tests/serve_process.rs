@@ -338,6 +338,39 @@ fn logs_request_ids_version_and_uptime() {
     let _ = std::fs::remove_file(dir.with_extension("toml"));
 }
 
+/// A `ClusterClient` of a node that runs alone sends everything there:
+/// the map says 256 shards and no groups. Given no address, or only one
+/// where nothing listens, it says so at connect, nothing sent.
+#[test]
+fn a_cluster_client_of_a_node_alone_sends_everything_there() {
+    let dir = std::env::temp_dir().join(format!("prepaid-serve-cc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = start(&dir);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use prepaid::{ClientError, ClusterClient};
+        let map = prepaid::Client::connect(&server.grpc, ADMIN).await.unwrap().cluster_map().await.unwrap();
+        assert_eq!((map.shards, map.shards_per_group, map.groups.len()), (256, 0, 0));
+        let cc = ClusterClient::connect(&[&server.grpc], ADMIN).await.unwrap();
+        assert_eq!(cc.route("acme"), server.grpc);
+        cc.open_account("acme").await.unwrap();
+        cc.purchase("acme", "p1", "10").await.unwrap();
+        cc.debit("acme", "d1", "4").await.unwrap();
+        assert_eq!(cc.balance("acme").await.unwrap().balance, "6.00");
+        let history = cc.history("acme", 0, 100).await.unwrap();
+        assert_eq!(history.iter().filter(|r| r.kind == "debited").count(), 1, "{history:?}");
+        // A refusal is the caller's, as from `Client`.
+        let refused = cc.debit("acme", "d2", "100").await.unwrap_err();
+        assert_eq!(refused.code(), "insufficient_funds", "{refused}");
+        assert!(matches!(ClusterClient::connect(&[], ADMIN).await, Err(ClientError::Unavailable(_))));
+        let nobody = format!("127.0.0.1:{}", free_port());
+        assert!(matches!(ClusterClient::connect(&[&nobody], ADMIN).await, Err(ClientError::Unavailable(_))));
+    });
+    drop(runtime);
+    assert_eq!(sigterm(server), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The account CLI says each thing once, and what to do.
 #[test]
 fn the_account_cli_says_each_thing_once() {
@@ -603,7 +636,7 @@ mod cluster {
     use std::time::{Duration, Instant};
 
     use prepaid::ledger::Amount;
-    use prepaid::{Client, ClientError};
+    use prepaid::{Client, ClientError, ClusterClient};
 
     use super::serve::{self, ADMIN, Server};
 
@@ -769,6 +802,17 @@ mod cluster {
             }
         }
 
+        // A ClusterClient, given node 2 alone, learns the map and sends
+        // each account's requests straight to its group's leader: no node
+        // forwards any of them.
+        let cc = ClusterClient::connect(&[&clients.addrs[&2]], ADMIN).await.unwrap();
+        let before = forwarded_total(&servers);
+        for a in &accounts {
+            cc_debit(&cc, a, "cc-0").await;
+            *debits.entry(a.clone()).or_default() += 1;
+        }
+        assert_eq!(forwarded_total(&servers), before, "every request went straight to its leader");
+
         // Any node takes any request: one that does not lead the account's
         // group forwards it, over the node link, to the node that does.
         for id in 1..=3u64 {
@@ -798,6 +842,12 @@ mod cluster {
             "node {victim} killed (it led {} of 16 groups): every account served again within {back:?}",
             leaders[&victim]
         );
+        // The ClusterClient's map still names the killed node for its
+        // groups: it finds the node gone, learns the map again and goes on.
+        for a in &accounts {
+            cc_debit(&cc, a, "cc-1").await;
+            *debits.entry(a.clone()).or_default() += 1;
+        }
 
         // It comes back from its disks where it was; the load goes on.
         servers.insert(victim, start_member(victim, &dir(victim), ports[&victim], &members));
@@ -898,6 +948,33 @@ mod cluster {
             assert_eq!(serve::sigterm(server), 0);
         }
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A debit through `cc`, resent under its key while its outcome is
+    /// unknown (bounded).
+    async fn cc_debit(cc: &ClusterClient, account: &str, key: &str) {
+        let mut last = None;
+        for _ in 0..10 {
+            match cc.debit(account, key, "1").await {
+                Ok(_) => return,
+                Err(e @ ClientError::OutcomeUnknown(_)) => last = Some(e),
+                Err(e) => panic!("{account}: {e}"),
+            }
+        }
+        panic!("{account}: {last:?}");
+    }
+
+    /// Requests forwarded so far, over the nodes of `servers` (their
+    /// /metrics).
+    fn forwarded_total(servers: &BTreeMap<u64, Server>) -> u64 {
+        servers
+            .values()
+            .map(|s| {
+                let text = super::get(&s.http, "/metrics", "").1;
+                let line = text.lines().find(|l| l.starts_with("prepaid_cluster_forwarded_total ")).unwrap();
+                line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+            })
+            .sum()
     }
 
     /// Nodes 1, 2 and 3 made a cluster (`prepaid cluster init` on node 1),

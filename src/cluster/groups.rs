@@ -157,6 +157,23 @@ impl Groups {
         self.rafts.len() as u32
     }
 
+    pub fn shards_per_group(&self) -> u32 {
+        self.cfg.shards_per_group
+    }
+
+    /// Each group's leader as this node knows it, with its address (this
+    /// node's own among them), in group order.
+    pub fn leaders(&self) -> Vec<Option<(u64, String)>> {
+        (0..self.count())
+            .map(|group| {
+                let metrics = self.raft(group).metrics();
+                let m = metrics.borrow_watched();
+                let id = m.current_leader?;
+                Some((id, m.membership_config.get_node(&id)?.addr.clone()))
+            })
+            .collect()
+    }
+
     pub fn group_of_shard(&self, shard: u32) -> u32 {
         shard / self.cfg.shards_per_group
     }

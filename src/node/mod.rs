@@ -292,6 +292,17 @@ impl Node {
         self.inner.forwarded.load(Ordering::Relaxed)
     }
 
+    /// The node's shard count, shards per group (0 alone) and each group's
+    /// leader as this node knows it (its id and address): where a client
+    /// sends an account's requests.
+    pub fn cluster_map(&self) -> (u32, u32, Vec<Option<(u64, String)>>) {
+        let shards = self.inner.shared.cfg.node.shards;
+        match &self.inner.groups {
+            None => (shards, 0, Vec::new()),
+            Some(groups) => (shards, groups.shards_per_group(), groups.leaders()),
+        }
+    }
+
     /// Requests waiting now for their group to have a leader.
     pub fn waiting_count(&self) -> usize {
         self.inner.waiting.load(Ordering::Relaxed)

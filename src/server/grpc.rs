@@ -210,7 +210,7 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Door<S> {
 /// The unary batch methods the door may shed (all but `History`; `Authorize` is the stream).
 fn sheddable(service: &str, path: &str) -> bool {
     let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(service)).and_then(|p| p.strip_prefix('/'));
-    method.is_some_and(|m| m != "History" && m != "Authorize")
+    method.is_some_and(|m| !matches!(m, "History" | "Authorize" | "ClusterMap"))
 }
 
 impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Door<S>
@@ -477,6 +477,20 @@ impl pb::ledger_server::Ledger for LedgerService {
         let records = node.history(&account, m.after_seq, m.limit).map_err(|e| status(&e))?;
         Ok(Response::new(pb::HistoryReply { records: records.iter().map(wire::history_record).collect() }))
     }
+
+    async fn cluster_map(&self, req: Request<pb::ClusterMapRequest>) -> Result<Response<pb::ClusterMapReply>, Status> {
+        let role = self.0.role(&req)?;
+        if !wire::allowed(role, "cluster_map") {
+            return Err(status(&Error::Forbidden("cluster_map")));
+        }
+        let node = self.0.node().map_err(|e| status(&e))?;
+        let (shards, shards_per_group, leaders) = node.cluster_map();
+        let groups = leaders
+            .into_iter()
+            .map(|l| l.map_or_else(pb::GroupLeader::default, |(node_id, addr)| pb::GroupLeader { node_id, addr }))
+            .collect();
+        Ok(Response::new(pb::ClusterMapReply { shards, shards_per_group, groups }))
+    }
 }
 
 #[cfg(test)]
@@ -489,7 +503,14 @@ mod tests {
         for method in ["Execute", "Debit", "Balance", "CheckAccess", "Purchase"] {
             assert!(sheddable(name, &format!("/{name}/{method}")), "{method}");
         }
-        for path in ["/prepaid.v1.Ledger/History", "/prepaid.v1.Ledger/Authorize", "/other.Service/Debit", "/", ""] {
+        for path in [
+            "/prepaid.v1.Ledger/History",
+            "/prepaid.v1.Ledger/Authorize",
+            "/prepaid.v1.Ledger/ClusterMap",
+            "/other.Service/Debit",
+            "/",
+            "",
+        ] {
             assert!(!sheddable(name, path), "{path}");
         }
     }
