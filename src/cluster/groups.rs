@@ -328,6 +328,31 @@ impl Groups {
         Err(Error::ShardUnavailable(format!("{what}; the outcome is unknown, resend under the same idempotency key")))
     }
 
+    /// Waits until everything this node's member of `group` was given to
+    /// propose so far is applied here, while the node serves the group in
+    /// `term`: whether it still does, with all of it applied. `false` as
+    /// soon as it no longer serves the group in `term` (the next leader
+    /// applies what was committed before it serves).
+    pub async fn settled(&self, group: u32, term: u64) -> bool {
+        let raft = self.raft(group);
+        // Asked through the member's own queue: after every write handed
+        // to it before (a write whose wait timed out included).
+        let Ok(last) = raft.with_raft_state(|st| st.log_ids.last().map(|l| l.index)).await else {
+            return false;
+        };
+        loop {
+            if self.serving(group) != Some(term) {
+                return false;
+            }
+            let applied = raft.wait(Some(self.cfg.commit_timeout)).applied_index_at_least(last, "settled").await;
+            match applied {
+                Ok(_) => return self.serving(group) == Some(term),
+                Err(openraft::metrics::WaitError::Timeout(..)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Watches every group's leadership: serves a group from the moment it
     /// leads it and has applied what came before its term, stops at once
     /// when it does not, and moves `health`'s epoch each time. `taken(group)`

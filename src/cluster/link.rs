@@ -94,6 +94,9 @@ where
     secret: [u8; 32],
     node: std::sync::OnceLock<Weak<dyn Forwarded>>,
     members: std::sync::OnceLock<Weak<dyn Members>>,
+    /// Tests: every call is refused, as by a node cut off.
+    #[cfg(test)]
+    cut: std::sync::atomic::AtomicBool,
 }
 
 impl<SM> LinkService<SM>
@@ -106,7 +109,16 @@ where
             secret: Sha256::digest(secret.as_bytes()).into(),
             node: std::sync::OnceLock::new(),
             members: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            cut: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Tests: refuses every call from now (`true`), as a node cut off
+    /// from the others would not answer them, or answers again.
+    #[cfg(test)]
+    pub fn cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Release);
     }
 
     /// Replacements of members run on `groups` (set once, at start).
@@ -124,6 +136,10 @@ where
     }
 
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        #[cfg(test)]
+        if self.cut.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Status::unavailable("cut off (test)"));
+        }
         let presented = req
             .metadata()
             .get("authorization")

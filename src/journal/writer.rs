@@ -239,6 +239,12 @@ impl Writer {
                 if committed.is_err() {
                     // Memory may be ahead of what the groups applied.
                     self.health.moved();
+                    if !orders.is_empty() {
+                        // The entries may commit yet: their recharges
+                        // would then wait in flight for the next leader.
+                        let (groups, store) = (Arc::clone(groups), Arc::clone(&self.store));
+                        tokio::spawn(settle(groups, store, self.charges.clone(), orders.clone(), terms.to_vec()));
+                    }
                 }
                 committed
             }
@@ -287,6 +293,38 @@ impl Writer {
             }
             if let Some(done) = s.barrier {
                 let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Recharges requested by a round whose commit failed with its outcome
+/// unknown: each group's entry may still commit in the term it was made
+/// in. Once everything the group's member was given is applied here, an
+/// attempt the store holds in flight is handed to the recharge worker (its
+/// attempt id is the gateway key: a second order is harmless). If the
+/// node stops serving the group first, the next leader resumes the group's
+/// attempts when it takes over (`Groups::watch`).
+async fn settle(
+    groups: Arc<Groups>,
+    store: Arc<dyn Store>,
+    charges: mpsc::UnboundedSender<ChargeOrder>,
+    orders: Vec<ChargeOrder>,
+    terms: Vec<u64>,
+) {
+    let mut by_group: std::collections::BTreeMap<u32, Vec<ChargeOrder>> = Default::default();
+    for order in orders {
+        by_group.entry(groups.group_of(&order.account)).or_default().push(order);
+    }
+    for (group, orders) in by_group {
+        let term = terms.get(group as usize).copied().unwrap_or(0);
+        if term == 0 || !groups.settled(group, term).await {
+            continue;
+        }
+        for order in orders {
+            let loaded = store.load(&order.account).ok().flatten();
+            if loaded.and_then(|l| l.state.auto_recharge.in_flight).is_some_and(|a| a.id == order.attempt_id) {
+                let _ = charges.send(order);
             }
         }
     }

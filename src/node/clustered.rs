@@ -35,6 +35,8 @@ struct Member {
     groups: Arc<Groups>,
     store: Arc<dyn Store>,
     server: Vec<tokio::task::JoinHandle<()>>,
+    /// Its link service (a test cuts it off).
+    service: Arc<LinkService<StoreShard>>,
     /// The groups' logs: closed when the member is dropped.
     _disk: RaftDisk,
 }
@@ -54,19 +56,29 @@ fn open_disks(dir: &std::path::Path) -> (Arc<dyn Store>, RaftDisk) {
 }
 
 async fn member(id: u64, dir: &std::path::Path, addr: &str) -> (Member, BasicNode) {
-    member_with(id, dir, addr, NodeConfig::default()).await
+    member_with(id, dir, addr, fast()).await
+}
+
+/// The settings of a test member: Raft timing at a 50 ms heartbeat,
+/// elections at 150–300 ms.
+fn fast() -> NodeConfig {
+    let mut config = NodeConfig::default();
+    config.cluster.heartbeat_ms = 50;
+    config.cluster.election_timeout_min_ms = 150;
+    config.cluster.election_timeout_max_ms = 300;
+    config
 }
 
 /// `member`, its node started with `config` (its `node.shards` and
-/// `node.workers` set here).
+/// `node.workers` set here; Raft timing from its `cluster` settings).
 async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeConfig) -> (Member, BasicNode) {
     let mut config = config;
     config.node.shards = 8;
     config.node.workers = 2;
     let raft = openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: config.cluster.heartbeat_ms,
+        election_timeout_min: config.cluster.election_timeout_min_ms,
+        election_timeout_max: config.cluster.election_timeout_max_ms,
         ..Default::default()
     };
     let cfg = GroupsConfig {
@@ -94,7 +106,7 @@ async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeCon
         Node::start_clustered(config, Arc::clone(&store), Arc::new(SystemClock), gateway, Arc::clone(&groups), None)
             .await
             .unwrap();
-    (Member { node: Some(node), groups, store, server, _disk: disk }, BasicNode { addr: addr.to_string() })
+    (Member { node: Some(node), groups, store, server, service, _disk: disk }, BasicNode { addr: addr.to_string() })
 }
 
 /// Stops a member as a lost node stops: its link goes quiet and its
@@ -268,7 +280,7 @@ async fn three_clustered_nodes_commit_through_their_leaders_and_outlive_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waits_for_its_group_to_have_a_leader() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut config = NodeConfig::default();
+    let mut config = fast();
     config.cluster.leaderless_wait_ms = 60_000;
     config.cluster.leaderless_buffer = 1;
     let (one, addr) = member_with(1, dirs[0].path(), "127.0.0.1:0", config).await;
@@ -295,7 +307,7 @@ async fn a_request_waits_for_its_group_to_have_a_leader() {
     let refused = node.execute(request(&b, Some("open"), open())).await;
     assert!(matches!(refused, Err(Error::ShardUnavailable(_))), "{refused:?}");
     // A node that does not wait answers at once too.
-    let mut at_once = NodeConfig::default();
+    let mut at_once = fast();
     at_once.cluster.leaderless_wait_ms = 0;
     let (two, _) = member_with(2, dirs[1].path(), "127.0.0.1:0", at_once).await;
     let answer = two.node.as_ref().unwrap().execute(request(&b, Some("open"), open())).await;
@@ -314,4 +326,74 @@ async fn a_request_waits_for_its_group_to_have_a_leader() {
     assert!(matches!(never, Err(Error::Refused(crate::ledger::Reason::UnknownAccount))), "{never:?}");
     let mut one = Arc::into_inner(one).unwrap();
     lose(&mut one).await;
+}
+
+/// A write whose commit timed out (its outcome unknown) may still commit
+/// in the same term: an auto-recharge it requested is then handed to the
+/// gateway by the same leader once the entry applies, not left in flight
+/// until some later leader takes the group over. Both followers (slow to
+/// stand for election) are cut off while a debit that crosses the
+/// threshold is proposed; they answer again, the entry commits in the same
+/// term, and the account is recharged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recharge_in_an_entry_that_timed_out_is_charged_once_it_commits() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut members = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let mut config = fast();
+        if id != 1 {
+            (config.cluster.election_timeout_min_ms, config.cluster.election_timeout_max_ms) = (60_000, 120_000);
+        }
+        let (m, addr) = member_with(id, dirs[id as usize - 1].path(), "127.0.0.1:0", config).await;
+        members.insert(id, m);
+        addrs.insert(id, addr);
+    }
+    members[&1].groups.initialize(&addrs).await.unwrap();
+    let acct = AccountId::new("runs-low").unwrap();
+    let open =
+        Command::Open { mode: Mode::Prepaid, currency: Currency::USD, past_due_suspends: None, credit_limit: None };
+    send(&members, &request(&acct, Some("open"), open)).await.1.unwrap();
+    let buy = Command::Purchase { amount: Amount::whole(10), reference: None };
+    send(&members, &request(&acct, Some("buy"), buy)).await.1.unwrap();
+    let auto = Command::SetAutoRecharge { enabled: true, amount: Some(Amount::whole(25)), threshold: Amount::whole(8) };
+    let (leader, answer) = send(&members, &request(&acct, None, auto)).await;
+    answer.unwrap();
+    assert_eq!(leader, 1, "only node 1 stands for election");
+    let group = members[&1].groups.group_of(&acct);
+    let term = members[&1].groups.serving(group).unwrap();
+
+    // The debit (10 -> 5, under the threshold: a recharge is requested in
+    // the same entry) cannot commit in time.
+    for id in [2, 3] {
+        members[&id].service.cut(true);
+    }
+    let node = members[&1].node.as_ref().unwrap();
+    let timed_out = node.execute(request(&acct, Some("d-1"), debit(5))).await;
+    assert!(matches!(&timed_out, Err(Error::ShardUnavailable(m)) if m.contains("unknown")), "{timed_out:?}");
+
+    // The followers answer again: the entry commits in the same term, and
+    // its recharge is charged.
+    for id in [2, 3] {
+        members[&id].service.cut(false);
+    }
+    members[&1].groups.raft(group).trigger().reset_backoff([2, 3]).await.unwrap();
+    let mut balance = None;
+    for _ in 0..TRIES {
+        balance = node.execute(request(&acct, None, Command::Balance)).await.ok().map(|r| r.balance);
+        if balance == Some(Amount::whole(30)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(balance, Some(Amount::whole(30)), "the recharge of the timed-out entry is charged");
+    assert_eq!(members[&1].groups.serving(group), Some(term), "the same leader, in the same term");
+    // The debit applied once: its resend is its first result.
+    assert!(node.execute(request(&acct, Some("d-1"), debit(5))).await.unwrap().replayed);
+    let history = node.history(&acct, 0, 1_000).unwrap();
+    let charged = history.iter().filter(|r| matches!(r.event, crate::ledger::Event::RechargeSucceeded { .. })).count();
+    assert_eq!(charged, 1, "{history:?}");
+    for m in members.values_mut() {
+        lose(m).await;
+    }
 }
