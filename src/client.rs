@@ -33,13 +33,12 @@ use crate::wire::pb::request::Op;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The node refused the request (or the whole call): nothing was
-    /// applied, except for a clustered node's `shard_unavailable` whose
-    /// message says the outcome is unknown (resend it under the same
-    /// idempotency key). `code` is stable (docs/errors.md).
+    /// applied. `code` is stable (docs/errors.md).
     #[error("{code}: {message}")]
     Refused { code: String, message: String },
-    /// No reply in time, or the connection broke after the request was sent:
-    /// it may have been applied. Retry with the same idempotency key.
+    /// No reply in time, the connection broke after the request was sent,
+    /// or a clustered node answered `outcome_unknown`: it may have been
+    /// applied. Retry with the same idempotency key.
     #[error("outcome unknown ({0}); retry with the same idempotency key")]
     OutcomeUnknown(String),
     /// The request was not sent (cannot connect, bad address).
@@ -62,6 +61,9 @@ fn from_status(s: tonic::Status) -> ClientError {
     if let Ok(refusal) = <pb::Refusal as prost::Message>::decode(s.details())
         && !refusal.code.is_empty()
     {
+        if refusal.code == "outcome_unknown" {
+            return ClientError::OutcomeUnknown(refusal.message);
+        }
         return ClientError::Refused { code: refusal.code, message: refusal.message };
     }
     match s.code() {
@@ -323,7 +325,7 @@ const DOWN_FOR: Duration = Duration::from_secs(1);
 /// met, and the map of where each shard group's requests go, as any node
 /// tells it (`ClusterMap`). An account's request goes straight to its
 /// group's leader, with no forwarding hop. A `wrong_node`, a
-/// `shard_unavailable` that applied nothing, or a node that cannot be
+/// `shard_unavailable` (nothing was applied), or a node that cannot be
 /// reached makes it learn the map again and send the request where the map
 /// then says, at most `ROUTE_TRIES` times; any other answer, an
 /// `OutcomeUnknown` among them, is the caller's (resend under the same
@@ -490,16 +492,99 @@ impl ClusterClient {
                     lock(&self.routes.down).insert(addr, std::time::Instant::now());
                     last = ClientError::Unavailable(e);
                 }
-                Err(ClientError::Refused { code, message })
-                    if code == "wrong_node"
-                        || (code == "shard_unavailable" && message.contains("nothing was applied")) =>
-                {
+                Err(ClientError::Refused { code, message }) if code == "wrong_node" || code == "shard_unavailable" => {
                     last = ClientError::Refused { code, message };
                 }
                 other => return other,
             }
         }
         Err(last)
+    }
+
+    /// A batch of your own: each request sent with the others for the
+    /// same leader, as one unary call per leader, at once; one reply per
+    /// request, in order (each `Reply.id` is the request's). Requests
+    /// answered `wrong_node` or `shard_unavailable`, or whose leader could
+    /// not be reached, are sent again where the map then says (at most
+    /// `ROUTE_TRIES` times). A call that fails as a whole answers each of
+    /// its requests with a refusal of the failure's code: `outcome_unknown`
+    /// (resend under the same keys), `unavailable`, or the node's own
+    /// (`overloaded`, `batch_too_large`…).
+    pub async fn execute(&self, requests: Vec<pb::Request>) -> Vec<pb::Reply> {
+        let mut replies: Vec<Option<pb::Reply>> = vec![None; requests.len()];
+        let mut pending: Vec<usize> = (0..requests.len()).collect();
+        let refusal = |id: u64, e: &ClientError| pb::Reply {
+            id,
+            result: Some(pb::reply::Result::Refusal(pb::Refusal {
+                code: e.code().to_string(),
+                message: e.to_string(),
+            })),
+        };
+        for attempt in 0..ROUTE_TRIES {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(ROUTE_PAUSE * attempt).await;
+                let _ = self.refresh().await;
+            }
+            let mut by_leader: HashMap<String, Vec<usize>> = HashMap::new();
+            for i in pending.drain(..) {
+                let account = requests[i].op.as_ref().map_or("", crate::wire::account_of);
+                by_leader.entry(self.route(account)).or_default().push(i);
+            }
+            let calls = by_leader.into_iter().map(|(addr, sent)| {
+                let batch: Vec<pb::Request> = sent.iter().map(|&i| requests[i].clone()).collect();
+                async move {
+                    let answer = match self.conn(&addr).await {
+                        Ok(c) => c.execute(batch).await,
+                        Err(e) => Err(e),
+                    };
+                    (addr, sent, answer)
+                }
+            });
+            for (addr, sent, answer) in futures_util::future::join_all(calls).await {
+                match answer {
+                    Ok(answers) if answers.len() == sent.len() => {
+                        for (i, reply) in sent.into_iter().zip(answers) {
+                            let again = matches!(&reply.result, Some(pb::reply::Result::Refusal(r))
+                                if r.code == "wrong_node" || r.code == "shard_unavailable");
+                            if again && attempt + 1 < ROUTE_TRIES {
+                                pending.push(i);
+                            }
+                            replies[i] = Some(reply);
+                        }
+                    }
+                    Ok(answers) => {
+                        let e = ClientError::OutcomeUnknown(format!(
+                            "{} replies to {} requests",
+                            answers.len(),
+                            sent.len()
+                        ));
+                        for i in sent {
+                            replies[i] = Some(refusal(requests[i].id, &e));
+                        }
+                    }
+                    Err(e) => {
+                        if matches!(e, ClientError::Unavailable(_)) {
+                            lock(&self.routes.conns).remove(&addr);
+                            lock(&self.routes.down).insert(addr, std::time::Instant::now());
+                            if attempt + 1 < ROUTE_TRIES {
+                                pending.extend(sent.iter().copied());
+                            }
+                        }
+                        for i in sent {
+                            replies[i] = Some(refusal(requests[i].id, &e));
+                        }
+                    }
+                }
+            }
+        }
+        replies
+            .into_iter()
+            .zip(&requests)
+            .map(|(r, req)| r.unwrap_or_else(|| refusal(req.id, &ClientError::Unavailable("not sent".into()))))
+            .collect()
     }
 
     /// A strict debit for an API request.
@@ -550,6 +635,9 @@ impl ClusterClient {
 fn accepted(reply: pb::Reply) -> Result<pb::Accepted, ClientError> {
     match reply.result {
         Some(pb::reply::Result::Accepted(a)) => Ok(a),
+        Some(pb::reply::Result::Refusal(r)) if r.code == "outcome_unknown" => {
+            Err(ClientError::OutcomeUnknown(r.message))
+        }
         Some(pb::reply::Result::Refusal(r)) => Err(ClientError::Refused { code: r.code, message: r.message }),
         None => Err(ClientError::OutcomeUnknown("an empty reply".into())),
     }

@@ -383,7 +383,7 @@ pub struct ClusterSettings {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// How long a write waits for its groups to commit before it is
-    /// answered `shard_unavailable` with its outcome unknown.
+    /// answered `outcome_unknown`.
     pub commit_timeout_ms: u64,
     /// How long a request for a shard whose group has no leader for the
     /// moment (an election, a leader handing over) waits for one before it

@@ -33,12 +33,17 @@ pub enum Error {
     /// applied; send it to the leader (`leader`, a node id, when known).
     #[error("{sentence}")]
     WrongNode { shard: u32, leader: Option<u64>, sentence: String },
-    /// Clustered: the account's shard has no leader this node can serve
-    /// it with, or leadership moved while the request was being committed.
-    /// The sentence says whether anything may have been applied; a resend
-    /// under the same idempotency key is always safe.
+    /// Clustered: the account's shard has no leader this node can send it
+    /// to for now, or leadership moved before the request was proposed.
+    /// Nothing was applied; retry.
     #[error("{0}")]
     ShardUnavailable(String),
+    /// Clustered: the request's group commit did not finish (it timed out,
+    /// or the leader was deposed while it ran), or a forward to the leader
+    /// got no answer. It may or may not have been applied; a resend under
+    /// the same idempotency key applies it once.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// Clustered: the answer of the node a request was forwarded to, as it
     /// gave it (its stable code and sentence).
     #[error("{message}")]
@@ -61,6 +66,7 @@ impl Error {
             Error::InvalidRequest(_) => "invalid_request",
             Error::WrongNode { .. } => "wrong_node",
             Error::ShardUnavailable(_) => "shard_unavailable",
+            Error::OutcomeUnknown(_) => "outcome_unknown",
             Error::Remote { code, .. } => code,
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
@@ -89,6 +95,7 @@ impl Error {
         "invalid_request",
         "wrong_node",
         "shard_unavailable",
+        "outcome_unknown",
         "unauthenticated",
         "forbidden",
     ];

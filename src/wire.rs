@@ -75,6 +75,29 @@ fn debit_mode(v: i32) -> Result<DebitMode, Error> {
     }
 }
 
+/// The account the operation is for, as given (unchecked).
+pub fn account_of(op: &Op) -> &str {
+    match op {
+        Op::OpenAccount(m) => &m.account,
+        Op::CheckAccess(m) => &m.account,
+        Op::Debit(m) => &m.account,
+        Op::Hold(m) => &m.account,
+        Op::Capture(m) => &m.account,
+        Op::Release(m) => &m.account,
+        Op::Purchase(m) => &m.account,
+        Op::Grant(m) => &m.account,
+        Op::SetAutoRecharge(m) => &m.account,
+        Op::SetGrantExpiry(m) => &m.account,
+        Op::ClosePeriod(m) => &m.account,
+        Op::PayInvoice(m) => &m.account,
+        Op::Freeze(m) => &m.account,
+        Op::Unfreeze(m) => &m.account,
+        Op::Close(m) => &m.account,
+        Op::Adjust(m) => &m.account,
+        Op::Balance(m) => &m.account,
+    }
+}
+
 /// The operation's name, for metrics and role checks, before conversion.
 pub fn op_name(op: &Op) -> &'static str {
     match op {

@@ -811,6 +811,28 @@ mod cluster {
             cc_debit(&cc, a, "cc-0").await;
             *debits.entry(a.clone()).or_default() += 1;
         }
+        // A batch of debits for every account: split by leader, one call
+        // each, one reply per request in order, none forwarded either.
+        let batch = accounts
+            .iter()
+            .enumerate()
+            .map(|(n, a)| prepaid::wire::pb::Request {
+                id: 100 + n as u64,
+                op: Some(prepaid::wire::pb::request::Op::Debit(prepaid::wire::pb::Debit {
+                    account: a.clone(),
+                    idempotency_key: "cc-batch".into(),
+                    amount: "1".into(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let replies = cc.execute(batch).await;
+        let ids: Vec<u64> = replies.iter().map(|r| r.id).collect();
+        assert_eq!(ids, (100..100 + accounts.len() as u64).collect::<Vec<_>>());
+        for (a, reply) in accounts.iter().zip(&replies) {
+            assert!(matches!(reply.result, Some(prepaid::wire::pb::reply::Result::Accepted(_))), "{a}: {reply:?}");
+            *debits.entry(a.clone()).or_default() += 1;
+        }
         assert_eq!(forwarded_total(&servers), before, "every request went straight to its leader");
 
         // Any node takes any request: one that does not lead the account's

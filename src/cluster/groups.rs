@@ -17,8 +17,8 @@
 //! with the term the node serves the group in (the state machine fences an
 //! entry committed in another term, `apply.rs`); the round is acknowledged
 //! when every group applied its entry, and otherwise answered
-//! `shard_unavailable` with the outcome unknown (a resend under the same
-//! idempotency key applies once).
+//! `outcome_unknown` (a resend under the same idempotency key applies
+//! once), or `shard_unavailable` when nothing was applied.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ pub struct GroupsConfig {
     /// Shards per Raft group; divides `shards`.
     pub shards_per_group: u32,
     /// How long a commit waits for its groups before the round is answered
-    /// with its outcome unknown.
+    /// `outcome_unknown`.
     pub commit_timeout: Duration,
     /// Raft timing (`heartbeat_interval`, election timeouts); snapshots are
     /// turned off whatever it says (the log is kept whole, `apply.rs`).
@@ -325,7 +325,7 @@ impl Groups {
         if failed.len() == 1 && failed[0].1 && proposed == 1 {
             return Err(Error::ShardUnavailable(format!("{what}; nothing was applied, retry")));
         }
-        Err(Error::ShardUnavailable(format!("{what}; the outcome is unknown, resend under the same idempotency key")))
+        Err(Error::OutcomeUnknown(format!("{what}; the outcome is unknown, resend under the same idempotency key")))
     }
 
     /// Waits until everything this node's member of `group` was given to

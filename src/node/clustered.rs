@@ -370,7 +370,7 @@ async fn a_recharge_in_an_entry_that_timed_out_is_charged_once_it_commits() {
     }
     let node = members[&1].node.as_ref().unwrap();
     let timed_out = node.execute(request(&acct, Some("d-1"), debit(5))).await;
-    assert!(matches!(&timed_out, Err(Error::ShardUnavailable(m)) if m.contains("unknown")), "{timed_out:?}");
+    assert!(matches!(&timed_out, Err(Error::OutcomeUnknown(_))), "{timed_out:?}");
 
     // The followers answer again: the entry commits in the same term, and
     // its recharge is charged.

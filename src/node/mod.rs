@@ -900,15 +900,18 @@ async fn forward_to(me: Weak<Inner>, link: LinkFactory, addr: String, jobs: Vec<
             }
         }
         Err(failed) => {
-            let error = Error::ShardUnavailable(if failed.unsent {
-                format!("the leader at {addr} could not be reached ({}); nothing was applied, retry", failed.why)
+            let error = if failed.unsent {
+                Error::ShardUnavailable(format!(
+                    "the leader at {addr} could not be reached ({}); nothing was applied, retry",
+                    failed.why
+                ))
             } else {
-                format!(
+                Error::OutcomeUnknown(format!(
                     "forwarded to the leader at {addr}, which did not answer ({}); the outcome is unknown, resend \
                      under the same idempotency key",
                     failed.why
-                )
-            });
+                ))
+            };
             for job in jobs {
                 if let Some(reply) = job.reply {
                     reply.send(Err(error.clone()));

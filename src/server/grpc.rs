@@ -31,7 +31,7 @@ pub fn status(e: &Error) -> Status {
         "unauthenticated" => Code::Unauthenticated,
         "forbidden" => Code::PermissionDenied,
         "batch_too_large" | "overloaded" => Code::ResourceExhausted,
-        "shutting_down" | "storage_unavailable" | "shard_unavailable" => Code::Unavailable,
+        "shutting_down" | "storage_unavailable" | "shard_unavailable" | "outcome_unknown" => Code::Unavailable,
         "wrong_node" => Code::FailedPrecondition,
         "internal" => Code::Internal,
         // The ledger's refusals and invalid_request.

@@ -107,7 +107,9 @@ fn http_status(e: &Error) -> StatusCode {
         "forbidden" => StatusCode::FORBIDDEN,
         "batch_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-        "shutting_down" | "storage_unavailable" | "shard_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down" | "storage_unavailable" | "shard_unavailable" | "outcome_unknown" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         "wrong_node" => StatusCode::MISDIRECTED_REQUEST,
         "internal" => StatusCode::INTERNAL_SERVER_ERROR,
         "unknown_account" => StatusCode::NOT_FOUND,

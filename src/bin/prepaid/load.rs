@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prepaid::ledger::*;
-use prepaid::{Durability, Node, NodeConfig, SimulatedGateway};
+use prepaid::wire::pb;
+use prepaid::{Client, ClientError, ClusterClient, Durability, Node, NodeConfig, SimulatedGateway};
 
 pub struct BenchArgs {
     pub accounts: u64,
@@ -465,11 +466,34 @@ pub struct RemoteArgs {
     pub json: bool,
 }
 
+/// `bench --addr`'s connection: to one node, or (several addresses) to a
+/// cluster through `ClusterClient`, each request to its group's leader.
+#[derive(Clone)]
+enum Conn {
+    One(Client),
+    Cluster(ClusterClient),
+}
+
+impl Conn {
+    async fn execute(&self, requests: Vec<pb::Request>) -> Result<Vec<pb::Reply>, ClientError> {
+        match self {
+            Conn::One(c) => c.execute(requests).await,
+            Conn::Cluster(c) => Ok(c.execute(requests).await),
+        }
+    }
+
+    async fn call(&self, account: &str, op: pb::request::Op) -> Result<pb::Accepted, ClientError> {
+        match self {
+            Conn::One(c) => c.call(op).await,
+            Conn::Cluster(c) => c.call(account, op).await,
+        }
+    }
+}
+
 /// Tries of one request whose outcome stayed unknown (same key each time).
 const RETRIES: u32 = 5;
 
-fn remote_debit(account: &str, key: String, n: u64) -> prepaid::wire::pb::request::Op {
-    use prepaid::wire::pb;
+fn remote_debit(account: &str, key: String, n: u64) -> pb::request::Op {
     pb::request::Op::Debit(pb::Debit {
         account: account.to_string(),
         idempotency_key: key,
@@ -483,14 +507,19 @@ fn remote_debit(account: &str, key: String, n: u64) -> prepaid::wire::pb::reques
 /// (batch 1) go over each connection's stream, batches as unary calls.
 /// Accounts get names of their own per run, so runs do not collide.
 pub async fn remote(args: RemoteArgs) -> Result<(), String> {
-    use prepaid::wire::pb;
-    use prepaid::{Client, ClientError};
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let ids: Arc<Vec<String>> = Arc::new((0..args.accounts).map(|i| format!("b{run}_{i:08}")).collect());
     let mut clients = Vec::new();
+    let seeds: Vec<&str> = args.addr.split(',').map(str::trim).collect();
     for _ in 0..args.conns {
-        clients
-            .push(Client::connect_with(&args.addr, &args.token, args.ca.as_deref()).await.map_err(|e| e.to_string())?);
+        let conn = if let [one] = seeds[..] {
+            Conn::One(Client::connect_with(one, &args.token, args.ca.as_deref()).await.map_err(|e| e.to_string())?)
+        } else {
+            let deadline = Duration::from_secs(10);
+            let cluster = ClusterClient::connect_with(&seeds, &args.token, args.ca.as_deref(), deadline).await;
+            Conn::Cluster(cluster.map_err(|e| e.to_string())?)
+        };
+        clients.push(conn);
     }
     eprintln!("prepaid bench: funding {} accounts at {}", args.accounts, args.addr);
     for chunk in ids.chunks(1_000) {
@@ -564,12 +593,13 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                     let t = Instant::now();
                     let mut outcomes: Vec<(u64, Result<(), ClientError>)> = Vec::with_capacity(picks.len());
                     if let [pick] = picks[..] {
-                        let mut result = client.call(op(&pick)).await.map(|_| ());
+                        let account = &ids[pick.1];
+                        let mut result = client.call(account, op(&pick)).await.map(|_| ());
                         for _ in 0..RETRIES {
                             if !matches!(result, Err(ClientError::OutcomeUnknown(_))) {
                                 break;
                             }
-                            result = client.call(op(&pick)).await.map(|_| ());
+                            result = client.call(account, op(&pick)).await.map(|_| ());
                         }
                         outcomes.push((pick.0, result));
                     } else {

@@ -116,8 +116,9 @@ struct BenchCli {
     #[arg(long)]
     embedded: bool,
     /// Against a served node's gRPC address (https://HOST:PORT, or
-    /// --ca-cert, for TLS)
-    #[arg(long, value_name = "HOST:PORT")]
+    /// --ca-cert, for TLS); several, comma separated, for a cluster: each
+    /// request goes straight to its group's leader (ClusterClient)
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]")]
     addr: Option<String>,
     /// API token (--addr)
     #[arg(long, env = "PREPAID_TOKEN", hide_env_values = true, default_value = "")]
