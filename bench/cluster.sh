@@ -7,8 +7,9 @@
 # quorum of the three), then to node 2 (which leads none: every request is
 # forwarded to node 1 and its answer brought back, one hop). Then a new
 # cluster with the defaults, the lead spread (6, 5 and 5 groups): the load
-# through node 1, then three loads at once, one through each node (each
-# forwards what it does not lead). The three nodes and the load share the machine's cores. Prints
+# through node 1, then through ClusterClient (`--addr` of all three: each
+# batch split by leader, nothing forwarded), then three loads at once, one
+# through each node (each forwards what it does not lead). The three nodes and the load share the machine's cores. Prints
 # each run's figures and the fsync latency before and after. Stops
 # everything it started.
 #
@@ -124,6 +125,8 @@ stop_cluster
 cluster spread true "6 5 5"
 echo "== three nodes, the lead spread (6/5/5 groups), sent to node 1 (10 of 16 groups forwarded)"
 bench 127.0.0.1:17270
+echo "== three nodes, the lead spread (6/5/5 groups), through ClusterClient (each batch split by leader)"
+bench 127.0.0.1:17270,127.0.0.1:17272,127.0.0.1:17274
 echo "== three nodes, the lead spread (6/5/5 groups), a load through each node at once"
 LOADS=()
 for port in 17270 17272 17274; do
