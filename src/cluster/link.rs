@@ -481,7 +481,21 @@ mod tests {
         members[&first].0.shutdown().await.unwrap();
         let rest: Vec<u64> = (1..=3).filter(|id| *id != first).collect();
         let second = leader(&members, &rest).await;
-        let at = members[&second].0.client_write(ledger.purchase("p4", 5)).await.unwrap().log_id.index();
+        // A leader just elected may refuse a write until a quorum has
+        // answered it (its lease): asked again, boundedly.
+        let p4 = ledger.purchase("p4", 5);
+        let mut written = None;
+        for _ in 0..200 {
+            match members[&second].0.client_write(p4.clone()).await {
+                Ok(w) => {
+                    written = Some(w.log_id.index());
+                    break;
+                }
+                Err(e) if e.forward_to_leader().is_some() => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let at = written.expect("the new leader took the write");
         for id in &rest {
             members[id].0.wait(Some(WAIT)).applied_index_at_least(Some(at), "applied").await.unwrap();
             assert_eq!(balance(&members[id].1, &ledger), Amount::whole(20));

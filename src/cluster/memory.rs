@@ -130,31 +130,45 @@ pub struct ShardState {
 }
 
 impl ShardState {
-    /// Replays one account's item: the records it holds already (a log
-    /// replayed again after a restart) are skipped.
-    fn apply(&mut self, item: &LogItem) -> Result<(), io::Error> {
-        let invalid = |e: crate::ledger::ReplayError| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("account {}: {e}", item.id))
-        };
-        let mut records = item.records.iter();
-        if !self.accounts.contains_key(&item.id)
-            && let Some(first) = records.next()
-        {
-            let state = AccountState::open(item.id.clone(), first).map_err(invalid)?;
-            self.accounts.insert(item.id.clone(), (state, vec![first.clone()]));
-        }
-        if let Some((state, journal)) = self.accounts.get_mut(&item.id) {
-            for record in records {
-                if record.seq >= state.next_seq {
-                    state.replay(record).map_err(invalid)?;
+    /// Applies one entry's items whole, as `apply::StoreShard` does, or
+    /// nothing (`Applied::Fenced`): each account's records must continue
+    /// its state exactly (the first is its next sequence, every one
+    /// replays), and an account's first item must open it.
+    fn apply(&mut self, items: &[LogItem]) -> super::Applied {
+        let mut staged: BTreeMap<AccountId, (AccountState, Vec<EventRecord>)> = BTreeMap::new();
+        for item in items {
+            let mut account = match staged.remove(&item.id).or_else(|| self.accounts.get(&item.id).cloned()) {
+                Some(account) => Some(account),
+                None => match item.records.first().map(|first| AccountState::open(item.id.clone(), first)) {
+                    Some(Ok(state)) => Some((state, Vec::new())),
+                    _ => return super::Applied::Fenced,
+                },
+            };
+            if let Some((state, journal)) = account.as_mut() {
+                let opened = journal.is_empty();
+                for (n, record) in item.records.iter().enumerate() {
+                    let continues = if opened && n == 0 {
+                        record.seq == 1
+                    } else {
+                        record.seq == state.next_seq && state.replay(record).is_ok()
+                    };
+                    if !continues {
+                        return super::Applied::Fenced;
+                    }
                     journal.push(record.clone());
                 }
             }
+            if let Some(account) = account {
+                staged.insert(item.id.clone(), account);
+            }
         }
-        for (key, record) in &item.dedup {
-            self.dedup.insert((item.id.clone(), key.clone()), record.clone());
+        self.accounts.extend(staged);
+        for item in items {
+            for (key, record) in &item.dedup {
+                self.dedup.insert((item.id.clone(), key.clone()), record.clone());
+            }
         }
-        Ok(())
+        super::Applied::Yes
     }
 }
 
@@ -211,14 +225,19 @@ impl RaftStateMachine<C> for MemoryShard {
         Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            let mut applied = super::Applied::Yes;
             {
                 let mut s = lock(&self.inner);
                 match &entry.payload {
                     EntryPayload::Blank => {}
-                    EntryPayload::Normal(ShardEntry { items, .. }) => {
-                        for item in items {
-                            s.state.apply(item)?;
-                        }
+                    EntryPayload::Normal(ShardEntry { term, items }) => {
+                        // Proposed for another term: made from a deposed
+                        // leader's memory.
+                        applied = if term.is_some_and(|t| t != entry.log_id.leader_id.term) {
+                            super::Applied::Fenced
+                        } else {
+                            s.state.apply(items)
+                        };
                     }
                     EntryPayload::Membership(m) => {
                         s.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m.clone());
@@ -227,7 +246,7 @@ impl RaftStateMachine<C> for MemoryShard {
                 s.applied = Some(entry.log_id);
             }
             if let Some(responder) = responder {
-                responder.send(super::Applied::Yes);
+                responder.send(applied);
             }
         }
         Ok(())
@@ -290,7 +309,6 @@ mod tests {
         let id = ledger.id.clone();
         let mut items = ledger.open().items;
         items.extend(ledger.purchase("buy-1", 25).items);
-        let account = ledger.account;
         let entry = |index: u64, items: Vec<LogItem>| {
             EntryOf::<C>::new_normal(openraft::testing::log_id::<C>(1, 0, index), ShardEntry { term: None, items })
         };
@@ -301,16 +319,32 @@ mod tests {
         let mut shard = MemoryShard::default();
         let run = |entries: Vec<EntryOf<C>>| futures_util::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
         shard.apply(run(vec![membership, entry(1, items.clone())])).await.unwrap();
-        let expected = account.state.clone().unwrap();
+        let expected = ledger.account.state.clone().unwrap();
         let state = shard.state();
         assert_eq!(state.accounts[&id].0, expected, "the entry replays to the ledger's own state");
         assert_eq!(state.accounts[&id].1.len(), expected.next_seq as usize - 1, "every record once");
         assert!(state.dedup.contains_key(&(id.clone(), IdemKey::new("buy-1").unwrap())));
-        // Applied again at a later index (a log replayed after a restart):
-        // the records it holds are skipped.
-        shard.apply(run(vec![entry(2, items)])).await.unwrap();
+        // Applied again at a later index (records the state holds
+        // already: made from memory behind it): fenced, nothing applied
+        // twice.
+        shard.apply(run(vec![entry(2, items.clone())])).await.unwrap();
         assert_eq!(shard.state(), state, "nothing applied twice");
         assert_eq!(shard.applied_state().await.unwrap().0.map(|l| l.index()), Some(2));
+        // Proposed for a term other than the one it is committed in (log
+        // id term 1): fenced, whatever it holds.
+        let buy = ledger.purchase("buy-2", 5).items;
+        let stale = EntryOf::<C>::new_normal(
+            openraft::testing::log_id::<C>(1, 0, 3),
+            ShardEntry { term: Some(2), items: buy.clone() },
+        );
+        shard.apply(run(vec![stale])).await.unwrap();
+        assert_eq!(shard.state(), state, "an entry of another term applies nothing");
+        // In its term it applies.
+        let fresh =
+            EntryOf::<C>::new_normal(openraft::testing::log_id::<C>(1, 0, 4), ShardEntry { term: Some(1), items: buy });
+        shard.apply(run(vec![fresh])).await.unwrap();
+        assert_eq!(shard.state().accounts[&id].0.balance(), crate::ledger::Amount::whole(30));
+        let state = shard.state();
         // A snapshot installs the same state on another member.
         let snapshot = shard.build_snapshot().await.unwrap();
         let mut other = MemoryShard::default();
