@@ -972,6 +972,184 @@ mod cluster {
         let _ = std::fs::remove_dir_all(&root);
     }
 
+    /// Network namespaces a test makes: a hub holding a bridge, and one
+    /// per node joined to it by a veth pair (node `i` at 10.77.0.i, the
+    /// hub at 10.77.0.254). Deleted when dropped.
+    struct Namespaces {
+        hub: String,
+        nodes: Vec<String>,
+    }
+
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip").args(args).output().expect("ip (iproute2) runs");
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+
+    impl Namespaces {
+        /// Needs root (CAP_NET_ADMIN), as CI and this machine have.
+        fn make(n: usize) -> Namespaces {
+            let tag = format!("pp{}", std::process::id());
+            let ns = Namespaces { hub: format!("{tag}h"), nodes: (1..=n).map(|i| format!("{tag}n{i}")).collect() };
+            ip(&["netns", "add", &ns.hub]);
+            ip(&["-n", &ns.hub, "link", "add", "br0", "type", "bridge"]);
+            ip(&["-n", &ns.hub, "addr", "add", "10.77.0.254/24", "dev", "br0"]);
+            ip(&["-n", &ns.hub, "link", "set", "br0", "up"]);
+            for (i, node) in ns.nodes.iter().enumerate() {
+                let (end, peer, addr) = (format!("v{}", i + 1), format!("h{}", i + 1), format!("10.77.0.{}/24", i + 1));
+                ip(&["netns", "add", node]);
+                ip(&["link", "add", &end, "netns", node, "type", "veth", "peer", "name", &peer, "netns", &ns.hub]);
+                ip(&["-n", node, "addr", "add", &addr, "dev", &end]);
+                ip(&["-n", node, "link", "set", &end, "up"]);
+                ip(&["-n", node, "link", "set", "lo", "up"]);
+                ip(&["-n", &ns.hub, "link", "set", &peer, "master", "br0"]);
+                ip(&["-n", &ns.hub, "link", "set", &peer, "up"]);
+            }
+            ns
+        }
+
+        /// Cuts node `id` off from every other node and every client
+        /// (its port on the bridge down), or lets it back.
+        fn cut(&self, id: u64, cut: bool) {
+            ip(&["-n", &self.hub, "link", "set", &format!("h{id}"), if cut { "down" } else { "up" }]);
+        }
+
+        /// `prepaid cluster WHAT` from the hub, against node `id`.
+        fn cluster(&self, id: u64, what: &str) -> (i32, String, String) {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &self.hub, env!("CARGO_BIN_EXE_prepaid"), "cluster", what])
+                .args(["--http", &format!("http://10.77.0.{id}:7071"), "--token", ADMIN])
+                .output()
+                .unwrap();
+            let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+            (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+        }
+    }
+
+    impl Drop for Namespaces {
+        fn drop(&mut self) {
+            for ns in self.nodes.iter().chain([&self.hub]) {
+                let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+
+    /// Three `prepaid serve` nodes, each in a network namespace of its
+    /// own, make a cluster; one is cut off from the others and from every
+    /// client (its port on the bridge down) while the load goes on through
+    /// the rest, then healed. The two left elect leaders for its groups
+    /// and serve every account; healed, the cut-off node drops what it
+    /// could not commit, catches up, and is handed its share of the lead
+    /// again. Every acknowledged debit is in the balances once, and every
+    /// node holds the same ledger for every account. (Needs root, to make
+    /// namespaces: CI and this machine run as root.)
+    #[test]
+    fn a_node_cut_off_from_the_others_is_healed_with_nothing_lost() {
+        let _alone = ONE_AT_A_TIME.blocking_lock();
+        let ns = Namespaces::make(3);
+        let root: PathBuf = std::env::temp_dir().join(format!("prepaid-partition-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let members = "1=10.77.0.1:7070,2=10.77.0.2:7070,3=10.77.0.3:7070";
+        let mut servers: BTreeMap<u64, Server> = BTreeMap::new();
+        for id in 1..=3u64 {
+            let (grpc, http, id_s) = (format!("10.77.0.{id}:7070"), format!("10.77.0.{id}:7071"), id.to_string());
+            let env = [
+                ("PREPAID_GRPC_ADDR", grpc.as_str()),
+                ("PREPAID_HTTP_ADDR", http.as_str()),
+                ("PREPAID_CLUSTER_NODE_ID", id_s.as_str()),
+                ("PREPAID_CLUSTER_MEMBERS", members),
+                ("PREPAID_CLUSTER_SECRET", SECRET),
+                ("PREPAID_CLUSTER_HEARTBEAT_MS", "50"),
+                ("PREPAID_CLUSTER_ELECTION_TIMEOUT_MIN_MS", "200"),
+                ("PREPAID_CLUSTER_ELECTION_TIMEOUT_MAX_MS", "400"),
+            ];
+            let dir = root.join(format!("node-{id}"));
+            servers.insert(id, serve::start_in(&ns.nodes[id as usize - 1], &dir, &[], &env));
+        }
+        let (code, out, err) = ns.cluster(1, "init");
+        assert_eq!(code, 0, "{out}{err}");
+        let balanced = |ns: &Namespaces, from: u64| {
+            for _ in 0..TRIES {
+                let (code, out, _) = ns.cluster(from, "status");
+                let status: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                let groups = status["groups"].as_array().cloned().unwrap_or_default();
+                let preferred =
+                    |g: &serde_json::Value| g["leader"].as_u64() == Some(g["group"].as_u64().unwrap() % 3 + 1);
+                if code == 0 && groups.len() == 16 && groups.iter().all(preferred) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("the lead is not spread over the three nodes");
+        };
+        balanced(&ns, 1);
+
+        // The client runs in the hub: a thread that enters its namespace.
+        let hub = std::fs::File::open(format!("/var/run/netns/{}", ns.hub)).unwrap();
+        let cut_ns = &ns;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: setns on this thread only, with a namespace
+                    // file descriptor that stays open for the call.
+                    assert_eq!(unsafe { libc::setns(hub.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    runtime.block_on(async {
+                        let addrs = (1..=3u64).map(|id| (id, format!("10.77.0.{id}:7070"))).collect();
+                        let mut clients =
+                            Clients { addrs, conns: BTreeMap::new(), hint: BTreeMap::new(), slow: Default::default() };
+                        let accounts: Vec<String> = (0..12).map(|i| format!("acct-{i}")).collect();
+                        for a in &accounts {
+                            clients.run(a, Op::Open).await;
+                            clients.run(a, Op::Purchase("buy".into())).await;
+                            clients.run(a, Op::Debit("d-0".into())).await;
+                        }
+                        // Node 1 is cut off; the load goes on.
+                        cut_ns.cut(1, true);
+                        let cut = Instant::now();
+                        let mut back = Duration::ZERO;
+                        for a in &accounts {
+                            clients.run(a, Op::Debit("d-1".into())).await;
+                            back = back.max(cut.elapsed());
+                        }
+                        eprintln!("node 1 cut off: every account served again within {back:?}");
+                        // Healed: it catches up and is handed its share again.
+                        cut_ns.cut(1, false);
+                        clients.slow.clear();
+                        clients.conns.clear();
+                        for a in &accounts {
+                            clients.run(a, Op::Debit("d-2".into())).await;
+                            clients.run(a, Op::Debit("d-1".into())).await;
+                        }
+                        balanced(cut_ns, 1);
+                        for a in &accounts {
+                            assert_eq!(clients.run(a, Op::Balance).await, "97.00", "account {a}");
+                            let leader = clients.hint[a];
+                            let history = clients.conn(leader).await.unwrap().history(a, 0, 1_000).await.unwrap();
+                            assert_eq!(history.iter().filter(|r| r.kind == "debited").count(), 3, "{a}");
+                            for id in 1..=3u64 {
+                                let node = clients.conn(id).await.unwrap();
+                                let mut same = false;
+                                for _ in 0..TRIES {
+                                    if node.history(a, 0, 1_000).await.unwrap() == history {
+                                        same = true;
+                                        break;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
+                                assert!(same, "node {id} holds another ledger for {a}");
+                            }
+                        }
+                    });
+                })
+                .join()
+                .unwrap();
+        });
+        drop(servers);
+        drop(ns);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     /// A debit through `cc`, resent under its key while its outcome is
     /// unknown (bounded).
     async fn cc_debit(cc: &ClusterClient, account: &str, key: &str) {

@@ -32,7 +32,19 @@ pub fn start(data_dir: &Path, args: &[&str]) -> Server {
 
 /// `start`, with more environment (which wins over the defaults here).
 pub fn start_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prepaid"))
+    spawn(Command::new(env!("CARGO_BIN_EXE_prepaid")), data_dir, args, env)
+}
+
+/// `start_env` inside the network namespace `netns` (`ip netns exec`,
+/// which execs the server: the child is the server itself).
+pub fn start_in(netns: &str, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_prepaid")]);
+    spawn(cmd, data_dir, args, env)
+}
+
+fn spawn(mut cmd: Command, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut child = cmd
         .arg("serve")
         .arg("--simulated-gateway")
         .args(args)
