@@ -724,13 +724,9 @@ async fn open(
                 Err(status) => break from_status(status),
             }
         };
-        // Whatever was sent and not answered has an unknown outcome.
-        let failure = match failure {
-            ClientError::Refused { .. } | ClientError::OutcomeUnknown(_) => {
-                ClientError::OutcomeUnknown(failure.to_string())
-            }
-            other => other,
-        };
+        // Whatever was sent and not answered has an unknown outcome,
+        // however the stream ended.
+        let failure = ClientError::OutcomeUnknown(failure.to_string());
         for (_, to) in reader_pending.lock().drain() {
             let _ = to.send(Err(failure.clone()));
         }

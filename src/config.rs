@@ -135,6 +135,8 @@ pub const SETTING_BOUNDS: &[(&str, u64, u64)] = &[
     ("cluster.commit_timeout_ms", 10, 600_000),
     ("cluster.leaderless_wait_ms", 0, 600_000),
     ("cluster.leaderless_buffer", 1, 10_000_000),
+    ("cluster.snapshot_log_entries", 10, 100_000_000),
+    ("cluster.snapshot_timeout_ms", 100, 3_600_000),
 ];
 
 /// Most shard workers a node runs.
@@ -397,6 +399,15 @@ pub struct ClusterSettings {
     /// `g mod n`-th) once that voter is caught up, so each node leads its
     /// share of the groups. Env: PREPAID_CLUSTER_BALANCE_LEADERS.
     pub balance_leaders: bool,
+    /// Every this many entries a group's log is purged to the state its
+    /// members applied (the state is in the store; a snapshot of it is
+    /// made only for a member behind the log), keeping this many entries
+    /// for a follower a little behind. The log then holds between one and
+    /// two times this many entries per group.
+    pub snapshot_log_entries: u64,
+    /// How long sending a group's snapshot to a member behind its log may
+    /// take (one node link message of at most 256 MiB).
+    pub snapshot_timeout_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -413,6 +424,8 @@ impl Default for ClusterSettings {
             leaderless_wait_ms: 2_000,
             leaderless_buffer: 10_000,
             balance_leaders: true,
+            snapshot_log_entries: 10_000,
+            snapshot_timeout_ms: 60_000,
         }
     }
 }

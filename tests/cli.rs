@@ -45,7 +45,7 @@ fn bad_arguments_are_refused_with_a_sentence() {
         (vec!["mint"], "unrecognized subcommand 'mint'"),
         (vec!["serve", "--port", "1"], "unexpected argument '--port'"),
         (vec!["serve", "--gateway-url", "http://x", "--simulated-gateway"], "cannot be used with"),
-        (vec!["bench", "--addr"], "a value is required for '--addr <HOST:PORT>'"),
+        (vec!["bench", "--addr"], "a value is required for '--addr <HOST:PORT[,HOST:PORT…]>'"),
         (vec!["bench"], "--embedded|--addr"),
         (vec!["bench", "--embedded", "--addr", "127.0.0.1:1"], "cannot be used with"),
         (vec!["bench", "--embedded", "--conns", "2"], "cannot be used with"),

@@ -417,6 +417,25 @@ impl Store for FailingStore {
     fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, prepaid::store::StoreError> {
         self.inner.raft_mark(group)
     }
+    fn accounts_in(
+        &self,
+        shards: std::ops::Range<u32>,
+        total: u32,
+    ) -> Result<Vec<AccountId>, prepaid::store::StoreError> {
+        self.inner.accounts_in(shards, total)
+    }
+    fn dedup_all(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, prepaid::store::StoreError> {
+        self.inner.dedup_all(id)
+    }
+    fn replace_shards(
+        &self,
+        shards: std::ops::Range<u32>,
+        total: u32,
+        accounts: Vec<prepaid::store::AccountWrite>,
+        raft_mark: (u32, Vec<u8>),
+    ) -> Result<(), prepaid::store::StoreError> {
+        self.inner.replace_shards(shards, total, accounts, raft_mark)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -902,6 +921,82 @@ mod log_store {
         let store = open_quiet(&dir.0);
         assert_eq!(store.log_tail_bytes(), 0, "after a checkpoint the log is empty");
         accounts.check(&store);
+    }
+
+    /// A clustered node installing a group's snapshot: everything stored
+    /// for the group's shards — in tables, or only in the log and its tail
+    /// — is replaced by the snapshot's accounts, the mark is written with
+    /// them, other shards keep what they held, and a reopened store (which
+    /// replays its log) agrees.
+    #[test]
+    fn replacing_a_groups_shards_drops_what_they_held_and_keeps_the_rest() {
+        let dir = tempdir::Dir::new("replace-shards");
+        let group = 0..128u32;
+        let inside = |id: &AccountId| group.contains(&(id.shard(256) as u32));
+        let mut old = Accounts::new();
+        let store = open_quiet(&dir.0);
+        traffic(&mut old, &store, 4, 0);
+        store.checkpoint().unwrap();
+        traffic(&mut old, &store, 4, 4);
+        assert!(store.log_tail_bytes() > 0, "some of it only in the log");
+        let (gone, kept): (Vec<AccountId>, Vec<AccountId>) = old.accounts.keys().cloned().partition(|id| inside(id));
+        assert!(!gone.is_empty() && !kept.is_empty());
+        let mut listed = store.accounts_in(group.clone(), 256).unwrap();
+        listed.sort();
+        let mut gone_sorted = gone.clone();
+        gone_sorted.sort();
+        assert_eq!(listed, gone_sorted, "the group's accounts, from tables and the tail");
+
+        // The snapshot's accounts: others, of the same shards.
+        let mut new = Accounts::new();
+        let names: Vec<String> = (0..).map(|i| format!("new_{i}")).filter(|n| inside(&id(n))).take(5).collect();
+        let mut set = WriteSet::default();
+        for round in [0, 1, 2] {
+            let reqs: Vec<Request> = names
+                .iter()
+                .map(|n| match round {
+                    0 => open(n),
+                    1 => purchase(n, "buy", "7"),
+                    _ => strict(n, "d", "0.5"),
+                })
+                .collect();
+            set.accounts.extend(new.write(&reqs).accounts);
+        }
+        // One write per account, its records from the first.
+        let mut whole: HashMap<AccountId, AccountWrite> = HashMap::new();
+        for w in set.accounts {
+            match whole.get_mut(&w.id) {
+                Some(earlier) => {
+                    earlier.records.extend(w.records);
+                    earlier.dedup.extend(w.dedup);
+                    earlier.snapshot = w.snapshot;
+                }
+                None => {
+                    whole.insert(w.id.clone(), w);
+                }
+            }
+        }
+        let outside = AccountWrite { id: kept[0].clone(), ..whole.values().next().unwrap().clone() };
+        let refused = store.replace_shards(group.clone(), 256, vec![outside], (0, b"m".to_vec()));
+        assert!(refused.is_err(), "an account of another shard is refused");
+        store.replace_shards(group.clone(), 256, whole.into_values().collect(), (0, b"mark".to_vec())).unwrap();
+
+        let check = |store: &RocksStore| {
+            new.check(store);
+            for id in &gone {
+                assert_eq!(store.load(id).unwrap(), None, "{id} is gone");
+                assert_eq!(store.history(id, 0, 100).unwrap(), vec![], "{id}'s journal is gone");
+                assert_eq!(store.dedup_all(id).unwrap(), vec![], "{id}'s idempotency records are gone");
+            }
+            assert_eq!(store.raft_mark(0).unwrap(), Some(b"mark".to_vec()));
+        };
+        old.accounts.retain(|id, _| !inside(id));
+        old.check(&store);
+        check(&store);
+        drop(store);
+        let store = open_quiet(&dir.0);
+        old.check(&store);
+        check(&store);
     }
 
     #[test]

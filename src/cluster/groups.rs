@@ -26,10 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Instant as _, RaftNetworkFactory, ReadPolicy, ServerState};
 
-use super::apply::StoreShard;
+use super::apply::{Placement, StoreShard};
 use super::{Applied, ShardEntry, ShardRaft};
 use crate::codec::LogItem;
 use crate::error::Error;
@@ -53,9 +54,15 @@ pub struct GroupsConfig {
     /// How long a commit waits for its groups before the round is answered
     /// `outcome_unknown`.
     pub commit_timeout: Duration,
-    /// Raft timing (`heartbeat_interval`, election timeouts); snapshots are
-    /// turned off whatever it says (the log is kept whole, `apply.rs`).
+    /// Raft timing (`heartbeat_interval`, election timeouts); the snapshot
+    /// settings below replace its own.
     pub raft: openraft::Config,
+    /// A group's log is purged to its applied state every this many
+    /// entries, keeping this many behind it (`cluster.snapshot_log_entries`).
+    pub snapshot_log_entries: u64,
+    /// How long sending a group's snapshot to a member may take
+    /// (`cluster.snapshot_timeout_ms`).
+    pub snapshot_timeout: Duration,
     /// `ledger.expiry_notice_ms`, for the timer index.
     pub notice_ms: u64,
     /// Webhook marks are written with each account's records.
@@ -136,16 +143,30 @@ impl Groups {
                 cfg.shards_per_group, cfg.shards
             ));
         }
-        let raft = openraft::Config { snapshot_policy: openraft::SnapshotPolicy::Never, ..cfg.raft.clone() };
+        if cfg.snapshot_log_entries == 0 {
+            return Err("cluster.snapshot_log_entries must be at least 1".into());
+        }
+        // Every `snapshot_log_entries` applied, the log is purged to the
+        // applied state, keeping as many entries for a follower a little
+        // behind (`apply.rs`: the snapshot is the store itself).
+        let raft = openraft::Config {
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_log_entries),
+            max_in_snapshot_log_to_keep: cfg.snapshot_log_entries,
+            install_snapshot_timeout: cfg.snapshot_timeout.as_millis() as u64,
+            ..cfg.raft.clone()
+        };
         let raft = Arc::new(raft.validate().map_err(|e| format!("raft settings: {e}"))?);
         let mut rafts = Vec::new();
         for group in 0..cfg.shards / cfg.shards_per_group {
-            let sm = StoreShard::open(group, Arc::clone(&store), cfg.notice_ms, cfg.webhooks)
+            let per = cfg.shards_per_group;
+            let placement = Placement { shards: group * per..(group + 1) * per, total: cfg.shards };
+            let sm = StoreShard::open(group, placement, Arc::clone(&store), cfg.notice_ms, cfg.webhooks)
                 .map_err(|e| format!("group {group}: {e}"))?;
             let (log, network) = member(group);
-            let r = GroupRaft::new(cfg.node_id, Arc::clone(&raft), network, log, sm)
+            let r = GroupRaft::new(cfg.node_id, Arc::clone(&raft), network, log, sm.clone())
                 .await
                 .map_err(|e| format!("group {group}: {e}"))?;
+            sm.ready();
             rafts.push(r);
         }
         let serving = rafts.iter().map(|_| AtomicU64::new(0)).collect();
@@ -307,9 +328,24 @@ impl Groups {
         // nothing (fenced: every member refused the entry).
         let proposals = entries.into_iter().map(|(group, entry)| async move {
             let outcome = tokio::time::timeout(self.cfg.commit_timeout, self.raft(group).client_write(entry)).await;
+            let unknown =
+                !matches!(outcome, Ok(Ok(_)) | Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))));
+            if unknown && self.serving(group).is_some() {
+                // The entry may still commit: the group is not served
+                // (its cells reloaded from a store that may yet take the
+                // entry) until this node's log is applied (`watch`).
+                self.set_serving(group, 0);
+                tracing::info!(group, "stopped serving the group until its log is applied");
+            }
             match outcome {
                 Ok(Ok(written)) if written.data == Applied::Yes => Ok(()),
                 Ok(Ok(_fenced)) => Err((format!("group {group} refused the entry (made from outdated memory)"), true)),
+                // Refused before it was appended (this node no longer
+                // leads, hands the lead off, or its lease ran out): the
+                // entry is nowhere.
+                Ok(Err(e @ RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    Err((format!("group {group}: {e}"), true))
+                }
                 Ok(Err(e)) => Err((format!("group {group}: {e}"), false)),
                 Err(_) => Err((format!("group {group} did not commit within {:?}", self.cfg.commit_timeout), false)),
             }
@@ -321,8 +357,8 @@ impl Groups {
         }
         let what = failed.iter().map(|(why, _)| why.as_str()).collect::<Vec<_>>().join("; ");
         // Groups that did apply their entries keep them: only when every
-        // entry proposed was refused (one group) is nothing applied.
-        if failed.len() == 1 && failed[0].1 && proposed == 1 {
+        // entry proposed was refused is nothing applied.
+        if failed.len() == proposed && failed.iter().all(|(_, nothing)| *nothing) {
             return Err(Error::ShardUnavailable(format!("{what}; nothing was applied, retry")));
         }
         Err(Error::OutcomeUnknown(format!("{what}; the outcome is unknown, resend under the same idempotency key")))
@@ -353,6 +389,16 @@ impl Groups {
         }
     }
 
+    /// Whether everything in this node's log of `group` (as it is now) is
+    /// applied here within `commit_timeout`.
+    async fn applied_own_log(&self, group: u32) -> bool {
+        let raft = self.raft(group);
+        let Ok(last) = raft.with_raft_state(|st| st.log_ids.last().map(|l| l.index)).await else {
+            return false;
+        };
+        raft.wait(Some(self.cfg.commit_timeout)).applied_index_at_least(last, "own log applied").await.is_ok()
+    }
+
     /// Watches every group's leadership: serves a group from the moment it
     /// leads it and has applied what came before its term, stops at once
     /// when it does not, and moves `health`'s epoch each time. `taken(group)`
@@ -369,6 +415,9 @@ impl Groups {
                 let taken = Arc::clone(&taken);
                 tokio::spawn(async move {
                     let mut metrics = groups.raft(group).metrics();
+                    // A commit whose outcome is unknown stops the serving
+                    // (`commit`): looked at again then, too.
+                    let mut served_changed = groups.served.subscribe();
                     loop {
                         let (leads, term) = {
                             let m = metrics.borrow_watched();
@@ -387,9 +436,13 @@ impl Groups {
                                 groups.set_serving(group, 0);
                                 health.moved();
                             }
-                            // Everything committed before the term applied.
+                            // Everything committed before the term
+                            // applied, and everything in this node's log:
+                            // an entry of a commit that timed out, if it
+                            // commits, is in the store the cells reload.
                             let read = groups.raft(group).ensure_linearizable(ReadPolicy::ReadIndex).await;
-                            if read.is_ok() && metrics.borrow_watched().current_term == term {
+                            let level = read.is_ok() && groups.applied_own_log(group).await;
+                            if level && metrics.borrow_watched().current_term == term {
                                 // The epoch moves before the term is
                                 // published: a writer that sees the term
                                 // sees the new epoch too (`Groups::terms`),
@@ -399,7 +452,7 @@ impl Groups {
                                 groups.set_serving(group, term);
                                 tracing::info!(group, term, "serving the group");
                                 taken(group);
-                            } else if read.is_err() {
+                            } else if !level {
                                 // No quorum confirmed it yet: look again
                                 // when something changes, or soon.
                                 let retry = Duration::from_millis(groups.cfg.raft.heartbeat_interval);
@@ -407,8 +460,9 @@ impl Groups {
                             }
                             continue;
                         }
-                        if metrics.changed().await.is_err() {
-                            return;
+                        tokio::select! {
+                            changed = metrics.changed() => if changed.is_err() { return },
+                            _ = served_changed.changed() => {}
                         }
                     }
                 })
@@ -423,22 +477,24 @@ impl Groups {
     /// Spreads the lead: every `BALANCE_EVERY`, each group this node
     /// serves whose preferred voter is another node (`preferred`) is handed
     /// to it once that voter has every entry of this node's log and
-    /// answered within an election timeout. A voter that cannot keep the
-    /// lead is not handed the same group again for `BALANCE_BACKOFF`.
+    /// answered within an election timeout. A group is not handed to the
+    /// same voter again for `BALANCE_BACKOFF` (a voter that cannot keep
+    /// the lead).
     async fn balance(self: Arc<Self>) {
-        let mut handed: Vec<Option<tokio::time::Instant>> = vec![None; self.count() as usize];
+        // Per group: the voter it was last handed to, and when.
+        let mut handed: Vec<Option<(u64, tokio::time::Instant)>> = vec![None; self.count() as usize];
         loop {
             tokio::time::sleep(BALANCE_EVERY).await;
             for group in 0..self.count() {
+                let Some(to) = self.handoff(group) else { continue };
                 let last = &mut handed[group as usize];
-                if last.is_some_and(|at| at.elapsed() < BALANCE_BACKOFF) {
+                if last.is_some_and(|(before, at)| before == to && at.elapsed() < BALANCE_BACKOFF) {
                     continue;
                 }
-                let Some(to) = self.handoff(group) else { continue };
                 if self.raft(group).trigger().transfer_leader(to).await.is_err() {
                     return; // The member stopped: the node is stopping.
                 }
-                *last = Some(tokio::time::Instant::now());
+                *last = Some((to, tokio::time::Instant::now()));
                 tracing::info!(group, to, "handed the group's lead to its preferred voter");
             }
         }
@@ -446,15 +502,21 @@ impl Groups {
 
     /// The voter this node should hand `group` to now, if any: the
     /// group's preferred voter, when this node serves the group, is not
-    /// that voter, the membership is not changing, and the voter is caught
-    /// up and heard from (a handoff to a voter behind the log is ignored by
-    /// it, and the group waits an election timeout for a new leader).
+    /// that voter, the membership is not changing (no joint change, no
+    /// learner catching up: a replacement in progress), and the voter has
+    /// every entry of this node's log and was heard from lately (a voter
+    /// behind the log ignores a handoff, and the group then waits an
+    /// election timeout for a new leader; under a steady load the handoff
+    /// waits for a moment the voter is level).
     fn handoff(&self, group: u32) -> Option<u64> {
         self.serving(group)?;
         let metrics = self.raft(group).metrics();
         let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
-        if m.current_leader != Some(self.cfg.node_id) || membership.get_joint_config().len() != 1 {
+        if m.current_leader != Some(self.cfg.node_id)
+            || membership.get_joint_config().len() != 1
+            || membership.learner_ids().next().is_some()
+        {
             return None;
         }
         let voters: Vec<u64> = membership.voter_ids().collect::<std::collections::BTreeSet<_>>().into_iter().collect();

@@ -84,7 +84,9 @@ pub(crate) mod testing {
     use crate::ledger::{Account, AccountId, Amount, Command, Currency, IdemKey, LedgerConfig, Mode, Request};
 
     /// A node's link server on a loopback port of its own; its tasks, to
-    /// abort when the node dies.
+    /// abort when the node dies (aborting them also closes the connections
+    /// it holds, as a dead process's would be: a node restarted on the
+    /// same address is then reached anew, not its predecessor's service).
     pub async fn serve<SM>(
         service: Arc<super::link::LinkService<SM>>,
     ) -> (std::net::SocketAddr, Vec<tokio::task::JoinHandle<()>>)
@@ -112,13 +114,23 @@ pub(crate) mod testing {
                 }
             }
         });
-        let server = tokio::spawn(async move {
+        // Aborting the server's task would leave its connections served:
+        // the task that holds `stop` is aborted instead, and the server
+        // shuts down gracefully, closing them.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(super::link::pb::node_link_server::NodeLinkServer::new(service))
-                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), async move {
+                    let _ = stopped.await;
+                })
                 .await;
         });
-        (addr, vec![accept, server])
+        let holder = tokio::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await
+        });
+        (addr, vec![accept, holder])
     }
 
     /// A group's members by node id, each with its state machine.

@@ -303,8 +303,10 @@ impl Writer {
 /// in. Once everything the group's member was given is applied here, an
 /// attempt the store holds in flight is handed to the recharge worker (its
 /// attempt id is the gateway key: a second order is harmless). If the
-/// node stops serving the group first, the next leader resumes the group's
-/// attempts when it takes over (`Groups::watch`).
+/// node stops serving the group first — a group whose own entry's outcome
+/// is unknown is not served until this node's log of it is applied
+/// (`Groups::commit`) — the group's attempts are resumed when it is served
+/// again, here or by the next leader (`Groups::watch`).
 async fn settle(
     groups: Arc<Groups>,
     store: Arc<dyn Store>,

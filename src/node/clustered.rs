@@ -25,6 +25,8 @@ use crate::store::RocksStore;
 use crate::store::Store;
 
 const SECRET: &str = "cluster-secret-0123456789";
+/// The shards of a test cluster (two groups of four).
+const SHARDS: u32 = 8;
 /// Bounded waits: they end as soon as the cluster gets there.
 const TRIES: u32 = 600;
 
@@ -45,7 +47,8 @@ struct Member {
 /// last tasks still hold is tried again (boundedly).
 fn open_disks(dir: &std::path::Path) -> (Arc<dyn Store>, RaftDisk) {
     for _ in 0..TRIES {
-        let store = RocksStore::open(&dir.join("state"));
+        let opts = crate::store::RocksOptions { shards: Some(SHARDS), ..Default::default() };
+        let store = RocksStore::open_with(&dir.join("state"), opts);
         let disk = RaftDisk::open(&dir.join("raft"));
         if let (Ok(store), Ok(disk)) = (store, disk) {
             return (Arc::new(store), disk);
@@ -73,7 +76,7 @@ fn fast() -> NodeConfig {
 /// `node.workers` set here; Raft timing from its `cluster` settings).
 async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeConfig) -> (Member, BasicNode) {
     let mut config = config;
-    config.node.shards = 8;
+    config.node.shards = SHARDS;
     config.node.workers = 2;
     let raft = openraft::Config {
         heartbeat_interval: config.cluster.heartbeat_ms,
@@ -83,7 +86,7 @@ async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeCon
     };
     let cfg = GroupsConfig {
         node_id: id,
-        shards: 8,
+        shards: SHARDS,
         shards_per_group: 4,
         commit_timeout: Duration::from_secs(2),
         raft,
@@ -92,6 +95,8 @@ async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeCon
         // The tests send each request to the leader they found: the lead
         // stays where the election put it.
         balance_leaders: false,
+        snapshot_log_entries: config.cluster.snapshot_log_entries,
+        snapshot_timeout: Duration::from_millis(config.cluster.snapshot_timeout_ms),
     };
     let (store, disk) = open_disks(dir);
     let service = LinkService::<StoreShard>::new(SECRET);
@@ -342,9 +347,10 @@ async fn a_recharge_in_an_entry_that_timed_out_is_charged_once_it_commits() {
     let mut addrs = BTreeMap::new();
     for id in 1..=3u64 {
         let mut config = fast();
-        if id != 1 {
-            (config.cluster.election_timeout_min_ms, config.cluster.election_timeout_max_ms) = (60_000, 120_000);
-        }
+        // Node 1's lease (an election timeout) outlasts the moment between
+        // the cut and the debit: the debit is appended, not refused.
+        let (min, max) = if id == 1 { (2_000, 4_000) } else { (60_000, 120_000) };
+        (config.cluster.election_timeout_min_ms, config.cluster.election_timeout_max_ms) = (min, max);
         let (m, addr) = member_with(id, dirs[id as usize - 1].path(), "127.0.0.1:0", config).await;
         members.insert(id, m);
         addrs.insert(id, addr);
@@ -393,6 +399,128 @@ async fn a_recharge_in_an_entry_that_timed_out_is_charged_once_it_commits() {
     let history = node.history(&acct, 0, 1_000).unwrap();
     let charged = history.iter().filter(|r| matches!(r.event, crate::ledger::Event::RechargeSucceeded { .. })).count();
     assert_eq!(charged, 1, "{history:?}");
+    for m in members.values_mut() {
+        lose(m).await;
+    }
+}
+
+/// A group's log is purged to its applied state every
+/// `cluster.snapshot_log_entries` entries. A node that was down while its
+/// groups' logs moved past what their leaders still hold catches up from a
+/// snapshot of each group (its store's accounts replaced whole), then from
+/// the log, and holds the same state as the others; a node restarted after
+/// its own log was purged opens from its store and goes on. Nothing
+/// acknowledged is lost, and every ledger sums to its balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_the_purged_log_catches_up_from_a_snapshot() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut config = fast();
+    config.cluster.snapshot_log_entries = 10;
+    let mut members = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let (m, addr) = member_with(id, dirs[id as usize - 1].path(), "127.0.0.1:0", config.clone()).await;
+        members.insert(id, m);
+        addrs.insert(id, addr);
+    }
+    members[&1].groups.initialize(&addrs).await.unwrap();
+    let accounts: Vec<AccountId> = (0..6).map(|i| AccountId::new(&format!("acct-{i}")).unwrap()).collect();
+    let mut expected: BTreeMap<AccountId, i64> = BTreeMap::new();
+    for id in &accounts {
+        let open =
+            Command::Open { mode: Mode::Prepaid, currency: Currency::USD, past_due_suspends: None, credit_limit: None };
+        send(&members, &request(id, Some("open"), open)).await.1.unwrap();
+        let buy = Command::Purchase { amount: Amount::whole(100), reference: None };
+        send(&members, &request(id, Some("buy"), buy)).await.1.unwrap();
+        expected.insert(id.clone(), 100);
+    }
+
+    // Node 3 goes down; what its log held of each group is noted.
+    let mut down = members.remove(&3).unwrap();
+    let groups = down.groups.count();
+    let held: Vec<Option<u64>> =
+        (0..groups).map(|g| down.groups.raft(g).metrics().borrow_watched().last_log_index).collect();
+    lose(&mut down).await;
+    drop(down);
+
+    // Each account is debited one at a time (an entry each): every group's
+    // log moves far past what node 3 held, and is purged behind.
+    for round in 0..30 {
+        for id in &accounts {
+            send(&members, &request(id, Some(&format!("d-{round}")), debit(1))).await.1.unwrap();
+            *expected.get_mut(id).unwrap() -= 1;
+        }
+    }
+    let leader_of = |members: &BTreeMap<u64, Member>, g: u32| -> u64 {
+        members.iter().find(|(_, m)| m.groups.serving(g).is_some()).map(|(id, _)| *id).unwrap()
+    };
+    let mut purged_past = 0;
+    for g in 0..groups {
+        let m = members[&leader_of(&members, g)].groups.raft(g).metrics().borrow_watched().clone();
+        if m.purged.map(|p| p.index) > held[g as usize] {
+            purged_past += 1;
+        }
+    }
+    assert!(purged_past > 0, "some group's leader purged its log past what node 3 held");
+
+    // Node 3 comes back from its disks and catches up: from a snapshot
+    // where the log it needs is gone.
+    let (back, _) = member_with(3, dirs[2].path(), &addrs[&3].addr, config.clone()).await;
+    members.insert(3, back);
+    let wait_level = |members: &BTreeMap<u64, Member>| {
+        let lasts: Vec<(u32, u64)> = (0..groups)
+            .map(|g| {
+                let leader = leader_of(members, g);
+                (g, members[&leader].groups.raft(g).metrics().borrow_watched().last_log_index.unwrap())
+            })
+            .collect();
+        let waits: Vec<_> = members
+            .values()
+            .flat_map(|m| {
+                lasts.iter().map(|&(g, last)| {
+                    let wait = m.groups.raft(g).wait(Some(Duration::from_secs(30)));
+                    async move { wait.applied_index_at_least(Some(last), "applied").await.map(|_| ()) }
+                })
+            })
+            .collect();
+        futures_util::future::join_all(waits)
+    };
+    for done in wait_level(&members).await {
+        done.unwrap();
+    }
+    let installed = (0..groups).filter(|&g| members[&3].groups.raft(g).metrics().borrow_watched().snapshot.is_some());
+    assert!(installed.count() >= purged_past, "node 3 took a snapshot of every group purged past it");
+    let same_everywhere = |members: &BTreeMap<u64, Member>, expected: &BTreeMap<AccountId, i64>| {
+        for (id, balance) in expected {
+            let states: Vec<_> = members.values().map(|m| m.store.load(id).unwrap().map(|l| l.state)).collect();
+            assert!(states.iter().all(|s| *s == states[0]), "account {id}: {states:?}");
+            let state = states[0].as_ref().unwrap();
+            assert_eq!(state.balance(), Amount::whole(*balance), "account {id}");
+            for m in members.values() {
+                let history = m.store.history(id, 0, 10_000).unwrap();
+                assert_eq!(history.len() as u64, state.next_seq - 1, "account {id}: every record, from the first");
+                let sum = history.iter().fold(Amount::ZERO, |s, r| s + r.event.balance_delta());
+                assert_eq!(sum, state.balance(), "account {id}: the ledger sums to the balance");
+            }
+        }
+    };
+    same_everywhere(&members, &expected);
+
+    // Node 1 restarts after its own log was purged: it opens from its
+    // store and the cluster goes on.
+    let mut one = members.remove(&1).unwrap();
+    lose(&mut one).await;
+    drop(one);
+    let (back, _) = member_with(1, dirs[0].path(), &addrs[&1].addr, config).await;
+    members.insert(1, back);
+    for id in &accounts {
+        send(&members, &request(id, Some("after"), debit(1))).await.1.unwrap();
+        *expected.get_mut(id).unwrap() -= 1;
+    }
+    for done in wait_level(&members).await {
+        done.unwrap();
+    }
+    same_everywhere(&members, &expected);
     for m in members.values_mut() {
         lose(m).await;
     }

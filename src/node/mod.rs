@@ -194,6 +194,8 @@ impl Node {
             notice_ms: config.ledger.expiry_notice_ms,
             webhooks: !config.webhooks.urls.is_empty(),
             balance_leaders: c.balance_leaders,
+            snapshot_log_entries: c.snapshot_log_entries,
+            snapshot_timeout: Duration::from_millis(c.snapshot_timeout_ms),
         };
         let groups = Groups::start(cfg, Arc::clone(&store), |g| (disk.log(g), link.group(g)))
             .await
@@ -690,10 +692,11 @@ impl Inner {
         self.send_or_forward(send, hops);
     }
 
-    /// How long a forwarded call may take: the leader's commit, and a
-    /// second for the hop.
+    /// How long a forwarded call may take: a wait there for the group's
+    /// leader, the leader's commit, and a second for the hop.
     fn forward_timeout(&self) -> Duration {
-        Duration::from_millis(self.shared.cfg.cluster.commit_timeout_ms.saturating_add(1_000))
+        let c = &self.shared.cfg.cluster;
+        Duration::from_millis(c.leaderless_wait_ms.saturating_add(c.commit_timeout_ms).saturating_add(1_000))
     }
 
     /// Hands jobs to their workers, one message per worker; answers them at

@@ -2,9 +2,10 @@
 //! Used by tests; the simulated disk (`sim.rs`) builds on it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::sync::Mutex;
 
-use super::{Loaded, Store, StoreError, WriteSet};
+use super::{AccountWrite, Loaded, Store, StoreError, WriteSet};
 use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
 
 #[derive(Clone, Default)]
@@ -43,37 +44,42 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn write(&self, set: &WriteSet, _sync: bool) -> Result<(), StoreError> {
-        let mut m = self.maps();
+impl Maps {
+    fn write(&mut self, set: &WriteSet) {
         for w in &set.accounts {
             for r in &w.records {
-                m.journal.insert((w.id.clone(), r.seq), r.clone());
+                self.journal.insert((w.id.clone(), r.seq), r.clone());
             }
-            m.accounts.insert(w.id.clone(), (*w.snapshot).clone());
+            self.accounts.insert(w.id.clone(), (*w.snapshot).clone());
             for (k, d) in &w.dedup {
-                m.dedup.insert((w.id.clone(), k.clone()), d.clone());
+                self.dedup.insert((w.id.clone(), k.clone()), d.clone());
             }
             if let Some(at) = w.timer_before {
-                m.timers.remove(&(at, w.id.clone()));
+                self.timers.remove(&(at, w.id.clone()));
             }
             if let Some(at) = w.timer_after {
-                m.timers.insert((at, w.id.clone()));
+                self.timers.insert((at, w.id.clone()));
             }
             match w.in_flight() {
                 _ if !w.in_flight_changed => None,
-                Some(attempt) => m.in_flight.insert(w.id.clone(), attempt),
-                None => m.in_flight.remove(&w.id),
+                Some(attempt) => self.in_flight.insert(w.id.clone(), attempt),
+                None => self.in_flight.remove(&w.id),
             };
             if set.webhooks
                 && let Some(last) = w.records.last()
             {
-                m.webhooks.entry(w.id.clone()).or_default().0 = last.seq;
+                self.webhooks.entry(w.id.clone()).or_default().0 = last.seq;
             }
         }
         if let Some((group, mark)) = &set.raft_mark {
-            m.raft.insert(*group, mark.clone());
+            self.raft.insert(*group, mark.clone());
         }
+    }
+}
+
+impl Store for MemoryStore {
+    fn write(&self, set: &WriteSet, _sync: bool) -> Result<(), StoreError> {
+        self.maps().write(set);
         Ok(())
     }
 
@@ -136,5 +142,41 @@ impl Store for MemoryStore {
 
     fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.maps().raft.get(&group).cloned())
+    }
+
+    fn accounts_in(&self, shards: Range<u32>, total: u32) -> Result<Vec<AccountId>, StoreError> {
+        let in_shards = |id: &AccountId| shards.contains(&(id.shard(u64::from(total)) as u32));
+        Ok(self.maps().accounts.keys().filter(|id| in_shards(id)).cloned().collect())
+    }
+
+    fn dedup_all(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, StoreError> {
+        let m = self.maps();
+        Ok(m.dedup
+            .range((id.clone(), IdemKey::new("!").expect("valid"))..)
+            .take_while(|((a, _), _)| a == id)
+            .map(|((_, k), d)| (k.clone(), d.clone()))
+            .collect())
+    }
+
+    fn replace_shards(
+        &self,
+        shards: Range<u32>,
+        total: u32,
+        accounts: Vec<AccountWrite>,
+        raft_mark: (u32, Vec<u8>),
+    ) -> Result<(), StoreError> {
+        let in_shards = |id: &AccountId| shards.contains(&(id.shard(u64::from(total)) as u32));
+        if let Some(w) = accounts.iter().find(|w| !in_shards(&w.id)) {
+            return Err(StoreError::Corrupt(format!("account {} is not in shards {shards:?}", w.id)));
+        }
+        let mut m = self.maps();
+        m.accounts.retain(|id, _| !in_shards(id));
+        m.journal.retain(|(id, _), _| !in_shards(id));
+        m.dedup.retain(|(id, _), _| !in_shards(id));
+        m.timers.retain(|(_, id)| !in_shards(id));
+        m.in_flight.retain(|id, _| !in_shards(id));
+        m.webhooks.retain(|id, _| !in_shards(id));
+        m.write(&WriteSet { accounts, webhooks: false, raft_mark: Some(raft_mark) });
+        Ok(())
     }
 }

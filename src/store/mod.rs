@@ -15,6 +15,8 @@
 //! store with faults injected from a seed — failed writes and syncs, slow
 //! syncs, crashes that lose what was not synced — for the simulation tests.
 
+use std::ops::Range;
+
 use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
 
 mod memory;
@@ -151,4 +153,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// The group's Raft mark as last written (`WriteSet::raft_mark`).
     fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every account placed in `shards` (of `total` shards), in no
+    /// particular order: what a group's snapshot holds (a clustered node).
+    fn accounts_in(&self, shards: Range<u32>, total: u32) -> Result<Vec<AccountId>, StoreError>;
+
+    /// Every idempotency record the store holds for the account, of any
+    /// age, in key order (a group's snapshot carries them).
+    fn dedup_all(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, StoreError>;
+
+    /// A clustered node installing a group's snapshot: everything stored
+    /// for `shards` (of `total`) is replaced by `accounts` — each written
+    /// whole, its records from the first — with the group's Raft mark, in
+    /// one atomic, synced write. Nothing else may write those shards
+    /// meanwhile (the group's state machine is the only writer).
+    fn replace_shards(
+        &self,
+        shards: Range<u32>,
+        total: u32,
+        accounts: Vec<AccountWrite>,
+        raft_mark: (u32, Vec<u8>),
+    ) -> Result<(), StoreError>;
 }

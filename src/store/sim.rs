@@ -381,6 +381,26 @@ impl Store for SimStore {
     fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, StoreError> {
         self.state()?.current.raft_mark(group)
     }
+
+    fn accounts_in(&self, shards: std::ops::Range<u32>, total: u32) -> Result<Vec<AccountId>, StoreError> {
+        self.state()?.current.accounts_in(shards, total)
+    }
+
+    fn dedup_all(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, StoreError> {
+        self.state()?.current.dedup_all(id)
+    }
+
+    /// The simulated disk models one node's log of group writes; it holds
+    /// no clustered groups, so it has no snapshot to install.
+    fn replace_shards(
+        &self,
+        _shards: std::ops::Range<u32>,
+        _total: u32,
+        _accounts: Vec<super::AccountWrite>,
+        _raft_mark: (u32, Vec<u8>),
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Io("the simulated disk holds no clustered groups: no snapshot to install".into()))
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,21 @@ impl Tail {
         self.newest_first().filter_map(|generation| generation.get(id)?.dedup.keys().max()).max().cloned()
     }
 
+    /// The account's idempotency records in the tail, older generation
+    /// first.
+    pub fn dedup_all(&self, id: &AccountId) -> Vec<(IdemKey, DedupRecord)> {
+        let generations = self.pending.iter().map(|p| p.as_ref()).chain([&self.active]);
+        generations
+            .filter_map(|g| g.get(id))
+            .flat_map(|d| d.dedup.iter().map(|(k, r)| (k.clone(), r.clone())))
+            .collect()
+    }
+
+    /// Every account in the tail that `keep` picks.
+    pub fn accounts(&self, mut keep: impl FnMut(&AccountId) -> bool) -> Vec<AccountId> {
+        self.newest_first().flat_map(|g| g.keys()).filter(|id| keep(id)).cloned().collect()
+    }
+
     /// The account's journal records in the tail after `after_seq`, at most
     /// `limit`, oldest first.
     pub fn history(&self, id: &AccountId, after_seq: u64, limit: usize) -> Vec<EventRecord> {

@@ -470,7 +470,7 @@ pub struct RemoteArgs {
 /// cluster through `ClusterClient`, each request to its group's leader.
 #[derive(Clone)]
 enum Conn {
-    One(Client),
+    One(Box<Client>),
     Cluster(ClusterClient),
 }
 
@@ -513,7 +513,8 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
     let seeds: Vec<&str> = args.addr.split(',').map(str::trim).collect();
     for _ in 0..args.conns {
         let conn = if let [one] = seeds[..] {
-            Conn::One(Client::connect_with(one, &args.token, args.ca.as_deref()).await.map_err(|e| e.to_string())?)
+            let client = Client::connect_with(one, &args.token, args.ca.as_deref()).await.map_err(|e| e.to_string())?;
+            Conn::One(Box::new(client))
         } else {
             let deadline = Duration::from_secs(10);
             let cluster = ClusterClient::connect_with(&seeds, &args.token, args.ca.as_deref(), deadline).await;
@@ -614,13 +615,34 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                         match replies {
                             Ok(replies) => {
                                 for r in replies {
-                                    let result = match r.result {
+                                    let mut result = match r.result {
                                         Some(pb::reply::Result::Accepted(_)) => Ok(()),
                                         Some(pb::reply::Result::Refusal(x)) => {
                                             Err(ClientError::Refused { code: x.code, message: x.message })
                                         }
                                         None => Err(ClientError::OutcomeUnknown("empty".into())),
                                     };
+                                    // One request of the batch with its outcome
+                                    // unknown, or not applied for want of a
+                                    // leader (a cluster): sent again alone,
+                                    // under its key.
+                                    let again = |code: &str| {
+                                        matches!(code, "outcome_unknown" | "unavailable" | "shard_unavailable")
+                                    };
+                                    if matches!(&result, Err(ClientError::Refused { code, .. }) if again(code))
+                                        && let Some(pick) = picks.iter().find(|p| p.0 == r.id)
+                                    {
+                                        for _ in 0..RETRIES {
+                                            result = client.call(&ids[pick.1], op(pick)).await.map(|_| ());
+                                            let unknown = matches!(
+                                                result,
+                                                Err(ClientError::OutcomeUnknown(_) | ClientError::Unavailable(_))
+                                            );
+                                            if !unknown {
+                                                break;
+                                            }
+                                        }
+                                    }
                                     outcomes.push((r.id, result));
                                 }
                             }

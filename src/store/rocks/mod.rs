@@ -41,7 +41,8 @@
 //! dropped by a compaction filter, and a lookup ignores one that is older
 //! than the window but not yet compacted away.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -52,7 +53,7 @@ use rocksdb::{
 };
 
 use super::tail::Tail;
-use super::{Loaded, Store, StoreError, WriteSet};
+use super::{AccountWrite, Loaded, Store, StoreError, WriteSet};
 use crate::codec::{self, FORMAT_VERSION, LogItemRef, Stored, StoredRef};
 use crate::ledger::hash::stable_hash;
 use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
@@ -412,6 +413,15 @@ impl Inner {
         self.db.cf_handle(name).ok_or_else(|| corrupt(format!("column family {name} is missing")))
     }
 
+    /// `total` is the data dir's shard count (a group's shards are
+    /// counted in it).
+    fn same_shards(&self, total: u32) -> Result<(), StoreError> {
+        match total == self.shards {
+            true => Ok(()),
+            false => Err(StoreError::Incompatible(format!("{total} shards asked of a data dir of {}", self.shards))),
+        }
+    }
+
     fn shard_of(&self, id: &AccountId) -> u32 {
         id.shard(u64::from(self.shards)) as u32
     }
@@ -764,5 +774,106 @@ impl Store for RocksStore {
 
     fn raft_mark(&self, group: u32) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.db.get_cf(self.inner.cf(CF_META)?, raft_mark_key(group)).map_err(io)
+    }
+
+    fn accounts_in(&self, shards: Range<u32>, total: u32) -> Result<Vec<AccountId>, StoreError> {
+        self.inner.same_shards(total)?;
+        // The tail first, then tables: an account a checkpoint moves in
+        // between is in the one or the other.
+        let mut out: BTreeSet<AccountId> =
+            lock(&self.inner.tail).accounts(|id| shards.contains(&self.inner.shard_of(id))).into_iter().collect();
+        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_ACCOUNTS)?);
+        it.seek(shards.start.to_be_bytes());
+        while let Some(key) = it.key() {
+            if key[..4.min(key.len())] >= shards.end.to_be_bytes()[..] {
+                break;
+            }
+            out.insert(account_id(after_shard(key)?)?);
+            it.next();
+        }
+        it.status().map_err(io)?;
+        Ok(out.into_iter().collect())
+    }
+
+    fn dedup_all(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, StoreError> {
+        let tail = lock(&self.inner.tail).dedup_all(id);
+        let prefix = account_prefix(self.inner.shard_of(id), id);
+        let mut out: BTreeMap<IdemKey, DedupRecord> = BTreeMap::new();
+        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_DEDUP)?);
+        it.seek(&prefix);
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            match codec::decode(value).map_err(corrupt)? {
+                Stored::Dedup(key, record) => out.insert(key, record),
+                _ => return Err(corrupt(format!("account {id}: an idempotency key holds something else"))),
+            };
+            it.next();
+        }
+        it.status().map_err(io)?;
+        out.extend(tail);
+        Ok(out.into_iter().collect())
+    }
+
+    /// Written straight into tables, past the log: the tail is first
+    /// checkpointed (it then holds nothing of these shards, whose only
+    /// writer waits for this install), and no checkpoint runs meanwhile.
+    fn replace_shards(
+        &self,
+        shards: Range<u32>,
+        total: u32,
+        accounts: Vec<AccountWrite>,
+        raft_mark: (u32, Vec<u8>),
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.same_shards(total)?;
+        if let Some(w) = accounts.iter().find(|w| !shards.contains(&inner.shard_of(&w.id))) {
+            return Err(corrupt(format!("account {} is not in shards {shards:?}", w.id)));
+        }
+        // A pending generation first, then the active one.
+        inner.checkpoint()?;
+        inner.checkpoint()?;
+        let _one = lock(&inner.checkpoints);
+        if !lock(&inner.tail).accounts(|id| shards.contains(&inner.shard_of(id))).is_empty() {
+            return Err(StoreError::Io(format!("shards {shards:?} were written while their snapshot was installed")));
+        }
+        let (start, end) = (shards.start.to_be_bytes(), shards.end.to_be_bytes());
+        let mut batch = WriteBatch::default();
+        for name in [CF_LOG, CF_ACCOUNTS, CF_JOURNAL, CF_DEDUP, CF_TIMERS, CF_INFLIGHT, CF_WEBHOOKS] {
+            batch.delete_range_cf(inner.cf(name)?, start, end);
+        }
+        let (cf_accounts, journal, dedup) = (inner.cf(CF_ACCOUNTS)?, inner.cf(CF_JOURNAL)?, inner.cf(CF_DEDUP)?);
+        let (timers, inflight) = (inner.cf(CF_TIMERS)?, inner.cf(CF_INFLIGHT)?);
+        let mut buf = Vec::new();
+        let mut newest_dedup = 0;
+        for w in &accounts {
+            let shard = inner.shard_of(&w.id);
+            codec::encode_into(&StoredRef::Snapshot(&w.snapshot), &mut buf);
+            batch.put_cf(cf_accounts, account_key(shard, &w.id), &buf[..]);
+            for page in w.records.chunks(checkpoint::HISTORY_PAGE_RECORDS) {
+                codec::encode_into(&StoredRef::History(page), &mut buf);
+                batch.put_cf(journal, journal_key(shard, &w.id, page[0].seq), &buf[..]);
+            }
+            for (key, record) in &w.dedup {
+                codec::encode_into(&StoredRef::Dedup(key, record), &mut buf);
+                batch.put_cf(dedup, dedup_key(shard, &w.id, key), &buf[..]);
+                newest_dedup = newest_dedup.max(record.at_ms);
+            }
+            if let Some(at) = w.timer_after {
+                batch.put_cf(timers, timer_key(shard, at, &w.id), []);
+            }
+            if let Some((attempt, amount)) = w.in_flight() {
+                let mut value = attempt.to_be_bytes().to_vec();
+                value.extend_from_slice(&amount.units().to_be_bytes());
+                batch.put_cf(inflight, account_key(shard, &w.id), value);
+            }
+        }
+        batch.put_cf(inner.cf(CF_META)?, raft_mark_key(raft_mark.0), raft_mark.1);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        inner.db.write_opt(batch, &wo).map_err(io)?;
+        inner.dedup_newest_ms.fetch_max(newest_dedup, Ordering::Relaxed);
+        Ok(())
     }
 }
