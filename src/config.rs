@@ -128,6 +128,7 @@ pub const SETTING_BOUNDS: &[(&str, u64, u64)] = &[
     ("webhooks.backoff_max_ms", 1, 86_400_000),
     ("webhooks.timeout_ms", 1, 600_000),
     ("webhooks.dead_letters_kept", 1, 10_000_000),
+    ("webhooks.cursor_record_ms", 10, 60_000),
     ("cluster.shards_per_group", 1, 65_536),
     ("cluster.heartbeat_ms", 10, 60_000),
     ("cluster.election_timeout_min_ms", 20, 599_999),
@@ -275,6 +276,10 @@ pub struct WebhookSettings {
     pub timeout_ms: u64,
     /// Dead letters kept for the admin API (oldest dropped first).
     pub dead_letters_kept: usize,
+    /// Clustered: how often a group's leader records through the group how
+    /// far it delivered (a new leader goes on from there, repeating at most
+    /// what was delivered since).
+    pub cursor_record_ms: u64,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -287,6 +292,7 @@ impl std::fmt::Debug for WebhookSettings {
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("timeout_ms", &self.timeout_ms)
             .field("dead_letters_kept", &self.dead_letters_kept)
+            .field("cursor_record_ms", &self.cursor_record_ms)
             .finish()
     }
 }
@@ -301,6 +307,7 @@ impl Default for WebhookSettings {
             backoff_max_ms: 30_000,
             timeout_ms: 5_000,
             dead_letters_kept: 10_000,
+            cursor_record_ms: 200,
         }
     }
 }
@@ -737,11 +744,6 @@ impl NodeConfig {
             // Async replies before the write is durable; clustered, before
             // it is committed, and a leader change loses it.
             return bad("a clustered node answers only what its group committed: node.durability must be sync".into());
-        }
-        if !self.webhooks.urls.is_empty() {
-            // Every member holds the journal marks; delivery that follows
-            // each group's leader is not built yet (docs/CLUSTER.md).
-            return bad("a clustered node does not deliver webhooks yet: leave webhooks.urls empty".into());
         }
         Ok(())
     }

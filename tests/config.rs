@@ -396,7 +396,8 @@ fn a_clustered_node_names_itself_among_its_members_with_a_secret() {
     refused(base("heartbeat_ms = 300\n"), "heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
     refused(base("").replace("[cluster]", "durability = \"async\"\n[cluster]"), "node.durability must be sync");
     let hooks = "[webhooks]\nurls = [\"https://hooks.example/prepaid\"]\nsecret = \"0123456789abcdef\"\n";
-    refused(format!("{hooks}{}", base("")), "does not deliver webhooks yet");
+    let with_hooks = NodeConfig::from_toml(&format!("{hooks}{}", base(""))).unwrap();
+    assert_eq!(with_hooks.webhooks.urls.len(), 1, "a clustered node delivers webhooks");
     refused(base("").replace("[cluster]", "durability = \"async\"\n[cluster]"), "node.durability must be sync");
     for bad in ["2", "2=", "x=10.0.0.2:7070", "0=10.0.0.2:7070", "2=10.0.0.2", "2=:7070", "2=10.0.0.2:99999"] {
         refused(base("").replace("2=10.0.0.2:7070", bad), "is not id=host:port");

@@ -272,6 +272,19 @@ impl StoreShard {
         Ok(Some(writes))
     }
 
+    /// The webhook deliveries an entry carries: each account's cursor
+    /// moves forward to it, never back. Written before the entry's mark: a
+    /// crash in between applies them again.
+    fn deliveries(&self, cursors: &[(AccountId, u64)]) -> Result<(), io::Error> {
+        let failed = |e: crate::store::StoreError| io::Error::other(e.to_string());
+        for (id, seq) in cursors {
+            if self.store.webhook_cursor(id).map_err(failed)? < *seq {
+                self.store.set_webhook_cursor(id, *seq).map_err(failed)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `accounts` and the mark, atomically (not synced: the log is).
     fn write(&self, accounts: Vec<AccountWrite>, mark: &Mark) -> Result<(), io::Error> {
         let bytes = postcard::to_allocvec(mark).map_err(broken)?;
@@ -321,7 +334,8 @@ impl RaftStateMachine<C> for StoreShard {
                     mark.1 = StoredMembershipOf::<C>::new(Some(entry.log_id), m.clone());
                     Vec::new()
                 }
-                EntryPayload::Normal(ShardEntry { term, items }) => {
+                EntryPayload::Normal(ShardEntry { term, items, cursors }) => {
+                    self.deliveries(cursors)?;
                     let fenced = term.is_some_and(|t| t != entry.log_id.leader_id.term);
                     match if fenced { None } else { self.writes(items)? } {
                         Some(writes) => writes,

@@ -228,6 +228,33 @@ impl Groups {
         self.served.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Moves whenever this node starts or stops serving a group.
+    pub fn serving_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.served.subscribe()
+    }
+
+    /// Records, through each group this node serves, how far webhooks
+    /// delivered the accounts in `cursors` (an entry of deliveries alone,
+    /// not fenced: the account states do not depend on it). Groups not
+    /// served here are skipped; what a failed proposal carried is delivered
+    /// again by the next leader (at least once).
+    pub async fn record_deliveries(&self, cursors: Vec<(AccountId, u64)>) {
+        let mut by_group: BTreeMap<u32, Vec<(AccountId, u64)>> = BTreeMap::new();
+        for (id, seq) in cursors {
+            by_group.entry(self.group_of(&id)).or_default().push((id, seq));
+        }
+        for (group, cursors) in by_group {
+            if self.serving(group).is_none() {
+                continue;
+            }
+            let entry = ShardEntry { term: None, items: Vec::new(), cursors };
+            let written = tokio::time::timeout(self.cfg.commit_timeout, self.raft(group).client_write(entry)).await;
+            if !matches!(written, Ok(Ok(_))) {
+                tracing::warn!(group, "webhook deliveries not recorded in the group; the next leader repeats them");
+            }
+        }
+    }
+
     /// Waits at most `wait` for `group` to have a leader a request can go
     /// to: this node serving it, or another node whose address is known
     /// (and is not `avoid`: a leader found gone). Whether it has one.
@@ -320,7 +347,8 @@ impl Groups {
                      applied, retry"
                 )));
             }
-            let entry = entries.entry(group).or_insert_with(|| ShardEntry { term: Some(term), items: Vec::new() });
+            let entry =
+                entries.entry(group).or_insert_with(|| ShardEntry { term: Some(term), ..ShardEntry::default() });
             entry.items.push(LogItem { id: w.id, records: w.records, dedup: w.dedup });
         }
         let proposed = entries.len();

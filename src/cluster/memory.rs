@@ -230,7 +230,7 @@ impl RaftStateMachine<C> for MemoryShard {
                 let mut s = lock(&self.inner);
                 match &entry.payload {
                     EntryPayload::Blank => {}
-                    EntryPayload::Normal(ShardEntry { term, items }) => {
+                    EntryPayload::Normal(ShardEntry { term, items, .. }) => {
                         // Proposed for another term: made from a deposed
                         // leader's memory.
                         applied = if term.is_some_and(|t| t != entry.log_id.leader_id.term) {
@@ -310,7 +310,10 @@ mod tests {
         let mut items = ledger.open().items;
         items.extend(ledger.purchase("buy-1", 25).items);
         let entry = |index: u64, items: Vec<LogItem>| {
-            EntryOf::<C>::new_normal(openraft::testing::log_id::<C>(1, 0, index), ShardEntry { term: None, items })
+            EntryOf::<C>::new_normal(
+                openraft::testing::log_id::<C>(1, 0, index),
+                ShardEntry { term: None, items, cursors: Vec::new() },
+            )
         };
         let membership = EntryOf::<C>::new_membership(
             openraft::testing::log_id::<C>(1, 0, 0),
@@ -335,13 +338,15 @@ mod tests {
         let buy = ledger.purchase("buy-2", 5).items;
         let stale = EntryOf::<C>::new_normal(
             openraft::testing::log_id::<C>(1, 0, 3),
-            ShardEntry { term: Some(2), items: buy.clone() },
+            ShardEntry { term: Some(2), items: buy.clone(), cursors: Vec::new() },
         );
         shard.apply(run(vec![stale])).await.unwrap();
         assert_eq!(shard.state(), state, "an entry of another term applies nothing");
         // In its term it applies.
-        let fresh =
-            EntryOf::<C>::new_normal(openraft::testing::log_id::<C>(1, 0, 4), ShardEntry { term: Some(1), items: buy });
+        let fresh = EntryOf::<C>::new_normal(
+            openraft::testing::log_id::<C>(1, 0, 4),
+            ShardEntry { term: Some(1), items: buy, cursors: Vec::new() },
+        );
         shard.apply(run(vec![fresh])).await.unwrap();
         assert_eq!(shard.state().accounts[&id].0.balance(), crate::ledger::Amount::whole(30));
         let state = shard.state();

@@ -18,6 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::LogItem;
+use crate::ledger::AccountId;
 
 pub mod apply;
 pub mod groups;
@@ -39,6 +40,11 @@ pub struct ShardEntry {
     /// new term. `None`: unfenced (openraft's storage suite, tests).
     pub term: Option<u64>,
     pub items: Vec<LogItem>,
+    /// Webhook deliveries the leader made: per account, its events up to
+    /// this sequence were delivered (`Store::set_webhook_cursor`, never
+    /// moved back). Replicated so that a new leader goes on from about
+    /// where the last one stopped (at least once). Never fenced.
+    pub cursors: Vec<(AccountId, u64)>,
 }
 
 /// What applying a normal entry did, as the proposer learns it.
@@ -190,7 +196,8 @@ pub(crate) mod testing {
             assert!(outcome.result.is_ok(), "{:?}", outcome.result);
             let dedup =
                 outcome.recorded.iter().map(|k| (k.clone(), self.account.dedup.get(k).unwrap().clone())).collect();
-            ShardEntry { term: None, items: vec![LogItem { id: self.id.clone(), records: outcome.records, dedup }] }
+            let item = LogItem { id: self.id.clone(), records: outcome.records, dedup };
+            ShardEntry { term: None, items: vec![item], cursors: Vec::new() }
         }
 
         pub fn open(&mut self) -> ShardEntry {

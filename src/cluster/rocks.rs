@@ -67,6 +67,29 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
     postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// The format of the entries a Raft disk holds (`raft_meta` `format`):
+/// 2 since `ShardEntry` carries webhook cursors. A disk of entries in
+/// another format is refused at open rather than misread.
+const LOG_FORMAT: u8 = 2;
+
+fn check_format(db: &DB) -> Result<(), io::Error> {
+    let meta = db.cf_handle(CF_META).ok_or_else(|| other("no column family raft_meta"))?;
+    let log = db.cf_handle(CF_LOG).ok_or_else(|| other("no column family raft_log"))?;
+    match db.get_cf(meta, b"format").map_err(other)? {
+        Some(v) if v.as_slice() == [LOG_FORMAT] => Ok(()),
+        Some(v) => Err(other(format!("Raft log format {v:?}; this build reads {LOG_FORMAT}"))),
+        None if db.iterator_cf(log, rocksdb::IteratorMode::Start).next().is_some() => Err(other(format!(
+            "a Raft log of an earlier format (before {LOG_FORMAT}): start this node from an empty data dir and \
+             replace it into the cluster (docs/CLUSTER.md)"
+        ))),
+        None => {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.put_cf_opt(meta, b"format", [LOG_FORMAT], &wo).map_err(other)
+        }
+    }
+}
+
 struct Disk {
     db: DB,
     /// Flush callbacks waiting for the next sync.
@@ -86,6 +109,7 @@ impl RaftDisk {
         opts.create_missing_column_families(true);
         let cfs = [CF_LOG, CF_META, "default"].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(other)?;
+        check_format(&db)?;
         let (tx, rx) = mpsc::channel::<IOFlushed<C>>();
         let disk = Arc::new(Disk { db, waiting: Mutex::new(tx) });
         let syncing = Arc::clone(&disk);
@@ -263,6 +287,30 @@ mod tests {
     use crate::cluster::ShardEntry;
     use crate::cluster::memory::MemoryShard;
     use crate::cluster::testing::Ledger;
+
+    /// A disk of entries in an earlier format (no `format` mark, entries
+    /// present) is refused at open, with a sentence; a new disk is marked.
+    #[tokio::test]
+    async fn a_raft_disk_of_an_earlier_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let disk = RaftDisk::open(dir.path()).unwrap();
+            let entry = EntryOf::<C>::new_blank(openraft::testing::log_id::<C>(1, 0, 1));
+            disk.log(0).append([entry], IOFlushed::noop()).await.unwrap();
+        }
+        assert!(RaftDisk::open(dir.path()).is_ok(), "a disk of this format opens again");
+        {
+            let db = DB::open_cf_descriptors(
+                &Options::default(),
+                dir.path(),
+                [CF_LOG, CF_META, "default"].map(|n| ColumnFamilyDescriptor::new(n, Options::default())),
+            )
+            .unwrap();
+            db.delete_cf(db.cf_handle(CF_META).unwrap(), b"format").unwrap();
+        }
+        let refused = RaftDisk::open(dir.path()).err().expect("refused");
+        assert!(refused.to_string().contains("a Raft log of an earlier format"), "{refused}");
+    }
 
     struct Fresh;
 

@@ -28,14 +28,14 @@ const SECRET: &str = "cluster-secret-0123456789";
 /// The shards of a test cluster (two groups of four).
 const SHARDS: u32 = 8;
 /// Bounded waits: they end as soon as the cluster gets there.
-const TRIES: u32 = 600;
+pub(crate) const TRIES: u32 = 600;
 
 /// One clustered node: its node, its groups, its store, its link
 /// server, on RocksDB in a directory that outlives it (a restart).
-struct Member {
-    node: Option<Node>,
-    groups: Arc<Groups>,
-    store: Arc<dyn Store>,
+pub(crate) struct Member {
+    pub(crate) node: Option<Node>,
+    pub(crate) groups: Arc<Groups>,
+    pub(crate) store: Arc<dyn Store>,
     server: Vec<tokio::task::JoinHandle<()>>,
     /// Its link service (a test cuts it off).
     service: Arc<LinkService<StoreShard>>,
@@ -64,7 +64,7 @@ async fn member(id: u64, dir: &std::path::Path, addr: &str) -> (Member, BasicNod
 
 /// The settings of a test member: Raft timing at a 50 ms heartbeat,
 /// elections at 150–300 ms.
-fn fast() -> NodeConfig {
+pub(crate) fn fast() -> NodeConfig {
     let mut config = NodeConfig::default();
     config.cluster.heartbeat_ms = 50;
     config.cluster.election_timeout_min_ms = 150;
@@ -74,7 +74,7 @@ fn fast() -> NodeConfig {
 
 /// `member`, its node started with `config` (its `node.shards` and
 /// `node.workers` set here; Raft timing from its `cluster` settings).
-async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeConfig) -> (Member, BasicNode) {
+pub(crate) async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeConfig) -> (Member, BasicNode) {
     let mut config = config;
     config.node.shards = SHARDS;
     config.node.workers = 2;
@@ -91,7 +91,7 @@ async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeCon
         commit_timeout: Duration::from_secs(2),
         raft,
         notice_ms: config.ledger.expiry_notice_ms,
-        webhooks: false,
+        webhooks: !config.webhooks.urls.is_empty(),
         // The tests send each request to the leader they found: the lead
         // stays where the election put it.
         balance_leaders: false,
@@ -116,7 +116,7 @@ async fn member_with(id: u64, dir: &std::path::Path, addr: &str, config: NodeCon
 
 /// Stops a member as a lost node stops: its link goes quiet and its
 /// group members stop, then the node.
-async fn lose(m: &mut Member) {
+pub(crate) async fn lose(m: &mut Member) {
     for task in &m.server {
         task.abort();
     }
@@ -130,7 +130,7 @@ async fn lose(m: &mut Member) {
 /// to the leader a `wrong_node` names; `shard_unavailable` is resent
 /// (under the same key: it applies once). The node that answered, and
 /// its answer.
-async fn send(members: &BTreeMap<u64, Member>, req: &Request) -> (u64, Result<Reply, Error>) {
+pub(crate) async fn send(members: &BTreeMap<u64, Member>, req: &Request) -> (u64, Result<Reply, Error>) {
     let mut to = *members.iter().find(|(_, m)| m.node.is_some()).unwrap().0;
     let mut last = None;
     for _ in 0..TRIES {
@@ -151,11 +151,11 @@ async fn send(members: &BTreeMap<u64, Member>, req: &Request) -> (u64, Result<Re
     panic!("no node served {req:?}; the last answer: {last:?}");
 }
 
-fn request(account: &AccountId, key: Option<&str>, command: Command) -> Request {
+pub(crate) fn request(account: &AccountId, key: Option<&str>, command: Command) -> Request {
     Request { account: account.clone(), key: key.map(|k| IdemKey::new(k).unwrap()), command }
 }
 
-fn debit(dollars: i64) -> Command {
+pub(crate) fn debit(dollars: i64) -> Command {
     Command::Debit {
         amount: Amount::whole(dollars),
         mode: DebitMode::Strict,

@@ -8,7 +8,7 @@
 //! what is in flight, makes it durable and stops every task.
 
 #[cfg(all(test, feature = "rocksdb"))]
-mod clustered;
+pub(crate) mod clustered;
 mod ops;
 
 use std::collections::BTreeMap;
@@ -559,6 +559,11 @@ impl Node {
     }
 
     /// The store (webhook cursors; read-only uses).
+    /// Clustered: the node's shard groups.
+    pub(crate) fn groups(&self) -> Option<Arc<Groups>> {
+        self.inner.groups.clone()
+    }
+
     pub(crate) fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.inner.shared.store)
     }

@@ -16,6 +16,16 @@
 //! - `Prepaid-Signature: v1=<hex>` — HMAC-SHA256 with `webhooks.secret` over
 //!   `<timestamp>.<body>`; receivers recompute it and reject stale timestamps.
 //!
+//! On a clustered node each group's leader delivers the group's accounts:
+//! the dispatcher takes only accounts of groups the node serves, stops an
+//! account's delivery as soon as the node no longer serves it, and looks
+//! for what is undelivered whenever it starts serving a group. Every
+//! `cursor_record_ms` the leader records through each group how far it
+//! delivered (`Groups::record_deliveries`, applied on every member), so a
+//! new leader goes on from there, repeating at most what was delivered
+//! since the last record; during a leader change two nodes may deliver the
+//! same event (receivers deduplicate on `Prepaid-Event-Id`).
+//!
 //! A receiver answering 2xx has the event. Anything else, or no answer
 //! within `timeout_ms`, is tried again after `backoff_ms`, doubling up to
 //! `backoff_max_ms`; after `max_attempts` tries the event is dead-lettered
@@ -33,6 +43,7 @@ use sha2::Sha256;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::groups::Groups;
 use crate::config::{NodeConfig, WebhookSettings};
 use crate::httpc::{Outbound, Target};
 use crate::journal::AccountEvent;
@@ -65,6 +76,11 @@ pub struct Figures {
 
 pub struct Webhooks {
     store: Arc<dyn Store>,
+    /// Clustered: the node's groups (deliver only what this node serves).
+    groups: Option<Arc<Groups>>,
+    /// Clustered: cursors moved since they were last recorded in their
+    /// groups.
+    unrecorded: Mutex<HashMap<AccountId, u64>>,
     targets: Vec<(String, Target)>,
     settings: WebhookSettings,
     backlog: AtomicI64,
@@ -129,6 +145,8 @@ impl Webhooks {
         let (stop, stop_rx) = watch::channel(false);
         let hooks = Arc::new(Webhooks {
             store: node.store(),
+            groups: node.groups(),
+            unrecorded: Mutex::new(HashMap::new()),
             targets,
             settings: cfg.webhooks.clone(),
             backlog: AtomicI64::new(0),
@@ -167,8 +185,17 @@ impl Webhooks {
         }
     }
 
+    /// Whether this node delivers `id`'s events now: alone, always;
+    /// clustered, while it serves the account's group.
+    fn delivers(&self, id: &AccountId) -> bool {
+        self.groups.as_ref().is_none_or(|g| g.serving(g.group_of(id)).is_some())
+    }
+
     fn rescan(&self, slots: &mut HashMap<AccountId, Slot>) -> Result<(), StoreError> {
         for (id, written, delivered) in self.store.webhook_pending()? {
+            if !self.delivers(&id) {
+                continue;
+            }
             let slot = slots.entry(id).or_default();
             if slot.cursor < delivered {
                 slot.cursor = delivered;
@@ -188,6 +215,10 @@ impl Webhooks {
         let mut tasks = tokio::task::JoinSet::new();
         // A failed scan is retried on the next lag; live events still flow.
         let _ = self.rescan(&mut slots);
+        // Clustered: groups taken over are scanned, and cursors recorded.
+        let mut serving = self.groups.as_ref().map(|g| g.serving_changes());
+        let mut record = tokio::time::interval(Duration::from_millis(self.settings.cursor_record_ms));
+        record.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             for (id, slot) in slots.iter_mut().filter(|(_, s)| s.dirty && !s.running) {
                 slot.dirty = false;
@@ -221,6 +252,10 @@ impl Webhooks {
                     }
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(()) = async { serving.as_mut()?.changed().await.ok() }, if serving.is_some() => {
+                    let _ = self.rescan(&mut slots);
+                }
+                _ = record.tick(), if self.groups.is_some() => self.record(),
                 _ = stop.changed() => {
                     if *stop.borrow() {
                         break;
@@ -230,6 +265,19 @@ impl Webhooks {
         }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        self.record();
+    }
+
+    /// Clustered: records the cursors moved since the last time, through
+    /// their groups, in the background.
+    fn record(&self) {
+        let Some(groups) = &self.groups else { return };
+        let cursors: Vec<(AccountId, u64)> =
+            self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        if !cursors.is_empty() {
+            let groups = Arc::clone(groups);
+            tokio::spawn(async move { groups.record_deliveries(cursors).await });
+        }
     }
 
     /// Delivers the account's events after `cursor`, in order; the new cursor.
@@ -248,6 +296,10 @@ impl Webhooks {
                 return cursor;
             }
             for record in records {
+                if !self.delivers(id) {
+                    // Another node leads the account's group now.
+                    return cursor;
+                }
                 let body = body(id, &record);
                 for (url, target) in &self.targets {
                     self.deliver(id, record.seq, url, target, &body).await;
@@ -255,6 +307,11 @@ impl Webhooks {
                 cursor = record.seq;
                 self.backlog.fetch_sub(1, Ordering::Relaxed);
                 let _ = self.store.set_webhook_cursor(id, cursor);
+                if self.groups.is_some() {
+                    let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|e| e.into_inner());
+                    let seq = unrecorded.entry(id.clone()).or_default();
+                    *seq = (*seq).max(cursor);
+                }
             }
         }
     }
@@ -313,5 +370,168 @@ mod tests {
         // hmac.new(key, b"1700000000000.{\"a\":1}", hashlib.sha256).hexdigest()
         let sig = signature(b"key-0123456789abcdef", 1700000000000, "{\"a\":1}");
         assert_eq!(sig, "v1=5d5972d652aeb8b35317b0e8214e470f7d519b147f3efe2ff5226055750dd995");
+    }
+}
+
+/// Webhooks on a cluster of three nodes in one process (the node's
+/// clustered test members).
+#[cfg(all(test, feature = "rocksdb"))]
+mod clustered {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Webhooks;
+    use crate::ledger::{AccountId, Amount, Command, Currency, Mode};
+    use crate::node::clustered::{Member, TRIES, debit, fast, lose, member_with, request, send};
+
+    /// Debits $1 from each account under `key`, through whoever leads.
+    async fn debit_each(members: &BTreeMap<u64, Member>, accounts: &[AccountId], key: &str) {
+        for id in accounts {
+            send(members, &request(id, Some(key), debit(1))).await.1.unwrap();
+        }
+    }
+
+    /// A webhook receiver on loopback: records (account, seq) of every POST it
+    /// is sent, in arrival order, and answers 200.
+    async fn receiver() -> (String, Arc<std::sync::Mutex<Vec<(String, u64)>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let got: Arc<std::sync::Mutex<Vec<(String, u64)>>> = Arc::default();
+        let record = Arc::clone(&got);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let body = loop {
+                        let n = conn.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+                        let len = head.lines().find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length: ")?.trim().parse::<usize>().ok()
+                        });
+                        if body.len() >= len.unwrap_or(0) {
+                            break body.to_string();
+                        }
+                    };
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((v["account"].as_str().unwrap().to_string(), v["seq"].as_u64().unwrap()));
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                });
+            }
+        });
+        (url, got)
+    }
+
+    /// Webhooks on a cluster: each group's leader delivers its accounts'
+    /// events, in order per account, and records through the group how far it
+    /// got. When that leader is lost, the new one goes on from the record:
+    /// every event is delivered, and those delivered and recorded before the
+    /// loss are not delivered again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhooks_follow_each_groups_leader_and_go_on_from_the_recorded_cursor() {
+        let (url, got) = receiver().await;
+        let mut config = fast();
+        config.webhooks.urls = vec![url];
+        config.webhooks.secret = "whsec-0123456789abcdef".into();
+        config.webhooks.cursor_record_ms = 20;
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut members = BTreeMap::new();
+        let mut hooks = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        for id in 1..=3u64 {
+            let (m, addr) = member_with(id, dirs[id as usize - 1].path(), "127.0.0.1:0", config.clone()).await;
+            let w = Webhooks::start(&config, m.node.as_ref().unwrap()).unwrap().unwrap();
+            hooks.insert(id, w);
+            members.insert(id, m);
+            addrs.insert(id, addr);
+        }
+        members[&1].groups.initialize(&addrs).await.unwrap();
+        let accounts: Vec<AccountId> = (0..6).map(|i| AccountId::new(&format!("hooked-{i}")).unwrap()).collect();
+        for id in &accounts {
+            let open = Command::Open {
+                mode: Mode::Prepaid,
+                currency: Currency::USD,
+                past_due_suspends: None,
+                credit_limit: None,
+            };
+            send(&members, &request(id, Some("open"), open)).await.1.unwrap();
+            let buy = Command::Purchase { amount: Amount::whole(100), reference: None };
+            send(&members, &request(id, Some("buy"), buy)).await.1.unwrap();
+        }
+        for n in 0..3 {
+            debit_each(&members, &accounts, &format!("d-{n}")).await;
+        }
+        // Every member learns how far delivery got (the leaders' records).
+        let last = |members: &BTreeMap<u64, Member>, id: &AccountId| -> u64 {
+            members.values().find_map(|m| m.store.load(id).unwrap()).unwrap().state.next_seq - 1
+        };
+        let before: BTreeMap<AccountId, u64> = accounts.iter().map(|id| (id.clone(), last(&members, id))).collect();
+        let mut recorded = false;
+        for _ in 0..TRIES {
+            recorded =
+                members.values().all(|m| before.iter().all(|(id, seq)| m.store.webhook_cursor(id).unwrap() == *seq));
+            if recorded {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(recorded, "every member holds every account's cursor at its last event");
+
+        // The node leading the most groups is lost, its deliveries with it.
+        let lost = *members
+            .keys()
+            .max_by_key(|id| (0..2).filter(|&g| members[id].groups.serving(g).is_some()).count())
+            .unwrap();
+        let mut gone = members.remove(&lost).unwrap();
+        lose(&mut gone).await;
+        hooks.remove(&lost).unwrap().stop().await;
+        drop(gone);
+        for n in 3..6 {
+            debit_each(&members, &accounts, &format!("d-{n}")).await;
+        }
+        let after: BTreeMap<AccountId, u64> = accounts.iter().map(|id| (id.clone(), last(&members, id))).collect();
+        let complete = |got: &[(String, u64)]| {
+            after.iter().all(|(id, last)| (1..=*last).all(|seq| got.iter().any(|(a, s)| a == id.as_str() && *s == seq)))
+        };
+        for _ in 0..TRIES {
+            if complete(&got.lock().unwrap()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = got.lock().unwrap().clone();
+        assert!(complete(&got), "every event delivered: {got:?}");
+        for (id, last_before) in &before {
+            let seqs: Vec<u64> = got.iter().filter(|(a, _)| a == id.as_str()).map(|(_, s)| *s).collect();
+            // In order: each event's first delivery after the one before's.
+            let mut firsts: Vec<u64> = Vec::new();
+            for s in &seqs {
+                if !firsts.contains(s) {
+                    firsts.push(*s);
+                }
+            }
+            assert!(firsts.windows(2).all(|w| w[0] < w[1]), "account {id}: {seqs:?}");
+            // What was recorded before the loss is not delivered again.
+            for seq in 1..=*last_before {
+                assert_eq!(seqs.iter().filter(|s| **s == seq).count(), 1, "account {id} event {seq}: {seqs:?}");
+            }
+        }
+        for (_, w) in hooks {
+            w.stop().await;
+        }
+        for m in members.values_mut() {
+            lose(m).await;
+        }
     }
 }
