@@ -428,7 +428,7 @@ mod tests {
         let raft = openraft::Raft::<C, StoreShard>::new(
             1,
             config(50),
-            LocalNet::default().factory(1),
+            LocalNet::<StoreShard>::default().factory(1),
             MemoryLog::default(),
             sm,
         )

@@ -307,12 +307,13 @@ impl Groups {
     }
 
     /// Confirms, by the leader lease, that this node still leads `group`
-    /// (before a read is answered from its cells).
+    /// (before its cells answer requests: reads, and refusals or writes
+    /// that change nothing, are answered without a commit).
     pub async fn confirm(&self, group: u32) -> Result<(), Error> {
         match self.raft(group).ensure_linearizable(ReadPolicy::LeaseRead).await {
             Ok(_) => Ok(()),
             Err(e) => Err(Error::ShardUnavailable(format!(
-                "this node could not confirm it leads group {group} ({e}); nothing was read, retry"
+                "this node could not confirm it leads group {group} ({e}); nothing was applied, retry"
             ))),
         }
     }

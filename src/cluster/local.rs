@@ -16,31 +16,49 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, OptionalSend};
 
 use super::ShardRaft;
 use super::memory::MemoryShard;
 
 type C = ShardRaft;
+
+/// What a local group's members run: any state machine whose snapshots are
+/// bytes (`MemoryShard`, or `StoreShard` on a node's store).
+pub trait LocalMachine: RaftStateMachine<C, SnapshotData = std::io::Cursor<Vec<u8>>> {}
+impl<SM: RaftStateMachine<C, SnapshotData = std::io::Cursor<Vec<u8>>>> LocalMachine for SM {}
+
 /// One member of a shard's group, on the in-memory store.
 pub type LocalRaft = openraft::Raft<C, MemoryShard>;
 
-/// Every member of the groups in this process, by node id, and which of
-/// them are cut off.
-#[derive(Clone, Default)]
-pub struct LocalNet {
-    inner: Arc<Mutex<NetInner>>,
+/// Every member of a group in this process, by node id, and which of them
+/// are cut off.
+pub struct LocalNet<SM: LocalMachine = MemoryShard> {
+    inner: Arc<Mutex<NetInner<SM>>>,
 }
 
-#[derive(Default)]
-struct NetInner {
-    members: BTreeMap<u64, LocalRaft>,
+impl<SM: LocalMachine> Clone for LocalNet<SM> {
+    fn clone(&self) -> Self {
+        LocalNet { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<SM: LocalMachine> Default for LocalNet<SM> {
+    fn default() -> Self {
+        let inner = NetInner { members: BTreeMap::new(), cut: BTreeSet::new(), messages: 0 };
+        LocalNet { inner: Arc::new(Mutex::new(inner)) }
+    }
+}
+
+struct NetInner<SM: LocalMachine> {
+    members: BTreeMap<u64, openraft::Raft<C, SM>>,
     cut: BTreeSet<u64>,
     /// Messages passed (appends and heartbeats, votes, snapshots, transfers).
     messages: u64,
 }
 
-fn lock(net: &Mutex<NetInner>) -> MutexGuard<'_, NetInner> {
+fn lock<T>(net: &Mutex<T>) -> MutexGuard<'_, T> {
     net.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -48,12 +66,12 @@ fn lock(net: &Mutex<NetInner>) -> MutexGuard<'_, NetInner> {
 #[error("node {0} cannot be reached")]
 struct NoRoute(u64);
 
-impl LocalNet {
-    pub fn add(&self, id: u64, raft: LocalRaft) {
+impl<SM: LocalMachine> LocalNet<SM> {
+    pub fn add(&self, id: u64, raft: openraft::Raft<C, SM>) {
         lock(&self.inner).members.insert(id, raft);
     }
 
-    pub fn remove(&self, id: u64) -> Option<LocalRaft> {
+    pub fn remove(&self, id: u64) -> Option<openraft::Raft<C, SM>> {
         lock(&self.inner).members.remove(&id)
     }
 
@@ -73,7 +91,7 @@ impl LocalNet {
     }
 
     /// The member `to` as seen from `from`, if a message can pass.
-    fn route(&self, from: u64, to: u64) -> Result<LocalRaft, RPCError<C>> {
+    fn route(&self, from: u64, to: u64) -> Result<openraft::Raft<C, SM>, RPCError<C>> {
         let mut net = lock(&self.inner);
         let raft = match net.members.get(&to) {
             Some(raft) if !net.cut.contains(&from) && !net.cut.contains(&to) => raft.clone(),
@@ -84,14 +102,14 @@ impl LocalNet {
     }
 
     /// The network factory of member `id`.
-    pub fn factory(&self, id: u64) -> LocalFactory {
+    pub fn factory(&self, id: u64) -> LocalFactory<SM> {
         LocalFactory { net: self.clone(), from: id }
     }
 }
 
 /// For tests: find the leader and write through it as a client would.
 #[cfg(test)]
-impl LocalNet {
+impl LocalNet<MemoryShard> {
     /// The member (not cut off) that says it leads, of the latest term if
     /// several do (a deposed one may not know it yet).
     pub(crate) async fn leading(&self) -> Option<LocalRaft> {
@@ -128,22 +146,22 @@ impl LocalNet {
     }
 }
 
-pub struct LocalFactory {
-    net: LocalNet,
+pub struct LocalFactory<SM: LocalMachine = MemoryShard> {
+    net: LocalNet<SM>,
     from: u64,
 }
 
-impl RaftNetworkFactory<C> for LocalFactory {
-    type Network = LocalLink;
+impl<SM: LocalMachine> RaftNetworkFactory<C> for LocalFactory<SM> {
+    type Network = LocalLink<SM>;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> LocalLink {
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> LocalLink<SM> {
         LocalLink { net: self.net.clone(), from: self.from, to: target }
     }
 }
 
 /// What member `from` sends to member `to`.
-pub struct LocalLink {
-    net: LocalNet,
+pub struct LocalLink<SM: LocalMachine = MemoryShard> {
+    net: LocalNet<SM>,
     from: u64,
     to: u64,
 }
@@ -152,7 +170,7 @@ fn unreachable(to: u64) -> impl Fn(openraft::errors::RaftError<C>) -> RPCError<C
     move |_| RPCError::Unreachable(Unreachable::new(&NoRoute(to)))
 }
 
-impl RaftNetworkV2<C> for LocalLink {
+impl<SM: LocalMachine> RaftNetworkV2<C> for LocalLink<SM> {
     type SnapshotData = std::io::Cursor<Vec<u8>>;
 
     async fn append_entries(

@@ -343,6 +343,20 @@ impl Node {
         Node::start_on(config, store, clock, gateway, false, Some(groups), link).await
     }
 
+    /// `start_clustered` for the cluster simulation: everything the node
+    /// runs is a task of the caller's runtime (`start_simulated`), and it
+    /// does not forward.
+    #[doc(hidden)]
+    pub async fn start_clustered_simulated(
+        config: NodeConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        gateway: Arc<dyn PaymentGateway>,
+        groups: Arc<Groups>,
+    ) -> Result<Node, StartError> {
+        Node::start_on(config, store, clock, gateway, true, Some(groups), None).await
+    }
+
     /// What runs requests forwarded to this node (for its link service).
     pub fn forwarded(&self) -> Weak<dyn Forwarded> {
         Arc::downgrade(&self.inner) as Weak<dyn Forwarded>
@@ -662,21 +676,22 @@ impl Inner {
         (id.shard(self.shards) % self.workers.len() as u64) as usize
     }
 
-    /// `send`, for callers' requests: clustered, a read that must be
-    /// current (`balance`, `check_access`) is answered only after the
-    /// leader lease of its group confirms this node still leads it.
+    /// `send`, for callers' requests: clustered, the requests for a group
+    /// this node serves are taken only after the leader lease of the group
+    /// confirms this node still leads it. Not only reads (`balance`,
+    /// `check_access`): a refusal, or a write that changes nothing, is
+    /// answered from the cells without a commit, and a deposed leader that
+    /// does not know it yet (cut off, paused) would answer it from old
+    /// memory (the cluster simulation found one refusing debits of an
+    /// account it held as newly opened).
     async fn dispatch(&self, jobs: Vec<Job>) {
         self.dispatch_with(jobs, Hops::FIRST).await
     }
 
     async fn dispatch_with(&self, jobs: Vec<Job>, hops: Hops) {
-        let reads = |job: &Job| job.req.command.is_query() && job.req.command != Command::Tick;
         let Some(groups) = &self.groups else { return self.send(jobs) };
-        if !jobs.iter().any(reads) {
-            return self.send_or_forward(jobs, hops);
-        }
         let mut confirmed: Vec<(u32, Result<(), Error>)> = Vec::new();
-        for job in jobs.iter().filter(|j| reads(j)) {
+        for job in &jobs {
             let group = groups.group_of(&job.req.account);
             if groups.serving(group).is_some() && !confirmed.iter().any(|(g, _)| *g == group) {
                 confirmed.push((group, groups.confirm(group).await));
@@ -686,7 +701,7 @@ impl Inner {
         for job in jobs {
             let group = groups.group_of(&job.req.account);
             match confirmed.iter().find(|(g, _)| *g == group) {
-                Some((_, Err(e))) if reads(&job) => {
+                Some((_, Err(e))) => {
                     if let Some(reply) = job.reply {
                         reply.send(Err(e.clone()));
                     }

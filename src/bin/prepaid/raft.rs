@@ -35,7 +35,7 @@ pub async fn run(args: RaftArgs) -> Result<(), String> {
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| e.to_string())?);
-    let net = LocalNet::default();
+    let net = LocalNet::<prepaid::cluster::memory::MemoryShard>::default();
     let (_, rss_start) = usage();
     let mut leaders: Vec<LocalRaft> = Vec::new();
     let mut all: Vec<LocalRaft> = Vec::new();
