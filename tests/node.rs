@@ -427,14 +427,8 @@ impl Store for FailingStore {
     fn dedup_all(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, prepaid::store::StoreError> {
         self.inner.dedup_all(id)
     }
-    fn replace_shards(
-        &self,
-        shards: std::ops::Range<u32>,
-        total: u32,
-        accounts: Vec<prepaid::store::AccountWrite>,
-        raft_mark: (u32, Vec<u8>),
-    ) -> Result<(), prepaid::store::StoreError> {
-        self.inner.replace_shards(shards, total, accounts, raft_mark)
+    fn replace_shards(&self, replacement: prepaid::store::Replacement) -> Result<(), prepaid::store::StoreError> {
+        self.inner.replace_shards(replacement)
     }
 }
 
@@ -773,7 +767,7 @@ async fn idempotency_memory_stays_bounded_while_the_window_is_full() {
 /// whole from the log; checkpoints move them to tables and empty the log.
 mod log_store {
     use super::*;
-    use prepaid::store::{AccountWrite, RocksOptions, WriteSet};
+    use prepaid::store::{AccountWrite, Replacement, RocksOptions, WriteSet};
 
     /// Opens without the checkpoint a rebuilt tail gets at open, so a test
     /// can look at what the log replayed.
@@ -977,9 +971,20 @@ mod log_store {
             }
         }
         let outside = AccountWrite { id: kept[0].clone(), ..whole.values().next().unwrap().clone() };
-        let refused = store.replace_shards(group.clone(), 256, vec![outside], (0, b"m".to_vec()));
+        let replacement = |accounts: Vec<AccountWrite>, delivered: Vec<(AccountId, u64)>| Replacement {
+            shards: group.clone(),
+            total: 256,
+            accounts,
+            webhooks: true,
+            delivered,
+            raft_mark: (0, b"mark".to_vec()),
+        };
+        let refused = store.replace_shards(replacement(vec![outside], vec![]));
         assert!(refused.is_err(), "an account of another shard is refused");
-        store.replace_shards(group.clone(), 256, whole.into_values().collect(), (0, b"mark".to_vec())).unwrap();
+        let (first, last) = (id(&names[0]), id(&names[1]));
+        let refused = store.replace_shards(replacement(vec![], vec![(kept[0].clone(), 1)]));
+        assert!(refused.is_err(), "a cursor of another shard is refused");
+        store.replace_shards(replacement(whole.into_values().collect(), vec![(first.clone(), 2)])).unwrap();
 
         let check = |store: &RocksStore| {
             new.check(store);
@@ -989,6 +994,14 @@ mod log_store {
                 assert_eq!(store.dedup_all(id).unwrap(), vec![], "{id}'s idempotency records are gone");
             }
             assert_eq!(store.raft_mark(0).unwrap(), Some(b"mark".to_vec()));
+            // Webhook marks came with the accounts: written up to each
+            // account's last record, delivered where the image said.
+            let pending = store.webhook_pending().unwrap();
+            let of = |id: &AccountId| pending.iter().find(|(a, _, _)| a == id).map(|(_, w, d)| (*w, *d));
+            let written = store.load(&first).unwrap().unwrap().state.next_seq - 1;
+            assert_eq!(of(&first), Some((written, 2)));
+            assert_eq!(store.webhook_cursor(&last).unwrap(), 0);
+            assert!(of(&last).is_some_and(|(w, d)| w > 0 && d == 0), "{pending:?}");
         };
         old.accounts.retain(|id, _| !inside(id));
         old.check(&store);

@@ -172,6 +172,8 @@ struct Report {
     crashes: u64,
     /// References the driver was told were applied (each told so once).
     told_applied: usize,
+    /// Cluster mode: the faults the cluster went through.
+    cluster: Option<cluster::Faults>,
 }
 
 impl Sim {
@@ -486,7 +488,11 @@ impl Sim {
     async fn audit(mut self) -> (Report, String) {
         let settled_at = self.clock.now_ms();
         let store: Arc<dyn Store> = match self.cluster.take() {
-            Some(c) => c.converge_and_stop(&self.accounts, self.seed).await,
+            Some(c) => {
+                let (store, faults) = c.converge_and_stop(&self.accounts, self.seed).await;
+                self.report.cluster = Some(faults);
+                store
+            }
             None => {
                 self.node.take().unwrap().shutdown().await;
                 Arc::new(self.disk.durable())
@@ -528,19 +534,18 @@ impl Sim {
 /// only when every task waits, straight to the next timer).
 fn run_seed(seed: u64) -> (Report, prepaid::store::SimStats, String) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-    runtime.block_on(simulate(seed, false)).0
+    runtime.block_on(simulate(seed, false))
 }
 
-/// `run_seed` in cluster mode, with the cluster's faults.
-fn run_cluster_seed(seed: u64) -> (Report, cluster::Faults) {
+/// `run_seed` in cluster mode (the report has the cluster's faults).
+fn run_cluster_seed(seed: u64) -> Report {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-    let ((report, _, _), faults) = runtime.block_on(simulate(seed, true));
-    (report, faults.unwrap())
+    runtime.block_on(simulate(seed, true)).0
 }
 
 /// One seed's run: a node on a simulated disk, or (`clustered`) three
 /// clustered nodes (`sim/cluster.rs`).
-async fn simulate(seed: u64, clustered: bool) -> ((Report, prepaid::store::SimStats, String), Option<cluster::Faults>) {
+async fn simulate(seed: u64, clustered: bool) -> (Report, prepaid::store::SimStats, String) {
     let mut rng = Rng(mix(seed));
     let faults = Faults {
         write_fail: rng.below(40) as u32,
@@ -594,33 +599,41 @@ async fn simulate(seed: u64, clustered: bool) -> ((Report, prepaid::store::SimSt
         sim.step().await;
     }
     sim.finish().await;
-    let faults = sim.cluster.as_ref().map(|c| c.faults);
     let (report, mut trace) = sim.audit().await;
     trace.push_str(&format!("{:?}\n", disk.stats()));
-    ((report, disk.stats(), trace), faults)
+    (report, disk.stats(), trace)
 }
 
-fn seeds() -> Vec<u64> {
+/// `PREPAID_SEED` alone, or seeds 1..=`count` (the variable `count`
+/// names, `default` without it).
+fn seeds(count: &str, default: u64) -> Vec<u64> {
     if let Some(seed) = std::env::var("PREPAID_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
     }
-    let n = std::env::var("PREPAID_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let n = std::env::var(count).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     (1..=n).collect()
+}
+
+impl Report {
+    /// Adds another seed's counts.
+    fn add(&mut self, r: &Report) {
+        self.requests += r.requests;
+        self.applied += r.applied;
+        self.refused += r.refused;
+        self.unavailable += r.unavailable;
+        self.crashes += r.crashes;
+    }
 }
 
 #[test]
 fn seeded_faults_lose_nothing_and_apply_nothing_twice() {
-    let seeds = seeds();
+    let seeds = seeds("PREPAID_SIM_SEEDS", 300);
     let mut total = Report::default();
     let mut disk = prepaid::store::SimStats::default();
     for &seed in &seeds {
         eprintln!("seed {seed}");
         let (r, d, _) = run_seed(seed);
-        total.requests += r.requests;
-        total.applied += r.applied;
-        total.refused += r.refused;
-        total.unavailable += r.unavailable;
-        total.crashes += r.crashes;
+        total.add(&r);
         disk.failed_writes += d.failed_writes;
         disk.failed_syncs += d.failed_syncs;
         disk.lost_groups += d.lost_groups;
@@ -690,29 +703,22 @@ fn seeded_faults_on_a_cluster_lose_nothing_and_apply_nothing_twice() {
         let filter = tracing_subscriber::EnvFilter::from_default_env();
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     }
-    let seeds = match std::env::var("PREPAID_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(seed) => vec![seed],
-        None => {
-            let n = std::env::var("PREPAID_CLUSTER_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-            (1..=n).collect()
-        }
-    };
+    let seeds = seeds("PREPAID_CLUSTER_SIM_SEEDS", 20);
     let mut total = Report::default();
     let mut faults = cluster::Faults::default();
     for &seed in &seeds {
         eprintln!("cluster seed {seed}");
-        let (r, f) = run_cluster_seed(seed);
-        total.requests += r.requests;
-        total.applied += r.applied;
-        total.refused += r.refused;
-        total.unavailable += r.unavailable;
+        let r = run_cluster_seed(seed);
+        total.add(&r);
+        let f = r.cluster.unwrap();
         faults.crashes += f.crashes;
         faults.cuts += f.cuts;
         faults.transfers += f.transfers;
+        faults.installs += f.installs;
     }
     eprintln!(
         "cluster simulation: {} seeds, {} requests ({} applied, {} refused, {} answered without an outcome), \
-         {} crashes, {} cuts, {} leader transfers",
+         {} crashes, {} cuts, {} leader transfers, {} snapshots installed",
         seeds.len(),
         total.requests,
         total.applied,
@@ -720,10 +726,12 @@ fn seeded_faults_on_a_cluster_lose_nothing_and_apply_nothing_twice() {
         total.unavailable,
         faults.crashes,
         faults.cuts,
-        faults.transfers
+        faults.transfers,
+        faults.installs
     );
     assert!(total.applied > 0 && total.refused > 0, "the workload both applied and refused");
     if seeds.len() >= 10 {
         assert!(faults.crashes > 0 && faults.cuts > 0 && faults.transfers > 0, "every kind of fault happened");
+        assert!(faults.installs > 0, "members behind the purged log caught up from snapshots");
     }
 }

@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::io;
 use std::io::Cursor;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::{Stream, TryStreamExt};
@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use super::{Applied, ShardEntry, ShardRaft};
 use crate::codec::LogItem;
 use crate::ledger::{AccountId, AccountState, DedupRecord, EventRecord, IdemKey};
-use crate::store::{AccountWrite, Store, WriteSet};
+use crate::store::{AccountWrite, Replacement, Store, WriteSet};
 
 type C = ShardRaft;
 type Snap = Cursor<Vec<u8>>;
@@ -83,7 +83,12 @@ struct ImageAccount {
     /// Every journal record, from the first: they replay to `state`.
     records: Vec<EventRecord>,
     dedup: Vec<(IdemKey, DedupRecord)>,
+    /// How far webhooks delivered its events (its cursor; 0: none).
+    delivered: u64,
 }
+
+/// An image made, and the mark it was made at.
+type Made = (Option<LogIdOf<C>>, Arc<Vec<u8>>);
 
 /// Where a group's accounts live: its shards, of the node's `total`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +111,10 @@ pub struct StoreShard {
     /// Whether `get_current_snapshot` makes images (not while the node
     /// opens the group).
     ready: Arc<AtomicBool>,
+    /// The last image made, and the mark it was made at.
+    image: Arc<Mutex<Option<Made>>>,
+    /// Snapshots installed since the member opened.
+    installed: Arc<AtomicU64>,
 }
 
 impl StoreShard {
@@ -124,13 +133,19 @@ impl StoreShard {
             None => (None, StoredMembershipOf::<C>::default()),
         };
         let (mark, ready) = (Arc::new(Mutex::new(mark)), Arc::new(AtomicBool::new(false)));
-        Ok(StoreShard { group, placement, store, notice_ms, webhooks, mark, ready })
+        let (image, installed) = (Arc::default(), Arc::default());
+        Ok(StoreShard { group, placement, store, notice_ms, webhooks, mark, ready, image, installed })
     }
 
     /// The member is open: from now on it makes an image for whoever asks
     /// for the group's snapshot.
     pub fn ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Snapshots this member installed since it opened.
+    pub fn installed(&self) -> u64 {
+        self.installed.load(Ordering::Relaxed)
     }
 
     /// The snapshot's meta at `mark`.
@@ -154,15 +169,16 @@ impl StoreShard {
                     break;
                 }
             }
-            accounts.push(ImageAccount { state: loaded.state, records, dedup: self.store.dedup_all(&id)? });
+            let (dedup, delivered) = (self.store.dedup_all(&id)?, self.store.webhook_cursor(&id)?);
+            accounts.push(ImageAccount { state: loaded.state, records, dedup, delivered });
         }
         postcard::to_extend(&Image { group: self.group, accounts }, vec![IMAGE_VERSION])
             .map_err(|e| crate::store::StoreError::Corrupt(format!("group {}'s image: {e}", self.group)))
     }
 
-    /// The accounts' writes an image holds, each checked: in the group's
-    /// shards, its records from the first replaying to its state.
-    fn read_image(&self, bytes: &[u8]) -> Result<Vec<AccountWrite>, io::Error> {
+    /// What installing an image writes, each account checked: in the
+    /// group's shards, its records from the first replaying to its state.
+    fn read_image(&self, bytes: &[u8], raft_mark: Vec<u8>) -> Result<Replacement, io::Error> {
         let Some((&IMAGE_VERSION, rest)) = bytes.split_first() else {
             return Err(broken(format!("group {}: a snapshot of another format", self.group)));
         };
@@ -171,7 +187,8 @@ impl StoreShard {
             return Err(broken(format!("group {}: given the snapshot of group {}", self.group, image.group)));
         }
         let mut writes = Vec::with_capacity(image.accounts.len());
-        for ImageAccount { state, records, dedup } in image.accounts {
+        let mut delivered = Vec::new();
+        for ImageAccount { state, records, dedup, delivered: cursor } in image.accounts {
             let id = state.id.clone();
             let shard = id.shard(u64::from(self.placement.total)) as u32;
             if !self.placement.shards.contains(&shard) {
@@ -191,6 +208,9 @@ impl StoreShard {
                     self.group
                 )));
             }
+            if cursor > 0 {
+                delivered.push((id.clone(), cursor));
+            }
             writes.push(AccountWrite {
                 id,
                 records,
@@ -201,7 +221,15 @@ impl StoreShard {
                 dedup,
             });
         }
-        Ok(writes)
+        let Placement { shards, total } = self.placement.clone();
+        Ok(Replacement {
+            shards,
+            total,
+            accounts: writes,
+            webhooks: self.webhooks,
+            delivered,
+            raft_mark: (self.group, raft_mark),
+        })
     }
 
     /// The accounts' writes for one entry, or `None` if the entry is
@@ -364,15 +392,13 @@ impl RaftStateMachine<C> for StoreShard {
     /// image is not this group's or an account's records do not make its
     /// state.
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: Snap) -> Result<(), io::Error> {
-        let accounts = self.read_image(snapshot.get_ref())?;
-        let count = accounts.len();
         let mark: Mark = (meta.last_log_id, meta.last_membership.clone());
         let bytes = postcard::to_allocvec(&mark).map_err(broken)?;
-        let Placement { shards, total } = self.placement.clone();
-        self.store
-            .replace_shards(shards, total, accounts, (self.group, bytes))
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let replacement = self.read_image(snapshot.get_ref(), bytes)?;
+        let count = replacement.accounts.len();
+        self.store.replace_shards(replacement).map_err(|e| io::Error::other(e.to_string()))?;
         *lock(&self.mark) = mark;
+        self.installed.fetch_add(1, Ordering::Relaxed);
         let at = meta.last_log_id.as_ref().map(|l| l.index);
         tracing::info!(group = self.group, accounts = count, at, "installed the group's snapshot");
         Ok(())
@@ -388,7 +414,17 @@ impl RaftStateMachine<C> for StoreShard {
             return Ok(None);
         }
         let mark = lock(&self.mark).clone();
-        let bytes = self.image().map_err(|e| io::Error::other(e.to_string()))?;
+        // The same mark, the same image: a member that asks again (a send
+        // that failed, another member behind) does not make it again.
+        let cached = lock(&self.image).as_ref().filter(|(at, _)| *at == mark.0).map(|(_, bytes)| Arc::clone(bytes));
+        let bytes = match cached {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = Arc::new(self.image().map_err(|e| io::Error::other(e.to_string()))?);
+                *lock(&self.image) = Some((mark.0, Arc::clone(&bytes)));
+                bytes
+            }
+        };
         if bytes.len() > IMAGE_MAX_BYTES {
             tracing::error!(
                 group = self.group,
@@ -397,7 +433,7 @@ impl RaftStateMachine<C> for StoreShard {
                 "the group's snapshot is larger than the node link carries: a member behind the log cannot catch up"
             );
         }
-        Ok(Some(SnapshotOf::<C, Snap> { meta: StoreShard::meta(&mark), snapshot: Cursor::new(bytes) }))
+        Ok(Some(SnapshotOf::<C, Snap> { meta: StoreShard::meta(&mark), snapshot: Cursor::new(bytes.to_vec()) }))
     }
 }
 
@@ -472,8 +508,9 @@ mod tests {
         };
         let (inside, outside) = (names("in", true), names("out", false));
 
+        // Webhooks on: each account's written mark comes with its records.
         let store = Arc::new(MemoryStore::new());
-        let sm = StoreShard::open(0, half.clone(), store.clone(), 3_600_000, false).unwrap();
+        let sm = StoreShard::open(0, half.clone(), store.clone(), 3_600_000, true).unwrap();
         let raft = alone(sm.clone()).await;
         for name in &inside {
             let mut ledger = Ledger::new(name);
@@ -481,6 +518,7 @@ mod tests {
                 assert_eq!(raft.client_write(entry).await.unwrap().data, Applied::Yes);
             }
         }
+        store.set_webhook_cursor(&AccountId::new(&inside[0]).unwrap(), 2).unwrap();
         let mut asked = sm.clone();
         assert!(asked.get_current_snapshot().await.unwrap().is_none(), "no image while the member opens");
         sm.ready();
@@ -513,7 +551,7 @@ mod tests {
         let mut image: Image = postcard::from_bytes(&snap.snapshot.get_ref()[1..]).unwrap();
         image.accounts[0].records.pop();
         let forged = postcard::to_extend(&image, vec![IMAGE_VERSION]).unwrap();
-        let mut target = StoreShard::open(0, half.clone(), other.clone(), 3_600_000, false).unwrap();
+        let mut target = StoreShard::open(0, half.clone(), other.clone(), 3_600_000, true).unwrap();
         assert!(target.install_snapshot(&snap.meta, Cursor::new(forged)).await.is_err());
         let mut stranger = StoreShard::open(1, half.clone(), other.clone(), 3_600_000, false).unwrap();
         assert!(stranger.install_snapshot(&snap.meta, snap.snapshot.clone()).await.is_err());
@@ -531,6 +569,22 @@ mod tests {
             assert_eq!(other.dedup_all(&id).unwrap().len(), 2);
         }
         assert_ne!(before(&behind.id), behind_before, "the older state is replaced");
+        assert_eq!(target.installed(), 1);
+        // Webhook marks came with the accounts: what was delivered, and
+        // what is still to deliver.
+        let pending = |s: &MemoryStore| {
+            let mut p: Vec<_> = s
+                .webhook_pending()
+                .unwrap()
+                .into_iter()
+                .filter(|(id, ..)| half.shards.contains(&(id.shard(8) as u32)))
+                .collect();
+            p.sort();
+            p
+        };
+        assert_eq!(pending(&other), pending(&store));
+        assert_eq!(pending(&other).len(), inside.len());
+        assert_eq!(other.webhook_cursor(&AccountId::new(&inside[0]).unwrap()).unwrap(), 2);
         assert_eq!(before(&gone.id), None, "an account the group does not have is gone");
         assert_eq!(other.history(&gone.id, 0, 10).unwrap(), vec![]);
         assert_eq!(before(&elsewhere.id), elsewhere_before, "another group's shards are untouched");

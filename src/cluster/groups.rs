@@ -75,6 +75,8 @@ pub struct GroupsConfig {
 pub struct Groups {
     cfg: GroupsConfig,
     rafts: Vec<GroupRaft>,
+    /// Each group's state machine on this node (what it installed).
+    machines: Vec<StoreShard>,
     /// Per group: the term this node serves it in, 0 when it does not.
     serving: Vec<AtomicU64>,
     /// Moves on every change of `serving` (what `routable` waits on).
@@ -156,7 +158,7 @@ impl Groups {
             ..cfg.raft.clone()
         };
         let raft = Arc::new(raft.validate().map_err(|e| format!("raft settings: {e}"))?);
-        let mut rafts = Vec::new();
+        let (mut rafts, mut machines) = (Vec::new(), Vec::new());
         for group in 0..cfg.shards / cfg.shards_per_group {
             let per = cfg.shards_per_group;
             let placement = Placement { shards: group * per..(group + 1) * per, total: cfg.shards };
@@ -168,10 +170,11 @@ impl Groups {
                 .map_err(|e| format!("group {group}: {e}"))?;
             sm.ready();
             rafts.push(r);
+            machines.push(sm);
         }
         let serving = rafts.iter().map(|_| AtomicU64::new(0)).collect();
         let (served, _) = tokio::sync::watch::channel(0);
-        Ok(Arc::new(Groups { cfg, rafts, serving, served }))
+        Ok(Arc::new(Groups { cfg, rafts, machines, serving, served }))
     }
 
     pub fn count(&self) -> u32 {
@@ -226,6 +229,11 @@ impl Groups {
     fn set_serving(&self, group: u32, term: u64) {
         self.serving[group as usize].store(term, Ordering::Release);
         self.served.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Snapshots this node's member of `group` installed since it started.
+    pub fn snapshots_installed(&self, group: u32) -> u64 {
+        self.machines[group as usize].installed()
     }
 
     /// Moves whenever this node starts or stops serving a group.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::Mutex;
 
-use super::{AccountWrite, Loaded, Store, StoreError, WriteSet};
+use super::{Loaded, Replacement, Store, StoreError, WriteSet};
 use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
 
 #[derive(Clone, Default)]
@@ -158,16 +158,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn replace_shards(
-        &self,
-        shards: Range<u32>,
-        total: u32,
-        accounts: Vec<AccountWrite>,
-        raft_mark: (u32, Vec<u8>),
-    ) -> Result<(), StoreError> {
+    fn replace_shards(&self, r: Replacement) -> Result<(), StoreError> {
+        let Replacement { shards, total, accounts, webhooks, delivered, raft_mark } = r;
         let in_shards = |id: &AccountId| shards.contains(&(id.shard(u64::from(total)) as u32));
-        if let Some(w) = accounts.iter().find(|w| !in_shards(&w.id)) {
-            return Err(StoreError::Corrupt(format!("account {} is not in shards {shards:?}", w.id)));
+        let outside =
+            accounts.iter().map(|w| &w.id).chain(delivered.iter().map(|(id, _)| id)).find(|id| !in_shards(id));
+        if let Some(id) = outside {
+            return Err(StoreError::Corrupt(format!("account {id} is not in shards {shards:?}")));
         }
         let mut m = self.maps();
         m.accounts.retain(|id, _| !in_shards(id));
@@ -176,7 +173,10 @@ impl Store for MemoryStore {
         m.timers.retain(|(_, id)| !in_shards(id));
         m.in_flight.retain(|id, _| !in_shards(id));
         m.webhooks.retain(|id, _| !in_shards(id));
-        m.write(&WriteSet { accounts, webhooks: false, raft_mark: Some(raft_mark) });
+        m.write(&WriteSet { accounts, webhooks, raft_mark: Some(raft_mark) });
+        for (id, seq) in delivered {
+            m.webhooks.entry(id).or_default().1 = seq;
+        }
         Ok(())
     }
 }

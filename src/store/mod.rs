@@ -163,15 +163,27 @@ pub trait Store: Send + Sync + 'static {
     fn dedup_all(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, StoreError>;
 
     /// A clustered node installing a group's snapshot: everything stored
-    /// for `shards` (of `total`) is replaced by `accounts` — each written
-    /// whole, its records from the first — with the group's Raft mark, in
-    /// one atomic, synced write. Nothing else may write those shards
-    /// meanwhile (the group's state machine is the only writer).
-    fn replace_shards(
-        &self,
-        shards: Range<u32>,
-        total: u32,
-        accounts: Vec<AccountWrite>,
-        raft_mark: (u32, Vec<u8>),
-    ) -> Result<(), StoreError>;
+    /// for the replacement's shards is replaced by its accounts, with their
+    /// webhook marks and the group's Raft mark, in one atomic, synced
+    /// write. Nothing else may write those shards meanwhile (the group's
+    /// state machine is the only writer).
+    fn replace_shards(&self, replacement: Replacement) -> Result<(), StoreError>;
+}
+
+/// What installing a group's snapshot writes (`Store::replace_shards`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replacement {
+    /// The group's shards, of `total`.
+    pub shards: Range<u32>,
+    pub total: u32,
+    /// Every account of the shards, each written whole: its records from
+    /// the first (`timer_before` none: the shards' timers are replaced too).
+    pub accounts: Vec<AccountWrite>,
+    /// Webhooks are on: each account's written mark is its last record.
+    pub webhooks: bool,
+    /// Per account, how far webhooks delivered it (its cursor), where
+    /// they did.
+    pub delivered: Vec<(AccountId, u64)>,
+    /// The group's Raft mark (group, bytes).
+    pub raft_mark: (u32, Vec<u8>),
 }

@@ -392,13 +392,7 @@ impl Store for SimStore {
 
     /// The simulated disk models one node's log of group writes; it holds
     /// no clustered groups, so it has no snapshot to install.
-    fn replace_shards(
-        &self,
-        _shards: std::ops::Range<u32>,
-        _total: u32,
-        _accounts: Vec<super::AccountWrite>,
-        _raft_mark: (u32, Vec<u8>),
-    ) -> Result<(), StoreError> {
+    fn replace_shards(&self, _replacement: super::Replacement) -> Result<(), StoreError> {
         Err(StoreError::Io("the simulated disk holds no clustered groups: no snapshot to install".into()))
     }
 }

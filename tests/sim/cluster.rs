@@ -6,7 +6,7 @@
 //! seed cuts a node off and heals it, crashes a node (its group members and
 //! node stopped at once: what was in flight goes unanswered) and restarts
 //! it from its store and logs, and hands a group's lead to another voter.
-//! Logs are purged every 16 entries, so a node that was down catches up
+//! Logs are purged every 4 entries, so a node that was down catches up
 //! from snapshots as well as from the log.
 //!
 //! Checked, besides the auditor's checks of the single node: at most one
@@ -49,6 +49,8 @@ pub struct Faults {
     pub crashes: u64,
     pub cuts: u64,
     pub transfers: u64,
+    /// Group snapshots installed by members behind their leader's log.
+    pub installs: u64,
 }
 
 pub struct Cluster {
@@ -112,7 +114,7 @@ impl Cluster {
             notice_ms: node_config().ledger.expiry_notice_ms,
             webhooks: false,
             balance_leaders: false,
-            snapshot_log_entries: 16,
+            snapshot_log_entries: 4,
             snapshot_timeout: Duration::from_secs(10),
         };
         let member = &self.members[&id];
@@ -141,6 +143,7 @@ impl Cluster {
         for net in &self.nets {
             net.remove(id);
         }
+        self.faults.installs += (0..GROUPS).map(|g| groups.snapshots_installed(g)).sum::<u64>();
         groups.shutdown().await;
         node.shutdown().await;
     }
@@ -261,7 +264,7 @@ impl Cluster {
     /// group's leader holds, then stops every node. Every node then holds
     /// the same state and journal of every account in `accounts`; the
     /// store of node 1, for the audit.
-    pub async fn converge_and_stop(mut self, accounts: &[AccountId], seed: u64) -> Arc<MemoryStore> {
+    pub async fn converge_and_stop(mut self, accounts: &[AccountId], seed: u64) -> (Arc<MemoryStore>, Faults) {
         for group in 0..GROUPS {
             // Level: every member follows one leader in one term and has
             // applied all of that leader's log (a member just healed may
@@ -310,6 +313,6 @@ impl Cluster {
                 );
             }
         }
-        first
+        (first, self.faults)
     }
 }

@@ -53,7 +53,7 @@ use rocksdb::{
 };
 
 use super::tail::Tail;
-use super::{AccountWrite, Loaded, Store, StoreError, WriteSet};
+use super::{Loaded, Replacement, Store, StoreError, WriteSet};
 use crate::codec::{self, FORMAT_VERSION, LogItemRef, Stored, StoredRef};
 use crate::ledger::hash::stable_hash;
 use crate::ledger::{AccountId, AccountState, Amount, DedupRecord, EventRecord, IdemKey};
@@ -819,17 +819,17 @@ impl Store for RocksStore {
     /// Written straight into tables, past the log: the tail is first
     /// checkpointed (it then holds nothing of these shards, whose only
     /// writer waits for this install), and no checkpoint runs meanwhile.
-    fn replace_shards(
-        &self,
-        shards: Range<u32>,
-        total: u32,
-        accounts: Vec<AccountWrite>,
-        raft_mark: (u32, Vec<u8>),
-    ) -> Result<(), StoreError> {
+    fn replace_shards(&self, r: Replacement) -> Result<(), StoreError> {
+        let Replacement { shards, total, accounts, webhooks, delivered, raft_mark } = r;
         let inner = &self.inner;
         inner.same_shards(total)?;
-        if let Some(w) = accounts.iter().find(|w| !shards.contains(&inner.shard_of(&w.id))) {
-            return Err(corrupt(format!("account {} is not in shards {shards:?}", w.id)));
+        let outside = accounts
+            .iter()
+            .map(|w| &w.id)
+            .chain(delivered.iter().map(|(id, _)| id))
+            .find(|id| !shards.contains(&inner.shard_of(id)));
+        if let Some(id) = outside {
+            return Err(corrupt(format!("account {id} is not in shards {shards:?}")));
         }
         // A pending generation first, then the active one.
         inner.checkpoint()?;
@@ -868,6 +868,12 @@ impl Store for RocksStore {
                 value.extend_from_slice(&amount.units().to_be_bytes());
                 batch.put_cf(inflight, account_key(shard, &w.id), value);
             }
+            if webhooks && let Some(last) = w.records.last() {
+                batch.put_cf(inner.cf(CF_WEBHOOKS)?, webhook_key(shard, b'p', &w.id), last.seq.to_be_bytes());
+            }
+        }
+        for (id, seq) in &delivered {
+            batch.put_cf(inner.cf(CF_WEBHOOKS)?, webhook_key(inner.shard_of(id), b'c', id), seq.to_be_bytes());
         }
         batch.put_cf(inner.cf(CF_META)?, raft_mark_key(raft_mark.0), raft_mark.1);
         let mut wo = WriteOptions::default();
