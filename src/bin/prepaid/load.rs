@@ -505,10 +505,14 @@ fn remote_debit(account: &str, key: String, n: u64) -> pb::request::Op {
 /// The same authorization workload as `bench --embedded`, from this process
 /// to a served node over loopback: `conns` connections; unbatched calls
 /// (batch 1) go over each connection's stream, batches as unary calls.
-/// Accounts get names of their own per run, so runs do not collide.
+/// Accounts get names of their own per run (the time and this process's
+/// id: loads started at once, as `bench/cluster.sh` starts three, must not
+/// share accounts, or each one's conservation check counts the others'
+/// debits), so runs do not collide.
 pub async fn remote(args: RemoteArgs) -> Result<(), String> {
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let ids: Arc<Vec<String>> = Arc::new((0..args.accounts).map(|i| format!("b{run}_{i:08}")).collect());
+    let pid = std::process::id();
+    let ids: Arc<Vec<String>> = Arc::new((0..args.accounts).map(|i| format!("b{run}_{pid}_{i:08}")).collect());
     let mut clients = Vec::new();
     let seeds: Vec<&str> = args.addr.split(',').map(str::trim).collect();
     for _ in 0..args.conns {
