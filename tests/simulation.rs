@@ -156,6 +156,9 @@ struct Sim {
     holds: Vec<(AccountId, u64)>,
     /// Outcome not learned yet: resent until it is.
     unknown: Vec<Sent>,
+    /// References sent more than once (their later answers say nothing of
+    /// their first try).
+    resent: BTreeSet<String>,
     n: u64,
     report: Report,
     /// Every request and what came back, every crash, in order: what a
@@ -174,6 +177,8 @@ struct Report {
     told_applied: usize,
     /// Cluster mode: the faults the cluster went through.
     cluster: Option<cluster::Faults>,
+    /// Cluster mode: first tries answered "nothing applied", held to it.
+    not_applied: u64,
 }
 
 impl Sim {
@@ -227,7 +232,16 @@ impl Sim {
         use std::fmt::Write;
         let _ = writeln!(self.trace, "{:?} -> {:?}", sent.req, result);
         let money_in = sent.req.command.is_money_in();
+        // A cluster's `shard_unavailable` and `wrong_node` say nothing was
+        // applied: on a first try (a resend's says nothing of the first
+        // try) the auditor holds them to it, as to a refusal, and the
+        // request is not sent again.
+        let first_try = sent.reference.as_ref().is_some_and(|r| !self.resent.contains(r));
+        let not_applied = self.cluster.is_some()
+            && first_try
+            && matches!(result, Err(Error::ShardUnavailable(_) | Error::WrongNode { .. }));
         let told = match &result {
+            _ if not_applied => Told::Refused,
             // In `async` mode usage is acknowledged before it is durable
             // (the documented window): a crash may lose it, so it counts as
             // unknown there; money in is synced first in both modes.
@@ -245,7 +259,12 @@ impl Sim {
             self.report.told_applied += usize::from(matches!(told, Told::Applied { .. }));
             self.auditor.told(&sent.req.account, reference, told);
         }
-        if result.as_ref().is_err_and(|e| !matches!(e, Error::Refused(_))) {
+        if not_applied {
+            self.report.not_applied += 1;
+        } else if result.as_ref().is_err_and(|e| !matches!(e, Error::Refused(_))) {
+            if let Some(reference) = &sent.reference {
+                self.resent.insert(reference.clone());
+            }
             self.unknown.push(sent);
         }
         result.ok()
@@ -576,6 +595,7 @@ async fn simulate(seed: u64, clustered: bool) -> (Report, prepaid::store::SimSta
         accounts: accounts.clone(),
         holds: Vec::new(),
         unknown: Vec::new(),
+        resent: BTreeSet::new(),
         n: 0,
         report: Report::default(),
         trace: String::new(),
@@ -622,6 +642,7 @@ impl Report {
         self.refused += r.refused;
         self.unavailable += r.unavailable;
         self.crashes += r.crashes;
+        self.not_applied += r.not_applied;
     }
 }
 
@@ -718,7 +739,8 @@ fn seeded_faults_on_a_cluster_lose_nothing_and_apply_nothing_twice() {
     }
     eprintln!(
         "cluster simulation: {} seeds, {} requests ({} applied, {} refused, {} answered without an outcome), \
-         {} crashes, {} cuts, {} leader transfers, {} snapshots installed",
+         {} crashes, {} cuts, {} leader transfers, {} snapshots installed, {} first tries held to \"nothing \
+         applied\"",
         seeds.len(),
         total.requests,
         total.applied,
@@ -727,7 +749,8 @@ fn seeded_faults_on_a_cluster_lose_nothing_and_apply_nothing_twice() {
         faults.crashes,
         faults.cuts,
         faults.transfers,
-        faults.installs
+        faults.installs,
+        total.not_applied
     );
     assert!(total.applied > 0 && total.refused > 0, "the workload both applied and refused");
     if seeds.len() >= 10 {
