@@ -111,7 +111,8 @@ pub struct StoreShard {
     /// Whether `get_current_snapshot` makes images (not while the node
     /// opens the group).
     ready: Arc<AtomicBool>,
-    /// The last image made, and the mark it was made at.
+    /// The last image made, and the mark it was made at, until the group
+    /// applies past it.
     image: Arc<Mutex<Option<Made>>>,
     /// Snapshots installed since the member opened.
     installed: Arc<AtomicU64>,
@@ -380,6 +381,9 @@ impl RaftStateMachine<C> for StoreShard {
                 responder.send(applied);
             }
         }
+        // The group moved past the image kept for it: let it go (an image
+        // is up to 256 MiB) rather than hold it until the next is asked for.
+        lock(&self.image).take();
         Ok(())
     }
 

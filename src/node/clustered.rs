@@ -114,6 +114,23 @@ pub(crate) async fn member_with(id: u64, dir: &std::path::Path, addr: &str, conf
     (Member { node: Some(node), groups, store, server, service, _disk: disk }, BasicNode { addr: addr.to_string() })
 }
 
+/// Three members on `dirs` with `config`, made a cluster by node 1: the
+/// members and their link addresses.
+pub(crate) async fn start_three(
+    dirs: &[tempfile::TempDir],
+    config: NodeConfig,
+) -> (BTreeMap<u64, Member>, BTreeMap<u64, BasicNode>) {
+    let mut members = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let (m, addr) = member_with(id, dirs[id as usize - 1].path(), "127.0.0.1:0", config.clone()).await;
+        members.insert(id, m);
+        addrs.insert(id, addr);
+    }
+    members[&1].groups.initialize(&addrs).await.unwrap();
+    (members, addrs)
+}
+
 /// Stops a member as a lost node stops: its link goes quiet and its
 /// group members stop, then the node.
 pub(crate) async fn lose(m: &mut Member) {
@@ -175,14 +192,7 @@ pub(crate) fn debit(dollars: i64) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clustered_nodes_commit_through_their_leaders_and_outlive_one() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut members = BTreeMap::new();
-    let mut addrs = BTreeMap::new();
-    for id in 1..=3u64 {
-        let (m, addr) = member(id, dirs[id as usize - 1].path(), "127.0.0.1:0").await;
-        members.insert(id, m);
-        addrs.insert(id, addr);
-    }
-    members[&1].groups.initialize(&addrs).await.unwrap();
+    let (mut members, addrs) = start_three(&dirs, fast()).await;
     let accounts: Vec<AccountId> = (0..12).map(|i| AccountId::new(&format!("acct-{i}")).unwrap()).collect();
     let mut expected: BTreeMap<AccountId, i64> = BTreeMap::new();
     for id in &accounts {
@@ -416,14 +426,7 @@ async fn a_member_behind_the_purged_log_catches_up_from_a_snapshot() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut config = fast();
     config.cluster.snapshot_log_entries = 10;
-    let mut members = BTreeMap::new();
-    let mut addrs = BTreeMap::new();
-    for id in 1..=3u64 {
-        let (m, addr) = member_with(id, dirs[id as usize - 1].path(), "127.0.0.1:0", config.clone()).await;
-        members.insert(id, m);
-        addrs.insert(id, addr);
-    }
-    members[&1].groups.initialize(&addrs).await.unwrap();
+    let (mut members, addrs) = start_three(&dirs, config.clone()).await;
     let accounts: Vec<AccountId> = (0..6).map(|i| AccountId::new(&format!("acct-{i}")).unwrap()).collect();
     let mut expected: BTreeMap<AccountId, i64> = BTreeMap::new();
     for id in &accounts {

@@ -383,7 +383,7 @@ mod clustered {
 
     use super::Webhooks;
     use crate::ledger::{AccountId, Amount, Command, Currency, Mode};
-    use crate::node::clustered::{Member, TRIES, debit, fast, lose, member_with, request, send};
+    use crate::node::clustered::{Member, TRIES, debit, fast, lose, request, send, start_three};
 
     /// Debits $1 from each account under `key`, through whoever leads.
     async fn debit_each(members: &BTreeMap<u64, Member>, accounts: &[AccountId], key: &str) {
@@ -446,17 +446,11 @@ mod clustered {
         config.webhooks.secret = "whsec-0123456789abcdef".into();
         config.webhooks.cursor_record_ms = 20;
         let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut members = BTreeMap::new();
+        let (mut members, _) = start_three(&dirs, config.clone()).await;
         let mut hooks = BTreeMap::new();
-        let mut addrs = BTreeMap::new();
-        for id in 1..=3u64 {
-            let (m, addr) = member_with(id, dirs[id as usize - 1].path(), "127.0.0.1:0", config.clone()).await;
-            let w = Webhooks::start(&config, m.node.as_ref().unwrap()).unwrap().unwrap();
-            hooks.insert(id, w);
-            members.insert(id, m);
-            addrs.insert(id, addr);
+        for (id, m) in &members {
+            hooks.insert(*id, Webhooks::start(&config, m.node.as_ref().unwrap()).unwrap().unwrap());
         }
-        members[&1].groups.initialize(&addrs).await.unwrap();
         let accounts: Vec<AccountId> = (0..6).map(|i| AccountId::new(&format!("hooked-{i}")).unwrap()).collect();
         for id in &accounts {
             let open = Command::Open {
