@@ -130,6 +130,7 @@ pub const SETTING_BOUNDS: &[(&str, u64, u64)] = &[
     ("webhooks.dead_letters_kept", 1, 10_000_000),
     ("webhooks.cursor_record_ms", 10, 60_000),
     ("cluster.shards_per_group", 1, 65_536),
+    ("cluster.replicas", 1, 9),
     ("cluster.heartbeat_ms", 10, 60_000),
     ("cluster.election_timeout_min_ms", 20, 599_999),
     ("cluster.election_timeout_max_ms", 21, 600_000),
@@ -385,6 +386,10 @@ pub struct ClusterSettings {
     /// Shards per Raft group (shard `s` in group `s / shards_per_group`);
     /// divides `node.shards`. Fixed for the cluster.
     pub shards_per_group: u32,
+    /// Voters per shard group when the cluster is made (all nodes when
+    /// fewer): a node holds about `groups × replicas / nodes` of them.
+    /// Env: PREPAID_CLUSTER_REPLICAS.
+    pub replicas: u32,
     /// Raft heartbeat from a group's leader.
     pub heartbeat_ms: u64,
     /// A follower that hears no leader for a random time between these
@@ -424,6 +429,7 @@ impl Default for ClusterSettings {
             members: Vec::new(),
             secret: String::new(),
             shards_per_group: 16,
+            replicas: 3,
             heartbeat_ms: 100,
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,

@@ -363,7 +363,7 @@ impl RaftStateMachine<C> for StoreShard {
                     mark.1 = StoredMembershipOf::<C>::new(Some(entry.log_id), m.clone());
                     Vec::new()
                 }
-                EntryPayload::Normal(ShardEntry { term, items, cursors }) => {
+                EntryPayload::Normal(ShardEntry { term, items, cursors, .. }) => {
                     self.deliveries(cursors)?;
                     let fenced = term.is_some_and(|t| t != entry.log_id.leader_id.term);
                     match if fenced { None } else { self.writes(items)? } {

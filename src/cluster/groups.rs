@@ -31,6 +31,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Instant as _, RaftNetworkFactory, ReadPolicy, ServerState};
 
 use super::apply::{Placement, StoreShard};
+use super::control::ShardMap;
 use super::{Applied, ShardEntry, ShardRaft};
 use crate::codec::LogItem;
 use crate::error::Error;
@@ -74,6 +75,8 @@ pub struct GroupsConfig {
 
 pub struct Groups {
     cfg: GroupsConfig,
+    /// The Raft settings every member runs with (the controller's too).
+    raft_config: Arc<openraft::Config>,
     rafts: Vec<GroupRaft>,
     /// Each group's state machine on this node (what it installed).
     machines: Vec<StoreShard>,
@@ -81,6 +84,9 @@ pub struct Groups {
     serving: Vec<AtomicU64>,
     /// Moves on every change of `serving` (what `routable` waits on).
     served: tokio::sync::watch::Sender<u64>,
+    /// The controller's shard map, once the node follows one: a group this
+    /// node holds no member of is routed by it (`leader_of`).
+    directory: std::sync::OnceLock<tokio::sync::watch::Receiver<Arc<ShardMap>>>,
 }
 
 /// What a request to replace a member found in one group, on the node asked.
@@ -105,6 +111,9 @@ pub struct GroupStatus {
     /// The shards it holds: `first..=last`.
     pub first_shard: u32,
     pub last_shard: u32,
+    /// Whether this node holds a member of it (the map's voters); the
+    /// rest is then as its member sees it, else as the map has it.
+    pub member: bool,
     /// Whether this node serves it now (leads it, caught up).
     pub serving: bool,
     pub leader: Option<u64>,
@@ -174,7 +183,13 @@ impl Groups {
         }
         let serving = rafts.iter().map(|_| AtomicU64::new(0)).collect();
         let (served, _) = tokio::sync::watch::channel(0);
-        Ok(Arc::new(Groups { cfg, rafts, machines, serving, served }))
+        let directory = std::sync::OnceLock::new();
+        Ok(Arc::new(Groups { cfg, raft_config: raft, rafts, machines, serving, served, directory }))
+    }
+
+    /// The Raft settings the groups run with.
+    pub fn raft_config(&self) -> Arc<openraft::Config> {
+        Arc::clone(&self.raft_config)
     }
 
     pub fn count(&self) -> u32 {
@@ -189,11 +204,16 @@ impl Groups {
     /// node's own among them), in group order.
     pub fn leaders(&self) -> Vec<Option<(u64, String)>> {
         (0..self.count())
-            .map(|group| {
-                let metrics = self.raft(group).metrics();
-                let m = metrics.borrow_watched();
-                let id = m.current_leader?;
-                Some((id, m.membership_config.get_node(&id)?.addr.clone()))
+            .map(|group| match self.leader_of(group) {
+                Route::Here(_) => {
+                    let addr = self.map().and_then(|m| m.addr(self.cfg.node_id).map(str::to_string));
+                    let metrics = self.raft(group).metrics();
+                    let m = metrics.borrow_watched();
+                    let addr = addr.or_else(|| Some(m.membership_config.get_node(&self.cfg.node_id)?.addr.clone()));
+                    Some((self.cfg.node_id, addr?))
+                }
+                Route::Leader(id, addr) if !addr.is_empty() => Some((id, addr)),
+                _ => None,
             })
             .collect()
     }
@@ -214,10 +234,34 @@ impl Groups {
     /// Makes `members` the voters of every group (a new cluster, from one
     /// of its nodes).
     pub async fn initialize(&self, members: &BTreeMap<u64, BasicNode>) -> Result<(), String> {
-        for (group, raft) in self.rafts.iter().enumerate() {
-            raft.initialize(members.clone()).await.map_err(|e| format!("group {group}: {e}"))?;
+        for group in 0..self.count() {
+            self.initialize_group(group, members.clone()).await?;
         }
         Ok(())
+    }
+
+    /// Makes `voters` (this node among them) the voters of `group`, new.
+    pub async fn initialize_group(&self, group: u32, voters: BTreeMap<u64, BasicNode>) -> Result<(), String> {
+        let raft = self.rafts.get(group as usize).ok_or_else(|| format!("there is no group {group}"))?;
+        raft.initialize(voters).await.map_err(|e| format!("group {group}: {e}"))
+    }
+
+    /// Routes the groups this node holds no member of by `map` (the
+    /// controller's, as this node applies it). Set once, at start.
+    pub fn follow(&self, map: tokio::sync::watch::Receiver<Arc<ShardMap>>) {
+        let _ = self.directory.set(map);
+    }
+
+    /// The map this node follows, if any and once made.
+    fn map(&self) -> Option<Arc<ShardMap>> {
+        let map = self.directory.get()?.borrow().clone();
+        (map.version > 0).then_some(map)
+    }
+
+    /// Whether this node holds a member of `group` (no map: every node
+    /// does).
+    pub fn holds(&self, group: u32) -> bool {
+        self.map().is_none_or(|map| map.holds(group, self.cfg.node_id))
     }
 
     /// The term this node serves `group` in, if it does.
@@ -255,7 +299,7 @@ impl Groups {
             if self.serving(group).is_none() {
                 continue;
             }
-            let entry = ShardEntry { term: None, items: Vec::new(), cursors };
+            let entry = ShardEntry { cursors, ..ShardEntry::default() };
             let written = tokio::time::timeout(self.cfg.commit_timeout, self.raft(group).client_write(entry)).await;
             if !matches!(written, Ok(Ok(_))) {
                 tracing::warn!(group, "webhook deliveries not recorded in the group; the next leader repeats them");
@@ -271,15 +315,23 @@ impl Groups {
         // Subscribed before looking: a change after the look is seen.
         let mut metrics = self.raft(group).metrics();
         let mut served = self.served.subscribe();
+        let mut map = self.directory.get().cloned();
         loop {
             let routed = self.serving(group).is_some()
                 || matches!(self.leader_of(group), Route::Leader(_, addr) if !addr.is_empty() && Some(addr.as_str()) != avoid);
             if routed {
                 return true;
             }
+            let map_changed = async {
+                match map.as_mut() {
+                    Some(m) => m.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { return false },
                 changed = served.changed() => if changed.is_err() { return false },
+                changed = map_changed => if !changed { return false },
                 _ = tokio::time::sleep_until(deadline) => return false,
             }
         }
@@ -632,6 +684,18 @@ impl Groups {
     /// The leader of `group` as this node knows it: itself, or another
     /// node and its address.
     pub fn leader_of(&self, group: u32) -> Route {
+        if let Some(map) = self.map()
+            && !map.holds(group, self.cfg.node_id)
+        {
+            // Not a member here: the map's hint (a node that no longer
+            // leads answers `wrong_node` with the one that does).
+            let g = &map.groups[group as usize];
+            let leader = g.leader.or_else(|| g.voters.iter().next().copied());
+            return match leader.and_then(|id| Some((id, map.addr(id)?.to_string()))) {
+                Some((id, addr)) if id != self.cfg.node_id => Route::Leader(id, addr),
+                _ => Route::Nobody,
+            };
+        }
         let metrics = self.raft(group).metrics();
         let m = metrics.borrow_watched();
         match m.current_leader {
@@ -649,17 +713,34 @@ impl Groups {
             .map(|group| {
                 let metrics = self.raft(group).metrics();
                 let m = metrics.borrow_watched();
-                GroupStatus {
+                let mut status = GroupStatus {
                     group,
                     first_shard: group * self.cfg.shards_per_group,
                     last_shard: (group + 1) * self.cfg.shards_per_group - 1,
+                    member: true,
                     serving: self.serving(group).is_some(),
                     leader: m.current_leader,
                     term: m.current_term,
                     last_log_index: m.last_log_index,
                     last_applied: m.last_applied.map(|l| l.index),
                     voters: m.membership_config.membership().voter_ids().collect(),
+                };
+                if let Some(map) = self.map()
+                    && !map.holds(group, self.cfg.node_id)
+                {
+                    // Not a member here: what the map says.
+                    let g = &map.groups[group as usize];
+                    status = GroupStatus {
+                        member: false,
+                        leader: g.leader,
+                        term: g.term,
+                        last_log_index: None,
+                        last_applied: None,
+                        voters: g.voters.iter().copied().collect(),
+                        ..status
+                    };
                 }
+                status
             })
             .collect()
     }

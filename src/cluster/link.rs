@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::ShardRaft;
+use super::control::{Ask, Asked, CONTROL, ControlMachine, Proposed};
 use super::groups::Replaced;
 use crate::error::Error;
 use crate::ledger::{Reply, Request as Request_};
@@ -94,6 +95,10 @@ where
     secret: [u8; 32],
     node: std::sync::OnceLock<Weak<dyn Forwarded>>,
     members: std::sync::OnceLock<Weak<dyn Members>>,
+    /// The node's member of the controller (`control::CONTROL`).
+    control: std::sync::OnceLock<openraft::Raft<C, ControlMachine>>,
+    /// What answers `Control` calls.
+    asked: std::sync::OnceLock<Weak<dyn Asked>>,
     /// Tests: every call is refused, as by a node cut off.
     #[cfg(test)]
     cut: std::sync::atomic::AtomicBool,
@@ -109,6 +114,8 @@ where
             secret: Sha256::digest(secret.as_bytes()).into(),
             node: std::sync::OnceLock::new(),
             members: std::sync::OnceLock::new(),
+            control: std::sync::OnceLock::new(),
+            asked: std::sync::OnceLock::new(),
             #[cfg(test)]
             cut: std::sync::atomic::AtomicBool::new(false),
         })
@@ -135,6 +142,13 @@ where
         lock(&self.groups).insert(group, raft);
     }
 
+    /// The node's member of the controller, and what answers `Control`
+    /// calls (set once, at start).
+    pub fn host_control(&self, raft: openraft::Raft<C, ControlMachine>, asked: Weak<dyn Asked>) {
+        let _ = self.control.set(raft);
+        let _ = self.asked.set(asked);
+    }
+
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
         #[cfg(test)]
         if self.cut.load(std::sync::atomic::Ordering::Acquire) {
@@ -152,8 +166,22 @@ where
     /// One message to the group's member here; the answer, or why not, as
     /// the body.
     async fn answer(&self, call: pb::RaftCall) -> Result<Vec<u8>, String> {
+        if call.group == CONTROL {
+            let raft = self.control.get().cloned().ok_or("the controller has no member on this node")?;
+            return answer_on(&raft, call).await;
+        }
         let raft = lock(&self.groups).get(&call.group).cloned();
         let raft = raft.ok_or_else(|| format!("group {} has no member on this node", call.group))?;
+        answer_on(&raft, call).await
+    }
+}
+
+/// One message to `raft`; the answer, or why not, as the body.
+async fn answer_on<SM>(raft: &openraft::Raft<C, SM>, call: pb::RaftCall) -> Result<Vec<u8>, String>
+where
+    SM: RaftStateMachine<C, SnapshotData = Snap>,
+{
+    {
         let body = &call.body;
         fn out<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {
             encode(&r.map_err(|e| e.to_string()))
@@ -214,6 +242,15 @@ where
         let groups = groups.ok_or_else(|| Status::unavailable("this node's groups are not running"))?;
         let outcome = groups.replace(call.group, call.from, call.to, &call.to_addr).await;
         Ok(Response::new(pb::ReplaceAnswer { body: encode(&outcome).map_err(Status::internal)? }))
+    }
+
+    async fn control(&self, req: Request<pb::ControlCall>) -> Result<Response<pb::ControlAnswer>, Status> {
+        self.check(&req)?;
+        let ask: Ask = decode(&req.into_inner().body).map_err(Status::invalid_argument)?;
+        let asked = self.asked.get().and_then(Weak::upgrade);
+        let asked = asked.ok_or_else(|| Status::unavailable("this node's controller is not running"))?;
+        let outcome = asked.asked(ask).await;
+        Ok(Response::new(pb::ControlAnswer { body: encode(&outcome).map_err(Status::internal)? }))
     }
 }
 
@@ -286,6 +323,13 @@ impl LinkFactory {
             Err(s) => return Err(s.message().to_string()),
         };
         decode::<Result<Replaced, String>>(&answer.body)?
+    }
+
+    /// Asks the node at `addr` over its `Control` call (not reached: `Err`).
+    pub async fn control(&self, addr: &str, ask: &Ask, timeout: std::time::Duration) -> Result<Proposed, String> {
+        let req = signed(pb::ControlCall { body: encode(ask)? }, &self.bearer, timeout)?;
+        let answer = self.client(addr).control(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        decode::<Proposed>(&answer.body)
     }
 
     /// Runs `reqs` on the node at `addr` (which leads their groups): one

@@ -312,7 +312,7 @@ mod tests {
         let entry = |index: u64, items: Vec<LogItem>| {
             EntryOf::<C>::new_normal(
                 openraft::testing::log_id::<C>(1, 0, index),
-                ShardEntry { term: None, items, cursors: Vec::new() },
+                ShardEntry { term: None, items, ..ShardEntry::default() },
             )
         };
         let membership = EntryOf::<C>::new_membership(
@@ -338,14 +338,14 @@ mod tests {
         let buy = ledger.purchase("buy-2", 5).items;
         let stale = EntryOf::<C>::new_normal(
             openraft::testing::log_id::<C>(1, 0, 3),
-            ShardEntry { term: Some(2), items: buy.clone(), cursors: Vec::new() },
+            ShardEntry { term: Some(2), items: buy.clone(), ..ShardEntry::default() },
         );
         shard.apply(run(vec![stale])).await.unwrap();
         assert_eq!(shard.state(), state, "an entry of another term applies nothing");
         // In its term it applies.
         let fresh = EntryOf::<C>::new_normal(
             openraft::testing::log_id::<C>(1, 0, 4),
-            ShardEntry { term: Some(1), items: buy, cursors: Vec::new() },
+            ShardEntry { term: Some(1), items: buy, ..ShardEntry::default() },
         );
         shard.apply(run(vec![fresh])).await.unwrap();
         assert_eq!(shard.state().accounts[&id].0.balance(), crate::ledger::Amount::whole(30));

@@ -21,6 +21,7 @@ use crate::codec::LogItem;
 use crate::ledger::AccountId;
 
 pub mod apply;
+pub mod control;
 pub mod groups;
 pub mod link;
 pub mod local;
@@ -45,6 +46,9 @@ pub struct ShardEntry {
     /// moved back). Replicated so that a new leader goes on from about
     /// where the last one stopped (at least once). Never fenced.
     pub cursors: Vec<(AccountId, u64)>,
+    /// The controller group's entries only (`control::CONTROL`): a change
+    /// of the shard map. `None` in every shard group's entry.
+    pub control: Option<control::Change>,
 }
 
 /// What applying a normal entry did, as the proposer learns it.
@@ -197,7 +201,7 @@ pub(crate) mod testing {
             let dedup =
                 outcome.recorded.iter().map(|k| (k.clone(), self.account.dedup.get(k).unwrap().clone())).collect();
             let item = LogItem { id: self.id.clone(), records: outcome.records, dedup };
-            ShardEntry { term: None, items: vec![item], cursors: Vec::new() }
+            ShardEntry { term: None, items: vec![item], ..ShardEntry::default() }
         }
 
         pub fn open(&mut self) -> ShardEntry {

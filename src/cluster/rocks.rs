@@ -68,9 +68,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
 }
 
 /// The format of the entries a Raft disk holds (`raft_meta` `format`):
-/// 2 since `ShardEntry` carries webhook cursors. A disk of entries in
+/// 3 since `ShardEntry` carries controller changes (2: webhook cursors). A disk of entries in
 /// another format is refused at open rather than misread.
-const LOG_FORMAT: u8 = 2;
+const LOG_FORMAT: u8 = 3;
 
 fn check_format(db: &DB) -> Result<(), io::Error> {
     let meta = db.cf_handle(CF_META).ok_or_else(|| other("no column family raft_meta"))?;
@@ -167,6 +167,18 @@ impl RocksLog {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.disk.db.put_cf_opt(self.cf(CF_META)?, meta_key(what, self.group), encode(value)?, &wo).map_err(other)
+    }
+}
+
+/// The controller keeps its map beside its log (`raft_meta` `machine` ‖
+/// group), synced on every save.
+impl super::control::MachineDisk for RocksLog {
+    fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        self.meta::<Vec<u8>>(b"machine")
+    }
+
+    fn save(&self, bytes: &[u8]) -> io::Result<()> {
+        self.put_meta(b"machine", &bytes, true)
     }
 }
 

@@ -9,6 +9,7 @@
 
 #[cfg(all(test, feature = "rocksdb"))]
 pub(crate) mod clustered;
+mod control;
 mod ops;
 
 use std::collections::BTreeMap;
@@ -34,10 +35,6 @@ use crate::recharge::{self, Accounts};
 use crate::shard::{Completion, Job, ShardWorker, Shared, WorkerMsg, internal};
 use crate::stats::NodeStats;
 use crate::store::Store;
-
-/// How often a replacement asks a group again while it elects or hands
-/// its lead off (50 ms apart: 10 s).
-const REPLACE_TRIES: u32 = 200;
 
 /// How long shutdown waits (in 5 ms steps) for stopped workers to let go.
 const SHUTDOWN_WAIT_STEPS: u32 = 2_000;
@@ -73,6 +70,8 @@ pub(crate) struct Inner {
     waiting: AtomicUsize,
     /// The node itself, for the tasks that wait for a leader.
     me: Weak<Inner>,
+    /// Clustered: the node's member of the controller (`node/control.rs`).
+    controller: std::sync::OnceLock<Arc<crate::cluster::control::Controller>>,
 }
 
 /// Where a job may still go from the node that has it.
@@ -204,10 +203,28 @@ impl Node {
         for g in 0..groups.count() {
             service.host(g, groups.raft(g).clone());
         }
+        let control = crate::cluster::control::CONTROL;
+        let controller = crate::cluster::control::Controller::start(
+            c.node_id,
+            groups.raft_config(),
+            disk.log(control),
+            link.group(control),
+            Arc::new(disk.log(control)),
+        )
+        .await;
+        let controller = match controller {
+            Ok(controller) => controller,
+            Err(e) => {
+                groups.shutdown().await;
+                return Err(StartError::Io(std::io::Error::other(e)));
+            }
+        };
         match Node::start_clustered(config, store, Arc::new(SystemClock), gateway, Arc::clone(&groups), Some(link))
             .await
         {
             Ok(mut node) => {
+                node.attach_controller(Arc::clone(&controller));
+                service.host_control(controller.raft().clone(), node.asked());
                 service.forward_to(node.forwarded());
                 service.members_of(Arc::downgrade(&groups) as Weak<dyn crate::cluster::link::Members>);
                 node.member = Some(Member { link: service, _disk: disk });
@@ -215,6 +232,7 @@ impl Node {
             }
             Err(e) => {
                 groups.shutdown().await;
+                controller.shutdown().await;
                 Err(e)
             }
         }
@@ -227,66 +245,6 @@ impl Node {
         return self.member.as_ref().map(|m| Arc::clone(&m.link));
         #[cfg(not(feature = "rocksdb"))]
         None
-    }
-
-    /// Makes a new cluster of `cluster.members`: every group gets them as
-    /// its voters. Once, on one node, with every node started.
-    pub async fn cluster_init(&self) -> Result<(), Error> {
-        let Some(groups) = &self.inner.groups else {
-            return Err(Error::InvalidRequest("this node is not clustered (cluster.node_id is 0)".into()));
-        };
-        let members = self.inner.shared.cfg.cluster.member_addrs().map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        let members = members.into_iter().map(|(id, addr)| (id, openraft::BasicNode { addr })).collect();
-        groups.initialize(&members).await.map_err(|e| Error::InvalidRequest(format!("cannot initialize: {e}")))
-    }
-
-    /// Replaces node `from` with node `to` (at `to_addr`, started with an
-    /// empty data dir and its own id) in every group, one group at a time,
-    /// each on the node that leads it: `to` catches up as a learner, then
-    /// takes `from`'s vote. What happened in each group, in order.
-    pub async fn cluster_replace(&self, from: u64, to: u64, to_addr: &str) -> Result<Vec<(u32, String)>, Error> {
-        let Some(groups) = &self.inner.groups else {
-            return Err(Error::InvalidRequest("this node is not clustered (cluster.node_id is 0)".into()));
-        };
-        if from == to || to == 0 {
-            return Err(Error::InvalidRequest(format!("replace node {from} with another node, not {to}")));
-        }
-        if to_addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
-            return Err(Error::InvalidRequest(format!("to_addr {to_addr:?} is not host:port")));
-        }
-        // The remote runs two steps of at most REPLACE_WAIT each; the call
-        // waits for both, and a little more.
-        let timeout = crate::cluster::groups::REPLACE_WAIT * 2 + Duration::from_secs(10);
-        let mut out = Vec::new();
-        for group in 0..groups.count() {
-            let mut outcome = Err("no leader".to_string());
-            // Bounded: while the group elects, or its lead is handed off.
-            for _ in 0..REPLACE_TRIES {
-                let asked = match (groups.leader_of(group), &self.inner.link) {
-                    (Route::Here(_), _) => {
-                        groups.replace_here(group, from, to, to_addr, crate::cluster::groups::REPLACE_WAIT).await
-                    }
-                    (Route::Leader(_, addr), Some(link)) if !addr.is_empty() => {
-                        link.replace(&addr, group, from, to, to_addr, timeout).await
-                    }
-                    _ => Ok(crate::cluster::groups::Replaced::NotLeader(None)),
-                };
-                match asked {
-                    Ok(crate::cluster::groups::Replaced::Done) => {
-                        outcome = Ok(());
-                        break;
-                    }
-                    Ok(other) => outcome = Err(format!("{other:?}")),
-                    Err(e) => {
-                        outcome = Err(e);
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            out.push((group, outcome.map_or_else(|e| e, |()| "replaced".to_string())));
-        }
-        Ok(out)
     }
 
     /// Requests this node forwarded to the leaders of their groups.
@@ -464,6 +422,7 @@ impl Node {
             forwarded: std::sync::atomic::AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             me: me.clone(),
+            controller: std::sync::OnceLock::new(),
         });
         let timing = recharge::Timing {
             charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),
@@ -541,6 +500,14 @@ impl Node {
     /// A page of the account's durable ledger, oldest first.
     pub fn history(&self, id: &AccountId, after_seq: u64, limit: u32) -> Result<Vec<EventRecord>, Error> {
         crate::ledger::decide::check_page(limit, &self.inner.shared.cfg.ledger)?;
+        if let Some(groups) = &self.inner.groups {
+            // This node's store holds only the groups it is a member of
+            // (what it held of others is stale).
+            let group = groups.group_of(id);
+            if !groups.holds(group) {
+                return Err(groups.elsewhere(id, groups.leader_of(group)));
+            }
+        }
         self.inner.shared.store.history(id, after_seq, limit).map_err(|e| Error::StorageUnavailable(e.to_string()))
     }
 
@@ -619,6 +586,9 @@ impl Node {
         }
         if let Some(groups) = &self.inner.groups {
             groups.shutdown().await;
+        }
+        if let Some(controller) = self.inner.controller.get() {
+            controller.shutdown().await;
         }
         // Everything is durable in the log; putting it in tables makes the
         // next start fast. A failure here loses nothing.

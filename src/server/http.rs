@@ -12,6 +12,9 @@
 //! | GET | `/admin/v1/cluster` | clustered: this node's id and each shard group's leader, term and progress as it sees them |
 //! | POST | `/admin/v1/cluster/init` | makes a new cluster of `cluster.members` (once, on one node) |
 //! | POST | `/admin/v1/cluster/replace` | `{"from", "to", "to_addr"}`: node `to` takes node `from`'s place in every group |
+//! | POST | `/admin/v1/cluster/join` | `{"node", "addr"}`: a node started empty comes in; moves onto it are planned |
+//! | POST | `/admin/v1/cluster/leave` | `{"node"}`: every group member on the node is planned to move off it |
+//! | POST | `/admin/v1/cluster/move` | `{"group" or "shard", "from", "to"}`: plans one group member's move |
 //! | GET | `/openapi.json` | the OpenAPI 3.1 document of all of the above (`openapi.json` here) |
 //!
 //! A request's key is `idempotency_key` (as in the proto; `key` is read
@@ -52,6 +55,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/admin/v1/cluster", get(cluster_status))
         .route("/admin/v1/cluster/init", post(cluster_init))
         .route("/admin/v1/cluster/replace", post(cluster_replace))
+        .route("/admin/v1/cluster/join", post(cluster_join))
+        .route("/admin/v1/cluster/leave", post(cluster_leave))
+        .route("/admin/v1/cluster/move", post(cluster_move))
         .route("/openapi.json", get(openapi))
         .fallback(no_such_path)
         .layer(DefaultBodyLimit::max(limit))
@@ -335,7 +341,22 @@ async fn cluster_status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Resp
         None => axum::Json(json!({ "clustered": false, "node_id": 0, "groups": [] })).into_response(),
         Some(groups) => {
             let id = node.config().cluster.node_id;
-            axum::Json(json!({ "clustered": true, "node_id": id, "groups": groups })).into_response()
+            let map = node.shard_map().map(|m| {
+                let nodes: Vec<Value> =
+                    m.nodes.iter().map(|(id, n)| json!({ "node": id, "addr": n.addr, "leaving": n.leaving })).collect();
+                let moves: Vec<Value> =
+                    m.moves.iter().map(|mv| json!({ "group": mv.group, "from": mv.from, "to": mv.to })).collect();
+                let done: Vec<Value> = m
+                    .done
+                    .iter()
+                    .map(|(mv, outcome)| {
+                        let outcome = outcome.as_ref().map_or_else(|e| e.clone(), |()| "moved".to_string());
+                        json!({ "group": mv.group, "from": mv.from, "to": mv.to, "outcome": outcome })
+                    })
+                    .collect();
+                json!({ "version": m.version, "nodes": nodes, "planned": moves, "done": done })
+            });
+            axum::Json(json!({ "clustered": true, "node_id": id, "map": map, "groups": groups })).into_response()
         }
     }
 }
@@ -386,6 +407,98 @@ async fn cluster_replace(
         }
         Err(e) => refuse(e),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Join {
+    node: u64,
+    addr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Leave {
+    node: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveBody {
+    group: Option<u32>,
+    shard: Option<u32>,
+    from: u64,
+    to: u64,
+}
+
+/// Answers a change of the map: the map's version after it.
+fn planned(outcome: Result<u64, Error>) -> Response {
+    match outcome {
+        Ok(version) => axum::Json(json!({ "planned": true, "version": version })).into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+async fn cluster_join(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Join>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let j = match body {
+        Ok(axum::Json(j)) => j,
+        Err(e) => return refuse(Error::InvalidRequest(format!("the body is not {{node, addr}}: {e}"))),
+    };
+    match api.node() {
+        Ok(node) => planned(node.cluster_join(j.node, &j.addr).await),
+        Err(e) => refuse(e),
+    }
+}
+
+async fn cluster_leave(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Leave>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let l = match body {
+        Ok(axum::Json(l)) => l,
+        Err(e) => return refuse(Error::InvalidRequest(format!("the body is not {{node}}: {e}"))),
+    };
+    match api.node() {
+        Ok(node) => planned(node.cluster_leave(l.node).await),
+        Err(e) => refuse(e),
+    }
+}
+
+async fn cluster_move(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<axum::Json<MoveBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let m = match body {
+        Ok(axum::Json(m)) => m,
+        Err(e) => return refuse(Error::InvalidRequest(format!("the body is not {{group or shard, from, to}}: {e}"))),
+    };
+    let node = match api.node() {
+        Ok(node) => node,
+        Err(e) => return refuse(e),
+    };
+    let (shards, per_group, _) = node.cluster_map();
+    let group = match (m.group, m.shard) {
+        (Some(g), None) => g,
+        (None, Some(s)) if per_group > 0 && s < shards => s / per_group,
+        (None, Some(s)) => return refuse(Error::InvalidRequest(format!("there is no shard {s} (there are {shards})"))),
+        _ => return refuse(Error::InvalidRequest("name a group or a shard, one of them".into())),
+    };
+    planned(node.cluster_move(group, m.from, m.to).await)
 }
 
 #[derive(Deserialize)]

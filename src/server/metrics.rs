@@ -442,6 +442,7 @@ mod tests {
             group,
             first_shard: group * 16,
             last_shard: group * 16 + 15,
+            member: true,
             serving,
             leader,
             term: 3,

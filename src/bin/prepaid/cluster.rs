@@ -41,6 +41,40 @@ enum ClusterOp {
         #[arg(long, value_name = "HOST:PORT")]
         to_addr: String,
     },
+    /// Bring node ID (started with an empty data dir, its own id and
+    /// itself as its only member) into the cluster: group members move
+    /// onto it, one at a time, until it holds its share
+    Join {
+        /// The new node's id
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        node: u64,
+        /// The new node's gRPC address
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+    },
+    /// Take node ID out of the cluster: every group member it holds moves
+    /// to the node that holds fewest; then it is dropped
+    Leave {
+        /// The node id
+        #[arg(long, value_name = "ID")]
+        node: u64,
+    },
+    /// Move one group's member from node FROM to node TO (planned after
+    /// the moves before it; `status` shows it run)
+    MoveShard {
+        /// The shard (its whole group moves)
+        #[arg(long, value_name = "N", conflicts_with = "group", required_unless_present = "group")]
+        shard: Option<u32>,
+        /// The group
+        #[arg(long, value_name = "N")]
+        group: Option<u32>,
+        /// The node whose member leaves
+        #[arg(long, value_name = "ID")]
+        from: u64,
+        /// The node that takes it
+        #[arg(long, value_name = "ID")]
+        to: u64,
+    },
 }
 
 pub fn run(a: ClusterArgs) -> Result<(), Failure> {
@@ -50,6 +84,19 @@ pub fn run(a: ClusterArgs) -> Result<(), Failure> {
         ClusterOp::Replace { from, to, to_addr } => {
             let body = serde_json::json!({ "from": from, "to": to, "to_addr": to_addr }).to_string();
             ("/admin/v1/cluster/replace", true, body)
+        }
+        ClusterOp::Join { node, addr } => {
+            ("/admin/v1/cluster/join", true, serde_json::json!({ "node": node, "addr": addr }).to_string())
+        }
+        ClusterOp::Leave { node } => ("/admin/v1/cluster/leave", true, serde_json::json!({ "node": node }).to_string()),
+        ClusterOp::MoveShard { shard, group, from, to } => {
+            let mut body = serde_json::json!({ "from": from, "to": to });
+            match (shard, group) {
+                (Some(s), _) => body["shard"] = s.into(),
+                (None, Some(g)) => body["group"] = g.into(),
+                (None, None) => {}
+            }
+            ("/admin/v1/cluster/move", true, body.to_string())
         }
     };
     let url = format!("{}{path}", a.http.trim_end_matches('/'));
