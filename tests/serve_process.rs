@@ -1254,6 +1254,58 @@ mod cluster {
         panic!("{what}: not within the wait; the last status: {last}");
     }
 
+    /// Four nodes make a cluster of three replicas a group: each node holds
+    /// 12 of the 16 groups, and every node takes every account's requests
+    /// (forwarding those of groups it holds no member of by the map). Only
+    /// one of the controller's first voters makes the cluster.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn four_nodes_make_a_cluster_of_three_replicas_a_group() {
+        let _alone = ONE_AT_A_TIME.lock().await;
+        let root: PathBuf = std::env::temp_dir().join(format!("prepaid-four-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let ports: BTreeMap<u64, u16> = (1..=4).map(|id| (id, super::free_port())).collect();
+        let addr = |id: u64| format!("127.0.0.1:{}", ports[&id]);
+        let members = (1..=4).map(|id| format!("{id}={}", addr(id))).collect::<Vec<_>>().join(",");
+        let servers: BTreeMap<u64, Server> =
+            (1..=4).map(|id| (id, start_member(id, &root.join(format!("node-{id}")), ports[&id], &members))).collect();
+        let (code, _, err) = cluster_cli(&servers[&4], "init");
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("invalid_request") && err.contains("run init on one of nodes"), "{err}");
+        let (code, out, err) = cluster_cli(&servers[&1], "init");
+        assert_eq!(code, 0, "{out}{err}");
+        wait_map(&servers[&4], "node 4 follows the map", |s, held| {
+            s["map"]["version"].as_u64().unwrap_or(0) > 0 && held.values().all(|n| *n == 12) && held.len() == 4
+        });
+        let (status, _) = map_of(&servers[&4]);
+        let groups = status["groups"].as_array().unwrap();
+        for g in groups {
+            let holds = g["voters"].as_array().unwrap().contains(&4.into());
+            assert_eq!(g["member"], holds, "{g}");
+            assert_eq!(g["voters"].as_array().unwrap().len(), 3, "{g}");
+        }
+        // Everything through node 4 alone: what it holds no member of is
+        // forwarded by the map.
+        let addrs = [(4, addr(4))].into_iter().collect();
+        let mut clients = Clients { addrs, conns: BTreeMap::new(), hint: BTreeMap::new(), slow: Default::default() };
+        let accounts: Vec<String> = (0..24).map(|i| format!("acct-{i}")).collect();
+        for a in &accounts {
+            clients.run(a, Op::Open).await;
+            clients.run(a, Op::Purchase("buy".into())).await;
+            assert_eq!(clients.run(a, Op::Debit("d-0".into())).await, "99.00", "{a}");
+        }
+        // ClusterClient, from node 4's map, sends each to its leader.
+        let four = addr(4);
+        let seeds = [four.as_str()];
+        let cluster = ClusterClient::connect(&seeds, ADMIN).await.unwrap();
+        for a in &accounts {
+            assert_eq!(cluster.debit(a, "d-1", "1").await.unwrap().balance, "98.00", "{a}");
+        }
+        for (_, server) in servers {
+            assert_eq!(serve::sigterm(server), 0);
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     /// A fourth node joins a cluster of three under load, a group member
     /// is moved by hand, and then one of the first three leaves: every
     /// request goes through every node meanwhile (the joining one too,

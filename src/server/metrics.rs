@@ -98,6 +98,10 @@ pub struct ClusterGauges {
     pub forwarded: u64,
     /// Requests waiting now for their group to have a leader.
     pub waiting: usize,
+    /// The controller's map as this node applied it: its version and the
+    /// moves planned (0, 0: no controller, or no cluster made yet).
+    pub map_version: u64,
+    pub moves_planned: u64,
 }
 
 /// The standard Prometheus process metrics, read from `/proc/self` (Linux).
@@ -351,9 +355,12 @@ fn series(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 /// it forwarded and those waiting for a leader.
 fn cluster(out: &mut String, c: &ClusterGauges) {
     type Figure = fn(&crate::cluster::groups::GroupStatus) -> u64;
-    let per_group: [(&str, &str, Figure); 4] = [
+    let per_group: [(&str, &str, Figure); 5] = [
         ("prepaid_cluster_group_serving", "1 while this node leads the group and serves its shards.", |g| {
             u64::from(g.serving)
+        }),
+        ("prepaid_cluster_group_member", "1 while this node holds a member of the group (the map's voters).", |g| {
+            u64::from(g.member)
         }),
         ("prepaid_cluster_group_leader", "The group's leader as this node knows it (node id; 0: none).", |g| {
             g.leader.unwrap_or(0)
@@ -385,6 +392,20 @@ fn cluster(out: &mut String, c: &ClusterGauges) {
         "gauge",
         "Requests waiting for their group to have a leader (cluster.leaderless_buffer at most).",
         c.waiting as u64,
+    );
+    series(
+        out,
+        "prepaid_cluster_map_version",
+        "gauge",
+        "The shard map's version as this node applied it.",
+        c.map_version,
+    );
+    series(
+        out,
+        "prepaid_cluster_moves_planned",
+        "gauge",
+        "Group member moves planned and not yet run, as this node's map has them.",
+        c.moves_planned,
     );
 }
 
@@ -451,7 +472,7 @@ mod tests {
             voters: vec![1, 2, 3],
         };
         let groups = vec![group(0, true, Some(2), Some(40)), group(1, false, None, Some(37))];
-        let cluster = ClusterGauges { groups, forwarded: 9, waiting: 2 };
+        let cluster = ClusterGauges { groups, forwarded: 9, waiting: 2, map_version: 7, moves_planned: 3 };
         let clustered = m.render(&Gauges { cluster: Some(cluster), ..Gauges::default() });
         for line in [
             "prepaid_cluster_group_serving{group=\"0\"} 1",
@@ -463,6 +484,9 @@ mod tests {
             "prepaid_cluster_group_apply_lag{group=\"1\"} 3",
             "prepaid_cluster_forwarded_total 9",
             "prepaid_cluster_waiting 2",
+            "prepaid_cluster_group_member{group=\"1\"} 1",
+            "prepaid_cluster_map_version 7",
+            "prepaid_cluster_moves_planned 3",
         ] {
             assert!(clustered.contains(&format!("{line}\n")), "{line}: {clustered}");
         }

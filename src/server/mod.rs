@@ -76,6 +76,8 @@ impl Api {
                 groups,
                 forwarded: node.forwarded_count(),
                 waiting: node.waiting_count(),
+                map_version: node.shard_map().map_or(0, |m| m.version),
+                moves_planned: node.shard_map().map_or(0, |m| m.moves.len() as u64),
             }),
         }
     }
