@@ -711,12 +711,13 @@ fn a_seed_run_twice_is_the_same_run_byte_for_byte() {
     }
 }
 
-/// The same workload against a cluster of three (`sim/cluster.rs`): nodes
-/// cut off and healed, crashed and restarted, leads handed over, logs
+/// The same workload against a cluster of four (`sim/cluster.rs`, groups
+/// of three voters): nodes cut off and healed, crashed and restarted,
+/// leads handed over, group members moved by the controller's mover, logs
 /// purged behind snapshots. No acknowledged operation lost, nothing
 /// applied twice, conservation exact, no recharge charged twice, at most
-/// one leader per group per term, and every node ends with the same state
-/// and journal of every account. `PREPAID_CLUSTER_SIM_SEEDS=N` runs seeds
+/// one leader per group per term, and every voter of a group ends with the
+/// same state and journal of every account of it. `PREPAID_CLUSTER_SIM_SEEDS=N` runs seeds
 /// 1..=N (20 by default); `PREPAID_SEED=S` runs seed S alone.
 #[test]
 fn seeded_faults_on_a_cluster_lose_nothing_and_apply_nothing_twice() {
@@ -736,11 +737,13 @@ fn seeded_faults_on_a_cluster_lose_nothing_and_apply_nothing_twice() {
         faults.cuts += f.cuts;
         faults.transfers += f.transfers;
         faults.installs += f.installs;
+        faults.moves += f.moves;
+        faults.moved += f.moved;
     }
     eprintln!(
         "cluster simulation: {} seeds, {} requests ({} applied, {} refused, {} answered without an outcome), \
-         {} crashes, {} cuts, {} leader transfers, {} snapshots installed, {} first tries held to \"nothing \
-         applied\"",
+         {} crashes, {} cuts, {} leader transfers, {} moves planned ({} run to the end, node 1's own into \
+         every group at the end included), {} snapshots installed, {} first tries held to \"nothing applied\"",
         seeds.len(),
         total.requests,
         total.applied,
@@ -749,12 +752,15 @@ fn seeded_faults_on_a_cluster_lose_nothing_and_apply_nothing_twice() {
         faults.crashes,
         faults.cuts,
         faults.transfers,
+        faults.moves,
+        faults.moved,
         faults.installs,
         total.not_applied
     );
     assert!(total.applied > 0 && total.refused > 0, "the workload both applied and refused");
     if seeds.len() >= 10 {
         assert!(faults.crashes > 0 && faults.cuts > 0 && faults.transfers > 0, "every kind of fault happened");
+        assert!(faults.moves > 0 && faults.moved > 0, "members were moved under the faults");
         assert!(faults.installs > 0, "members behind the purged log caught up from snapshots");
     }
 }

@@ -586,6 +586,23 @@ pub trait Asked: Send + Sync + 'static {
     fn asked(&self, ask: Ask) -> Pin<Box<dyn Future<Output = Proposed> + Send + '_>>;
 }
 
+/// The other nodes as the controller's work reaches them: the node link
+/// (`LinkFactory`), or nodes in one process (the simulation).
+pub trait Peers: Send + Sync + 'static {
+    /// `ask` of the node at `addr` (not reached: `Err`).
+    fn control<'a>(&'a self, addr: &'a str, ask: &'a Ask) -> Pin<Box<dyn Future<Output = Result<Proposed, String>> + Send + 'a>>;
+    /// Asks the node at `addr` (which leads `group`) to replace its voter
+    /// `from` with `to` (at `to_addr`).
+    fn replace<'a>(
+        &'a self,
+        addr: &'a str,
+        group: u32,
+        from: u64,
+        to: u64,
+        to_addr: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<super::groups::Replaced, String>> + Send + 'a>>;
+}
+
 /// The node's member of the controller and the map it applied.
 pub struct Controller {
     node_id: u64,
@@ -616,6 +633,11 @@ impl Controller {
 
     pub fn raft(&self) -> &ControlRaft {
         &self.raft
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
     }
 
     /// The map as this node applied it.

@@ -364,6 +364,29 @@ impl LinkFactory {
     }
 }
 
+/// The controller's calls to other nodes go over the link (how long one
+/// may take: `CONTROL_CALL`; a replacement, both of its steps and a hop).
+impl super::control::Peers for LinkFactory {
+    fn control<'a>(&'a self, addr: &'a str, ask: &'a Ask) -> Pin<Box<dyn Future<Output = Result<Proposed, String>> + Send + 'a>> {
+        Box::pin(LinkFactory::control(self, addr, ask, CONTROL_CALL))
+    }
+
+    fn replace<'a>(
+        &'a self,
+        addr: &'a str,
+        group: u32,
+        from: u64,
+        to: u64,
+        to_addr: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Replaced, String>> + Send + 'a>> {
+        let timeout = super::groups::REPLACE_WAIT * 2 + std::time::Duration::from_secs(10);
+        Box::pin(LinkFactory::replace(self, addr, group, from, to, to_addr, timeout))
+    }
+}
+
+/// How long one call to another node's controller may take.
+pub const CONTROL_CALL: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct LinkError(String);

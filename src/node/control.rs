@@ -11,7 +11,7 @@ use std::time::Duration;
 use openraft::BasicNode;
 
 use super::{Inner, Node};
-use crate::cluster::control::{Ask, Asked, Change, Controller, Move, Proposed, ShardMap, placement};
+use crate::cluster::control::{Ask, Asked, Change, Controller, Move, Peers, Proposed, ShardMap, placement};
 use crate::cluster::groups::{REPLACE_WAIT, Replaced, Route};
 use crate::error::Error;
 
@@ -19,8 +19,6 @@ use crate::error::Error;
 /// `PROPOSE_PAUSE` each: an election, a leader handing over).
 const PROPOSE_TRIES: u32 = 100;
 const PROPOSE_PAUSE: Duration = Duration::from_millis(100);
-/// How long one call to another node's controller may take.
-const CONTROL_CALL: Duration = Duration::from_secs(15);
 /// How many times one group's replacement looks for the group's leader.
 const REPLACE_TRIES: u32 = 200;
 /// The mover and the hints look again at least this often.
@@ -47,6 +45,12 @@ impl Node {
         }
         self.tasks.push(tokio::spawn(mover(Arc::downgrade(&self.inner), Arc::clone(&controller))));
         self.tasks.push(tokio::spawn(hints(Arc::downgrade(&self.inner), controller)));
+    }
+
+    /// Reaches the other nodes through `peers` instead of the node link (a
+    /// node started without one: the simulation). Set once.
+    pub fn reach_peers_by(&self, peers: Arc<dyn Peers>) {
+        let _ = self.inner.peers.set(peers);
     }
 
     /// What answers the node link's `Control` calls on this node.
@@ -90,9 +94,9 @@ impl Node {
                 groups.initialize_group(group as u32, basic).await
             } else {
                 let first = voters[0];
-                let link = self.inner.link.as_ref().ok_or_else(no_controller)?;
+                let peers = self.inner.peers().ok_or_else(no_controller)?;
                 let ask = Ask::InitGroup { group: group as u32, voters: members };
-                match link.control(&nodes[&first], &ask, CONTROL_CALL).await {
+                match peers.control(&nodes[&first], &ask).await {
                     Ok(Proposed::Done(_)) => Ok(()),
                     Ok(other) => Err(format!("node {first}: {other:?}")),
                     Err(e) => Err(format!("node {first}: {e}")),
@@ -183,20 +187,30 @@ fn check_addr(addr: &str) -> Result<(), Error> {
 }
 
 impl Inner {
+    /// How this node reaches the others: its node link, or what it was
+    /// given (`Node::reach_peers_by`).
+    fn peers(&self) -> Option<Arc<dyn Peers>> {
+        match &self.link {
+            Some(link) => Some(Arc::new(link.clone())),
+            None => self.peers.get().cloned(),
+        }
+    }
+
     /// Proposes `change` to the controller's leader, wherever it is: the
     /// map's version after it, or why it was refused.
     async fn propose(&self, change: Change) -> Result<u64, Error> {
         let controller = self.controller.get().ok_or_else(no_controller)?;
-        let me = self.shared.cfg.cluster.node_id;
+        let me = controller.node_id();
+        let peers = self.peers();
         let mut last = "no leader".to_string();
         for _ in 0..PROPOSE_TRIES {
             if self.stopping.load(Ordering::Acquire) {
                 return Err(Error::ShuttingDown);
             }
-            let outcome = match (controller.leader(), &self.link) {
+            let outcome = match (controller.leader(), &peers) {
                 (Some((id, _)), _) if id == me => controller.propose_local(change.clone()).await,
-                (Some((_, addr)), Some(link)) => link
-                    .control(&addr, &Ask::Propose(change.clone()), CONTROL_CALL)
+                (Some((_, addr)), Some(peers)) => peers
+                    .control(&addr, &Ask::Propose(change.clone()))
                     .await
                     .unwrap_or_else(|e| Proposed::NotLeader(Some((0, e)))),
                 _ => Proposed::NotLeader(None),
@@ -218,18 +232,16 @@ impl Inner {
     /// lead moves, boundedly).
     async fn replace_group(&self, group: u32, from: u64, to: u64, to_addr: &str) -> Result<(), String> {
         let groups = self.groups.as_ref().ok_or("not clustered")?;
-        // The remote runs two steps of at most REPLACE_WAIT each; the call
-        // waits for both, and a little more.
-        let timeout = REPLACE_WAIT * 2 + Duration::from_secs(10);
+        let peers = self.peers();
         let mut last = "no leader".to_string();
         for _ in 0..REPLACE_TRIES {
             if self.stopping.load(Ordering::Acquire) {
                 return Err("the node is stopping".into());
             }
-            let asked = match (groups.leader_of(group), &self.link) {
+            let asked = match (groups.leader_of(group), &peers) {
                 (Route::Here(_), _) => groups.replace_here(group, from, to, to_addr, REPLACE_WAIT).await,
-                (Route::Leader(_, addr), Some(link)) if !addr.is_empty() => {
-                    link.replace(&addr, group, from, to, to_addr, timeout).await
+                (Route::Leader(_, addr), Some(peers)) if !addr.is_empty() => {
+                    peers.replace(&addr, group, from, to, to_addr).await
                 }
                 _ => Ok(Replaced::NotLeader(None)),
             };
@@ -313,7 +325,7 @@ async fn hints(me: Weak<Inner>, controller: Arc<Controller>) {
         if map.version == 0 {
             continue;
         }
-        let node = inner.shared.cfg.cluster.node_id;
+        let node = controller.node_id();
         for group in 0..groups.count() {
             let Some(term) = groups.serving(group) else { continue };
             let known = map.groups.get(group as usize).is_some_and(|g| g.leader == Some(node) && g.term == term);

@@ -72,6 +72,9 @@ pub(crate) struct Inner {
     me: Weak<Inner>,
     /// Clustered: the node's member of the controller (`node/control.rs`).
     controller: std::sync::OnceLock<Arc<crate::cluster::control::Controller>>,
+    /// Clustered without a node link (the simulation): how the controller's
+    /// work reaches the other nodes.
+    peers: std::sync::OnceLock<Arc<dyn crate::cluster::control::Peers>>,
 }
 
 /// Where a job may still go from the node that has it.
@@ -423,6 +426,7 @@ impl Node {
             waiting: AtomicUsize::new(0),
             me: me.clone(),
             controller: std::sync::OnceLock::new(),
+            peers: std::sync::OnceLock::new(),
         });
         let timing = recharge::Timing {
             charge_timeout: Duration::from_millis(inner.shared.cfg.node.recharge_charge_timeout_ms),

@@ -714,6 +714,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
     let accepted_per_s = (args.debits - overloaded - refused) as f64 / elapsed.as_secs_f64().max(1e-9);
     let (shed_p50, shed_p99) = (shed.percentile(0.50), shed.percentile(0.99));
     let (p50, p99, p999) = (latencies.percentile(0.50), latencies.percentile(0.99), latencies.percentile(0.999));
+    let max = latencies.percentile(1.0);
     let ok = total == expected;
     if args.json {
         say!(
@@ -722,7 +723,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
                 "debits": args.debits, "refused": refused, "elapsed_s": elapsed.as_secs_f64(),
                 "overloaded": overloaded, "accepted_per_s": accepted_per_s,
                 "overloaded_p50_us": shed_p50, "overloaded_p99_us": shed_p99,
-                "throughput_per_s": throughput, "p50_us": p50, "p99_us": p99, "p999_us": p999,
+                "throughput_per_s": throughput, "p50_us": p50, "p99_us": p99, "p999_us": p999, "max_us": max,
                 "conns": args.conns, "batch": args.batch, "in_flight": callers_per_conn,
                 "accounts": args.accounts, "hot": args.hot,
                 "conservation": if ok { "ok" } else { "mismatch" },
@@ -730,7 +731,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
         );
     } else {
         say!(
-            "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1}  conns {}  batch {}",
+            "debits {}  refused {}  elapsed {:.2} s  throughput {:.0}/s  latency µs p50 {:.1} p99 {:.1} p999 {:.1} max {:.1}  conns {}  batch {}",
             args.debits,
             refused,
             elapsed.as_secs_f64(),
@@ -738,6 +739,7 @@ pub async fn remote(args: RemoteArgs) -> Result<(), String> {
             p50,
             p99,
             p999,
+            max,
             args.conns,
             args.batch
         );
