@@ -590,7 +590,11 @@ pub trait Asked: Send + Sync + 'static {
 /// (`LinkFactory`), or nodes in one process (the simulation).
 pub trait Peers: Send + Sync + 'static {
     /// `ask` of the node at `addr` (not reached: `Err`).
-    fn control<'a>(&'a self, addr: &'a str, ask: &'a Ask) -> Pin<Box<dyn Future<Output = Result<Proposed, String>> + Send + 'a>>;
+    fn control<'a>(
+        &'a self,
+        addr: &'a str,
+        ask: &'a Ask,
+    ) -> Pin<Box<dyn Future<Output = Result<Proposed, String>> + Send + 'a>>;
     /// Asks the node at `addr` (which leads `group`) to replace its voter
     /// `from` with `to` (at `to_addr`).
     fn replace<'a>(

@@ -102,6 +102,9 @@ pub enum Replaced {
     /// The leader this node knows could not be reached (it may have just
     /// been lost): ask again once the group has another.
     Unreachable(String),
+    /// A change of the group's membership left half made (its leader lost
+    /// between the joint step and the last) was finished first: ask again.
+    Again,
 }
 
 /// One group as a node sees it (`prepaid cluster status`).
@@ -636,14 +639,31 @@ impl Groups {
             return Err(format!("there is no group {group} (there are {})", self.count()));
         }
         let raft = self.raft(group);
-        let (leads, leader, voters) = {
+        let (leads, leader, voters, unfinished) = {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();
-            let voters: std::collections::BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-            (m.state == ServerState::Leader && m.current_leader == Some(self.cfg.node_id), m.current_leader, voters)
+            let membership = m.membership_config.membership();
+            let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+            let configs = membership.get_joint_config();
+            let unfinished = (configs.len() > 1).then(|| configs[configs.len() - 1].clone());
+            let leads = m.state == ServerState::Leader && m.current_leader == Some(self.cfg.node_id);
+            (leads, m.current_leader, voters, unfinished)
         };
         if !leads {
             return Ok(Replaced::NotLeader(leader));
+        }
+        if let Some(last) = unfinished {
+            // A joint change whose leader was lost before its last step
+            // (this node leads with it): finished to where it was going.
+            let change = raft.change_membership(last, false);
+            return match tokio::time::timeout(wait, change).await {
+                Ok(Ok(_)) => Ok(Replaced::Again),
+                Ok(Err(e)) => match e.forward_to_leader() {
+                    Some(to) => Ok(Replaced::NotLeader(to.leader_id)),
+                    None => Err(e.to_string()),
+                },
+                Err(_) => Err(format!("group {group}: finishing a joint change did not finish within {wait:?}")),
+            };
         }
         match (voters.contains(&from), voters.contains(&to)) {
             (false, true) => return Ok(Replaced::Done),

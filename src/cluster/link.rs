@@ -367,7 +367,11 @@ impl LinkFactory {
 /// The controller's calls to other nodes go over the link (how long one
 /// may take: `CONTROL_CALL`; a replacement, both of its steps and a hop).
 impl super::control::Peers for LinkFactory {
-    fn control<'a>(&'a self, addr: &'a str, ask: &'a Ask) -> Pin<Box<dyn Future<Output = Result<Proposed, String>> + Send + 'a>> {
+    fn control<'a>(
+        &'a self,
+        addr: &'a str,
+        ask: &'a Ask,
+    ) -> Pin<Box<dyn Future<Output = Result<Proposed, String>> + Send + 'a>> {
         Box::pin(LinkFactory::control(self, addr, ask, CONTROL_CALL))
     }
 

@@ -229,16 +229,28 @@ impl Inner {
 
     /// Replaces `group`'s voter on node `from` with node `to` (at
     /// `to_addr`), on the node that leads the group (asked again as the
-    /// lead moves, boundedly).
+    /// lead moves, boundedly): first where this node would route the
+    /// group, then the node each answer names, or (none named) the group's
+    /// voters in the map in turn.
     async fn replace_group(&self, group: u32, from: u64, to: u64, to_addr: &str) -> Result<(), String> {
         let groups = self.groups.as_ref().ok_or("not clustered")?;
         let peers = self.peers();
+        let map = || self.controller.get().map(|c| c.map());
+        let me = self.controller.get().map_or(0, |c| c.node_id());
+        let (mut next, mut turn): (Option<u64>, usize) = (None, 0);
         let mut last = "no leader".to_string();
         for _ in 0..REPLACE_TRIES {
             if self.stopping.load(Ordering::Acquire) {
                 return Err("the node is stopping".into());
             }
-            let asked = match (groups.leader_of(group), &peers) {
+            let route = match next.take() {
+                Some(id) if id != me => match map().and_then(|m| m.addr(id).map(str::to_string)) {
+                    Some(addr) => Route::Leader(id, addr),
+                    None => groups.leader_of(group),
+                },
+                _ => groups.leader_of(group),
+            };
+            let asked = match (route, &peers) {
                 (Route::Here(_), _) => groups.replace_here(group, from, to, to_addr, REPLACE_WAIT).await,
                 (Route::Leader(_, addr), Some(peers)) if !addr.is_empty() => {
                     peers.replace(&addr, group, from, to, to_addr).await
@@ -247,7 +259,19 @@ impl Inner {
             };
             match asked {
                 Ok(Replaced::Done) => return Ok(()),
-                Ok(other) => last = format!("{other:?}"),
+                Ok(Replaced::NotLeader(Some(id)) | Replaced::HandedOff(id)) => next = Some(id),
+                Ok(Replaced::Again) => {}
+                Ok(other) => {
+                    // Nobody named: the group's voters in turn.
+                    if let Some(m) = map()
+                        && let Some(g) = m.groups.get(group as usize)
+                        && !g.voters.is_empty()
+                    {
+                        next = g.voters.iter().nth(turn % g.voters.len()).copied();
+                        turn += 1;
+                    }
+                    last = format!("{other:?}");
+                }
                 Err(e) => return Err(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -66,11 +66,14 @@ fn addr(id: u64) -> String {
     format!("sim-{id}:1")
 }
 
+/// A running node as the controller's calls reach it.
+type Reached = (Weak<dyn Asked>, Weak<Groups>);
+
 /// The nodes as the controller's calls reach them: in-process, by address;
 /// a node cut off neither calls nor is called.
 #[derive(Default)]
 pub struct LocalPeers {
-    nodes: Mutex<BTreeMap<String, (Weak<dyn Asked>, Weak<Groups>)>>,
+    nodes: Mutex<BTreeMap<String, Reached>>,
     cut: Mutex<Option<String>>,
 }
 
@@ -113,7 +116,12 @@ impl Peers for PeersOf {
         to_addr: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Replaced, String>> + Send + 'a>> {
         Box::pin(async move {
-            let (_, groups) = self.reach(addr)?;
+            // Not reached: as over the node link, asked again once the
+            // group has another leader.
+            let groups = match self.reach(addr) {
+                Ok((_, groups)) => groups,
+                Err(why) => return Ok(Replaced::Unreachable(why)),
+            };
             groups.replace_here(group, from, to, to_addr, REPLACE_WAIT).await
         })
     }
@@ -416,16 +424,19 @@ impl Cluster {
         }
     }
 
-    /// Waits (bounded) until the map plans no more moves: whether it got
-    /// there.
-    async fn moves_done(&self) -> bool {
+    /// Waits (bounded) until every node applied the same map and it plans
+    /// no more moves (a node's own map may be behind the controller's: a
+    /// move just planned not in it yet): that map.
+    async fn settled_map(&self) -> Option<Arc<ShardMap>> {
         for _ in 0..WAIT_STEPS {
-            if self.map().moves.is_empty() {
-                return true;
+            let maps: Vec<Arc<ShardMap>> =
+                self.members.values().filter_map(|m| m.up.as_ref()).map(|(_, _, c)| c.map()).collect();
+            if maps.iter().all(|m| m.version == maps[0].version && m.moves.is_empty()) {
+                return Some(Arc::clone(&maps[0]));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        false
+        None
     }
 
     /// Waits until the planned moves have run, moves node 1 into every
@@ -435,27 +446,24 @@ impl Cluster {
     /// holds the same state and journal of every account of it in
     /// `accounts`; the store of node 1, for the audit.
     pub async fn converge_and_stop(mut self, accounts: &[AccountId], seed: u64) -> (Arc<MemoryStore>, Faults) {
-        assert!(self.moves_done().await, "seed {seed}: planned moves never ran: {:?}", self.map());
+        let settled = self.settled_map().await;
+        assert!(settled.is_some(), "seed {seed}: planned moves never ran: {:?}", self.map());
         for group in 0..GROUPS {
-            // Asked again while the map it was read from is behind the
-            // controller's (a move already planned or run).
             let mut planned = Err(Error::ShuttingDown);
             for _ in 0..WAIT_STEPS {
-                let map = self.map();
+                let map = self.settled_map().await.expect("the maps settle");
                 let voters = &map.groups[group as usize].voters;
-                if voters.contains(&1) && map.moves.is_empty() {
+                if voters.contains(&1) {
                     planned = Ok(map.version);
                     break;
                 }
-                let from = *voters.iter().find(|v| **v != 1).unwrap();
-                if map.moves.is_empty() {
-                    planned = self.node(1).unwrap().cluster_move(group, from, 1).await;
-                }
+                let from = *voters.iter().next().unwrap();
+                planned = self.node(1).unwrap().cluster_move(group, from, 1).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             assert!(planned.is_ok(), "seed {seed}: node 1 not moved into group {group}: {planned:?}");
         }
-        let map = self.map();
+        let map = self.settled_map().await.expect("the maps settle");
         for g in &map.groups {
             assert!(g.voters.contains(&1) && g.voters.len() == REPLICAS, "seed {seed}: {map:?}");
         }
@@ -466,6 +474,7 @@ impl Cluster {
             // applied all of that leader's log (a member just healed may
             // still think it leads, with a shorter log, for a moment).
             let mut level = false;
+            let mut seen = String::new();
             for _ in 0..WAIT_STEPS {
                 self.observe();
                 let views: BTreeMap<u64, _> = voters
@@ -485,9 +494,32 @@ impl Cluster {
                 if level {
                     break;
                 }
+                seen = format!("{views:?}");
+                for id in &voters {
+                    let (_, groups, _) = self.members[id].up.as_ref().unwrap();
+                    let m = groups.raft(group).metrics().borrow_watched().membership_config.clone();
+                    seen.push_str(&format!("\n  node {id}: {m:?}"));
+                }
+                for (id, m) in &self.members {
+                    let (_, _, controller) = m.up.as_ref().unwrap();
+                    let c = controller.raft().metrics().borrow_watched().clone();
+                    let map = controller.map();
+                    seen.push_str(&format!(
+                        "\n  controller on node {id}: term {} leader {:?} applied {:?} log {:?}; map version {} \
+                         groups {:?} moves {:?} voters {:?}",
+                        c.current_term,
+                        c.current_leader,
+                        c.last_applied.map(|l| l.index),
+                        c.last_log_index,
+                        map.version,
+                        map.groups.iter().map(|g| &g.voters).collect::<Vec<_>>(),
+                        map.moves,
+                        c.membership_config.membership()
+                    ));
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(level, "seed {seed}: group {group}'s voters {voters:?} never applied the same log");
+            assert!(level, "seed {seed}: group {group}'s voters {voters:?} never applied the same log: {seen}");
         }
         for id in self.members.keys().copied().collect::<Vec<_>>() {
             self.crash(id).await;
