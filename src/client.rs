@@ -321,6 +321,9 @@ const ROUTE_PAUSE: Duration = Duration::from_millis(50);
 /// How long a node that could not be reached is passed over.
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
+/// How long a map refresh waits for other nodes' maps after the first.
+pub const REFRESH_GRACE: Duration = Duration::from_millis(250);
+
 /// A client of a cluster (docs/CLUSTER.md): a `Client` per node it has
 /// met, and the map of where each shard group's requests go, as any node
 /// tells it (`ClusterMap`). An account's request goes straight to its
@@ -432,19 +435,42 @@ impl ClusterClient {
         nodes
     }
 
-    /// Learns the map again, from the first node that answers.
+    /// Learns the map again: asks every node it knows at once and keeps the
+    /// map of the highest version among the answers that come by
+    /// `REFRESH_GRACE` after the first (a node behind the controller — one
+    /// that left the cluster, or is cut off — answers an older one; one
+    /// that does not answer is not waited for past that).
     pub async fn refresh(&self) -> Result<(), ClientError> {
+        use futures_util::StreamExt;
+        let mut asked: futures_util::stream::FuturesUnordered<_> = self
+            .nodes()
+            .into_iter()
+            .map(|addr| async move {
+                let answer = match self.conn(&addr).await {
+                    Ok(c) => c.cluster_map().await,
+                    Err(e) => Err(e),
+                };
+                (addr, answer)
+            })
+            .collect();
         let mut last = ClientError::Unavailable("no node answered".into());
-        for addr in self.nodes() {
-            let answer = match self.conn(&addr).await {
-                Ok(c) => c.cluster_map().await,
-                Err(e) => Err(e),
+        let mut best: Option<pb::ClusterMapReply> = None;
+        let mut until: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match until {
+                Some(at) => match tokio::time::timeout_at(at, asked.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => asked.next().await,
             };
+            let Some((addr, answer)) = next else { break };
             match answer {
                 Ok(m) => {
-                    let leaders = m.groups.into_iter().map(|g| g.addr).collect();
-                    *lock(&self.routes.map) = Map { shards: m.shards, shards_per_group: m.shards_per_group, leaders };
-                    return Ok(());
+                    until.get_or_insert_with(|| tokio::time::Instant::now() + REFRESH_GRACE);
+                    if best.as_ref().is_none_or(|b| m.map_version > b.map_version) {
+                        best = Some(m);
+                    }
                 }
                 Err(e) => {
                     lock(&self.routes.conns).remove(&addr);
@@ -452,7 +478,10 @@ impl ClusterClient {
                 }
             }
         }
-        Err(last)
+        let m = best.ok_or(last)?;
+        let leaders = m.groups.into_iter().map(|g| g.addr).collect();
+        *lock(&self.routes.map) = Map { shards: m.shards, shards_per_group: m.shards_per_group, leaders };
+        Ok(())
     }
 
     /// Where `account`'s requests go now: its group's leader, or (none

@@ -1306,6 +1306,106 @@ mod cluster {
         let _ = std::fs::remove_dir_all(&root);
     }
 
+    /// A leader stopped (SIGSTOP) while its place is given to a new node:
+    /// `prepaid cluster replace` moves every member of node 1 to node 4
+    /// while node 1 sleeps, then node 1 wakes (SIGCONT) believing it leads
+    /// its groups. It serves none of them again and applies nothing of its
+    /// own: what it acknowledges it forwarded to a group's real leader, and
+    /// is in the balances once. A `ClusterClient` made before, whose map
+    /// says node 1 leads a third of the groups and which lists node 1
+    /// first, gets every request applied once: it learns the map of the
+    /// highest version, not node 1's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_leader_replaced_while_it_slept_applies_nothing_of_its_own() {
+        let _alone = ONE_AT_A_TIME.lock().await;
+        let (root, ports, _, mut servers, led) = start_three("prepaid-stale", 4);
+        let dir = |id: u64| root.join(format!("node-{id}"));
+        let addr = |id: u64| format!("127.0.0.1:{}", ports[&id]);
+        assert!(led[&1] > 0, "{led:?}");
+        let (a1, a2, a3) = (addr(1), addr(2), addr(3));
+        let old = ClusterClient::connect(&[a1.as_str(), a2.as_str(), a3.as_str()], ADMIN).await.unwrap();
+        let accounts: Vec<String> = (0..24).map(|i| format!("acct-{i}")).collect();
+        for a in &accounts {
+            old.open_account(a).await.unwrap();
+            old.purchase(a, "buy", "100").await.unwrap();
+        }
+        servers.insert(4, start_member(4, &dir(4), ports[&4], &format!("4={}", addr(4))));
+        let pid = servers[&1].child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_prepaid"))
+            .args(["cluster", "replace", "--from", "1", "--to", "4", "--to-addr", &addr(4)])
+            .args(["--http", &format!("http://{}", servers[&2].http), "--token", ADMIN])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        wait_map(&servers[&2], "node 1 gone, node 4 in every group", |_, held| {
+            !held.contains_key(&1) && held.get(&4) == Some(&16)
+        });
+        assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+        // Node 1 serves no group again (it learns the later terms from the
+        // members it still reaches), and applies nothing of its own: what
+        // it acknowledges it forwarded to a group's real leader.
+        wait_map(&servers[&1], "node 1 serves nothing", |s, _| {
+            s["groups"].as_array().unwrap().iter().all(|g| g["serving"] == false)
+        });
+        let stale = Client::connect(&a1, ADMIN).await.unwrap().with_deadline(Duration::from_secs(10));
+        let mut through_stale: BTreeMap<String, i64> = BTreeMap::new();
+        for a in accounts.iter().take(6) {
+            match stale.debit(a, "through-the-stale-node", "50").await {
+                Ok(_) => *through_stale.entry(a.clone()).or_default() += 50,
+                Err(ClientError::Refused { code, .. }) => {
+                    assert!(code == "shard_unavailable" || code == "wrong_node", "{a}: {code}")
+                }
+                Err(ClientError::Unavailable(_) | ClientError::OutcomeUnknown(_)) => {
+                    // Unknown: resent under its key until it is known.
+                    let mut known = false;
+                    for _ in 0..TRIES {
+                        if old.debit(a, "through-the-stale-node", "50").await.is_ok() {
+                            *through_stale.entry(a.clone()).or_default() += 50;
+                            known = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    assert!(known, "{a}: the resend never got an answer");
+                }
+            }
+        }
+        // The client made before: every debit applied once (it resends
+        // under the same key only what it could not place).
+        for a in &accounts {
+            let mut applied = None;
+            for _ in 0..TRIES {
+                match old.debit(a, "d-1", "1").await {
+                    Ok(reply) => {
+                        applied = Some(reply.balance);
+                        break;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            "outcome_unknown" | "unavailable" | "shard_unavailable" | "wrong_node"
+                        ) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("{a}: {e}"),
+                }
+            }
+            let left = Amount::whole(99 - through_stale.get(a).copied().unwrap_or(0));
+            assert_eq!(applied, Some(left.to_string()), "{a}");
+        }
+        for a in &accounts {
+            let left = Amount::whole(99 - through_stale.get(a).copied().unwrap_or(0));
+            assert_eq!(old.balance(a).await.unwrap().balance, left.to_string(), "{a}: every debit once");
+        }
+        for (_, server) in servers {
+            assert_eq!(serve::sigterm(server), 0);
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     /// A fourth node joins a cluster of three under load, a group member
     /// is moved by hand, and then one of the first three leaves: every
     /// request goes through every node meanwhile (the joining one too,

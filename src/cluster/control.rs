@@ -748,7 +748,58 @@ impl Controller {
 
 #[cfg(test)]
 mod tests {
+    use openraft::StorageError;
+    use openraft::testing::log::{StoreBuilder, Suite};
+
     use super::*;
+    use crate::cluster::memory::MemoryLog;
+
+    struct Fresh;
+
+    impl StoreBuilder<C, MemoryLog, ControlMachine> for Fresh {
+        async fn build(&self) -> Result<((), MemoryLog, ControlMachine), StorageError<C>> {
+            let machine = ControlMachine::open(Arc::new(MemoryDisk::default())).unwrap();
+            Ok(((), MemoryLog::default(), machine))
+        }
+    }
+
+    /// openraft's own storage suite, with the controller's state machine.
+    #[tokio::test]
+    async fn the_controller_s_state_machine_passes_openraft_s_storage_suite() {
+        Suite::test_all(Fresh).await.unwrap();
+    }
+
+    /// What the map applied is on its disk: a machine opened again from it
+    /// has the same map and the same point of the log.
+    #[tokio::test]
+    async fn the_map_outlives_a_restart_and_travels_in_a_snapshot() {
+        use openraft::entry::RaftEntry;
+        let disk = Arc::new(MemoryDisk::default());
+        let mut machine = ControlMachine::open(disk.clone()).unwrap();
+        let init =
+            Change::Init { nodes: BTreeMap::from([(1, "a:1".into()), (2, "b:1".into())]), groups: vec![vec![1, 2]] };
+        let entries = vec![
+            openraft::alias::EntryOf::<C>::new_normal(
+                openraft::testing::log_id::<C>(1, 0, 1),
+                ShardEntry { control: Some(init), ..ShardEntry::default() },
+            ),
+            openraft::alias::EntryOf::<C>::new_normal(
+                openraft::testing::log_id::<C>(1, 0, 2),
+                ShardEntry { control: Some(Change::Leave { node: 9 }), ..ShardEntry::default() },
+            ),
+        ];
+        machine.apply(futures_util::stream::iter(entries.into_iter().map(|e| Ok((e, None))))).await.unwrap();
+        let map = machine.map();
+        assert_eq!(map.version, 1, "the refused leave changed nothing");
+        assert_eq!(map.groups[0].voters, BTreeSet::from([1, 2]));
+        let mut again = ControlMachine::open(disk).unwrap();
+        assert_eq!(*again.map(), *map);
+        assert_eq!(again.applied_state().await.unwrap().0.map(|l| l.index()), Some(2));
+        let snapshot = machine.build_snapshot().await.unwrap();
+        let mut other = ControlMachine::open(Arc::new(MemoryDisk::default())).unwrap();
+        other.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        assert_eq!(*other.map(), *map);
+    }
 
     fn made(nodes: &[u64], groups: u32, replicas: usize) -> ShardMap {
         let mut map = ShardMap::default();

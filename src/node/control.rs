@@ -151,12 +151,20 @@ impl Node {
             }
             return Ok(out);
         };
-        self.inner.propose(Change::Replace { from, to, addr: to_addr.to_string() }).await?;
+        let version = self.inner.propose(Change::Replace { from, to, addr: to_addr.to_string() }).await?;
         // Bounded: every group's move, each at most its two steps.
         let deadline = tokio::time::Instant::now() + REPLACE_WAIT * 2 * groups.count();
         let mut changes = controller.subscribe();
         loop {
             let map = controller.map();
+            if map.version < version && tokio::time::Instant::now() < deadline {
+                // This node's map is behind the controller's leader: the
+                // moves planned are not in it yet.
+                if let Ok(Err(_)) = tokio::time::timeout(LOOK_EVERY, changes.changed()).await {
+                    return Err(Error::ShuttingDown);
+                }
+                continue;
+            }
             let pending = map.moves.iter().any(|m| m.from == from && m.to == to);
             if !pending || tokio::time::Instant::now() >= deadline {
                 let out = (0..groups.count())
@@ -174,7 +182,9 @@ impl Node {
                     .collect();
                 return Ok(out);
             }
-            let _ = tokio::time::timeout(LOOK_EVERY, changes.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout(LOOK_EVERY, changes.changed()).await {
+                return Err(Error::ShuttingDown);
+            }
         }
     }
 }
@@ -308,7 +318,9 @@ impl Asked for Inner {
 async fn mover(me: Weak<Inner>, controller: Arc<Controller>) {
     let mut changes = controller.subscribe();
     loop {
-        let _ = tokio::time::timeout(LOOK_EVERY, changes.changed()).await;
+        if let Ok(Err(_)) = tokio::time::timeout(LOOK_EVERY, changes.changed()).await {
+            return; // The controller stopped (its map is gone).
+        }
         let Some(inner) = me.upgrade() else { return };
         if inner.stopping.load(Ordering::Acquire) {
             return;
@@ -340,7 +352,9 @@ async fn hints(me: Weak<Inner>, controller: Arc<Controller>) {
     let Some(groups) = me.upgrade().and_then(|inner| inner.groups.clone()) else { return };
     let mut changes = groups.serving_changes();
     loop {
-        let _ = tokio::time::timeout(LOOK_EVERY * 2, changes.changed()).await;
+        if let Ok(Err(_)) = tokio::time::timeout(LOOK_EVERY * 2, changes.changed()).await {
+            return; // The groups stopped.
+        }
         let Some(inner) = me.upgrade() else { return };
         if inner.stopping.load(Ordering::Acquire) {
             return;

@@ -489,7 +489,8 @@ impl pb::ledger_server::Ledger for LedgerService {
             .into_iter()
             .map(|l| l.map_or_else(pb::GroupLeader::default, |(node_id, addr)| pb::GroupLeader { node_id, addr }))
             .collect();
-        Ok(Response::new(pb::ClusterMapReply { shards, shards_per_group, groups }))
+        let map_version = node.shard_map().map_or(0, |m| m.version);
+        Ok(Response::new(pb::ClusterMapReply { shards, shards_per_group, groups, map_version }))
     }
 }
 
