@@ -7,7 +7,9 @@
 # slowest request is the baseline), then the same load while MOVES group
 # members are moved one after the other (`prepaid cluster move-shard`),
 # each taken from the node that leads the group (the worst case: the lead
-# is handed off first) to a node that holds none of it. Prints each load's
+# is handed off first) to a node that holds none of it. First, each node's
+# CPU and memory idle for 10 s (the groups' and the controller's cost over
+# the real link). Prints each load's
 # figures (its slowest request is the longest a request waited through a
 # move, retries included), each move's time from the request to the map
 # saying it is done, the mover's own time (catch-up included) from the
@@ -83,12 +85,33 @@ until status | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 i
 done
 sleep 3
 
+# idle SECONDS: each node's CPU (user + system, in cores) and resident
+# memory over SECONDS with no load: the cost of its groups' heartbeats and
+# of the controller.
+idle() {
+  python3 - "$1" "${PIDS[@]}" <<'PY'
+import os, sys, time
+secs, pids = float(sys.argv[1]), sys.argv[2:]
+tick = os.sysconf("SC_CLK_TCK")
+def cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / tick
+before = {p: cpu(p) for p in pids}
+time.sleep(secs)
+for n, p in enumerate(pids, 1):
+    rss = [l for l in open(f"/proc/{p}/status") if l.startswith("VmRSS")][0].split()[1]
+    print(f"  node {n}: {(cpu(p) - before[p]) / secs:.3f} cores idle, rss {int(rss) // 1024} MiB")
+PY
+}
+
 bench() {
   "$PREPAID" bench --addr "$ADDRS" --token "$TOKEN" --accounts "$ACCOUNTS" --debits "$DEBITS" \
     --batch 1 --conns 2 --in-flight 16 2>&1 | grep -E "throughput|overloaded|conservation" || true
 }
 
 fsync
+echo "== idle for 10 s (each node: 12 of the 16 groups' members, a member of the controller; 100 ms heartbeats)"
+idle 10
 echo "== the load alone (four nodes, 16 groups of 3)"
 bench
 
@@ -116,4 +139,6 @@ done
 wait "$LOAD"
 echo "  the mover's own times (the request to the group's leader, catch-up included):"
 grep -h '"moved"\|moved' "$WORK"/node*.log | grep -o 'took_ms=[0-9]*' | sed 's/^/    /' || true
+echo "  each moved group unserved (its old leader stops serving it, to the next serving it, from the nodes' logs):"
+python3 bench/unserved.py "$WORK" "$MOVES"
 fsync
