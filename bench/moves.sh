@@ -106,7 +106,7 @@ PY
 
 bench() {
   "$PREPAID" bench --addr "$ADDRS" --token "$TOKEN" --accounts "$ACCOUNTS" --debits "$DEBITS" \
-    --batch 1 --conns 2 --in-flight 16 2>&1 | grep -E "throughput|overloaded|conservation" || true
+    --batch 1 --conns 2 --in-flight 16 2>&1 | tr "\r" "\n" | grep -vE "^ *[0-9]+% " | grep -v "^$" || true
 }
 
 fsync

@@ -265,6 +265,50 @@ impl Client {
         Ok(unary.history(self.request(req)).await.map_err(from_status)?.into_inner().records)
     }
 
+    /// The account's statement over `[from_ms, to_ms)`: usage by service,
+    /// and the balance at `points` (1..=1000) evenly spaced instants.
+    pub async fn statement(
+        &self,
+        account: &str,
+        from_ms: u64,
+        to_ms: u64,
+        points: u32,
+    ) -> Result<pb::StatementReply, ClientError> {
+        let mut unary = self.unary.clone();
+        let req = pb::StatementRequest { account: account.into(), from_ms, to_ms, points };
+        Ok(unary.statement(self.request(req)).await.map_err(from_status)?.into_inner())
+    }
+
+    /// A page of the account's open holds, grants with credit left, or
+    /// unpaid invoices (`kind`: "holds", "grants", "invoices"), by id after
+    /// `after_id`.
+    pub async fn items(
+        &self,
+        account: &str,
+        kind: &str,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<pb::ItemsReply, ClientError> {
+        let mut unary = self.unary.clone();
+        let req = pb::ItemsRequest { account: account.into(), kind: kind.into(), after_id, limit };
+        Ok(unary.items(self.request(req)).await.map_err(from_status)?.into_inner())
+    }
+
+    /// A page of the accounts the node holds whose id starts with `prefix`,
+    /// in `status` if given, after `after` in id order (admin only).
+    pub async fn accounts(
+        &self,
+        prefix: &str,
+        status: Option<pb::Status>,
+        after: &str,
+        limit: u32,
+    ) -> Result<pb::AccountsReply, ClientError> {
+        let mut unary = self.unary.clone();
+        let req =
+            pb::AccountsRequest { prefix: prefix.into(), status: status.map(|s| s as i32), after: after.into(), limit };
+        Ok(unary.accounts(self.request(req)).await.map_err(from_status)?.into_inner())
+    }
+
     pub async fn check_access(&self, account: &str) -> Result<pb::Accepted, ClientError> {
         self.call(Op::CheckAccess(pb::CheckAccess { account: account.into() })).await
     }
@@ -658,6 +702,30 @@ impl ClusterClient {
         limit: u32,
     ) -> Result<Vec<pb::HistoryRecord>, ClientError> {
         self.conn(&self.route(account)).await?.history(account, after_seq, limit).await
+    }
+
+    /// `Client::statement`, from a member of the account's group (its
+    /// leader when known).
+    pub async fn statement(
+        &self,
+        account: &str,
+        from_ms: u64,
+        to_ms: u64,
+        points: u32,
+    ) -> Result<pb::StatementReply, ClientError> {
+        self.conn(&self.route(account)).await?.statement(account, from_ms, to_ms, points).await
+    }
+
+    /// `Client::items`, from a member of the account's group (its leader
+    /// when known).
+    pub async fn items(
+        &self,
+        account: &str,
+        kind: &str,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<pb::ItemsReply, ClientError> {
+        self.conn(&self.route(account)).await?.items(account, kind, after_id, limit).await
     }
 }
 

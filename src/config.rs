@@ -53,6 +53,10 @@ pub struct NodeSettings {
     pub max_resident_accounts: usize,
     /// An account untouched this long is passivated.
     pub idle_passivate_ms: u64,
+    /// Most journal records one statement reads (an account's journal
+    /// from its start up to the range's end), and most account states one
+    /// page of an account list reads (`Node::statement`, `Node::accounts`).
+    pub statement_records_max: u64,
     /// How often timers (hold and grant expiry, notices, past due, recharge
     /// retries) are checked.
     pub timer_poll_ms: u64,
@@ -110,6 +114,7 @@ pub const SETTING_BOUNDS: &[(&str, u64, u64)] = &[
     ("node.account_queue_max", 1, 10_000_000),
     ("node.max_batch", 1, 1_000_000),
     ("node.max_resident_accounts", 1, 1_000_000_000),
+    ("node.statement_records_max", 1, 1_000_000_000),
     ("node.event_buffer", 1, 4_194_304),
     ("node.max_in_flight", 1, 100_000_000),
     ("node.flush_interval_ms", 1, 60_000),
@@ -170,6 +175,7 @@ impl Default for NodeSettings {
             max_batch: 10_000,
             max_resident_accounts: 1_000_000,
             idle_passivate_ms: 60_000,
+            statement_records_max: 1_000_000,
             timer_poll_ms: 100,
             recharge_charge_timeout_ms: 30_000,
             recharge_retry_unknown_ms: 2_000,

@@ -43,6 +43,7 @@ pub use config::{Durability, NodeConfig};
 pub use error::Error;
 pub use gateway::{HttpGateway, PaymentGateway, SimulatedGateway};
 pub use journal::AccountEvent;
+pub use node::reads;
 pub use node::{Node, StartError};
 
 pub use ledger::{

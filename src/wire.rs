@@ -128,7 +128,16 @@ pub fn allowed(role: Role, op: &str) -> bool {
         Role::Authorize => {
             matches!(
                 op,
-                "check_access" | "debit" | "hold" | "capture" | "release" | "balance" | "history" | "cluster_map"
+                "check_access"
+                    | "debit"
+                    | "hold"
+                    | "capture"
+                    | "release"
+                    | "balance"
+                    | "history"
+                    | "statement"
+                    | "items"
+                    | "cluster_map"
             )
         }
     }
@@ -332,6 +341,111 @@ pub fn event_json(record: &EventRecord) -> (String, serde_json::Value) {
         Ok(serde_json::Value::String(_)) => (kind, serde_json::Value::Object(Default::default())),
         Ok(other) => (kind, other),
         Err(e) => (kind, serde_json::Value::String(e.to_string())),
+    }
+}
+
+fn service_code(s: Service) -> i32 {
+    (match s {
+        Service::ApiRequest => pb::Service::ApiRequest,
+        Service::DedicatedEndpoint => pb::Service::DedicatedEndpoint,
+        Service::FineTuning => pb::Service::FineTuning,
+        Service::Evaluation => pb::Service::Evaluation,
+        Service::Other => pb::Service::Other,
+    }) as i32
+}
+
+/// A wire status as the ledger's.
+pub fn status_of(v: i32) -> Result<Status, Error> {
+    match pb::Status::try_from(v) {
+        Ok(pb::Status::Inactive) => Ok(Status::Inactive),
+        Ok(pb::Status::Active) => Ok(Status::Active),
+        Ok(pb::Status::Suspended) => Ok(Status::Suspended),
+        Ok(pb::Status::Frozen) => Ok(Status::Frozen),
+        Ok(pb::Status::Closed) => Ok(Status::Closed),
+        Err(_) => Err(Error::InvalidRequest(format!("status {v} is not a known value"))),
+    }
+}
+
+/// A value's serde name (`GrantSource::Free` → "free").
+fn name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+pub fn statement(st: &crate::node::reads::Statement) -> pb::StatementReply {
+    pb::StatementReply {
+        from_ms: st.from_ms,
+        to_ms: st.to_ms,
+        usage: st
+            .usage
+            .by_service
+            .iter()
+            .map(|(s, a)| pb::ServiceUsage { service: service_code(*s), amount: a.to_string() })
+            .collect(),
+        usage_total: st.usage.total.to_string(),
+        series: st.series.iter().map(|(at, b)| pb::BalancePoint { at_ms: *at, balance: b.to_string() }).collect(),
+        records_read: st.records_read,
+    }
+}
+
+pub fn items(it: &crate::node::reads::Items) -> pb::ItemsReply {
+    let text = |t: &Option<crate::ledger::Text>| t.as_ref().map(|t| t.as_str().to_string()).unwrap_or_default();
+    pb::ItemsReply {
+        holds: it
+            .holds
+            .iter()
+            .map(|h| pb::HoldItem {
+                id: h.id,
+                amount: h.amount.to_string(),
+                service: service_code(h.service),
+                reference: text(&h.reference),
+                created_at_ms: h.created_at_ms,
+                expires_at_ms: h.expires_at_ms,
+            })
+            .collect(),
+        grants: it
+            .grants
+            .iter()
+            .map(|g| pb::GrantItem {
+                id: g.id,
+                source: name(&g.source),
+                original: g.original.to_string(),
+                remaining: g.remaining.to_string(),
+                created_at_ms: g.created_at_ms,
+                expires_at_ms: g.expires_at_ms,
+                priority: u32::from(g.priority),
+                reference: text(&g.reference),
+            })
+            .collect(),
+        invoices: it
+            .invoices
+            .iter()
+            .map(|i| pb::InvoiceItem {
+                id: i.id,
+                amount: i.amount.to_string(),
+                paid: i.paid.to_string(),
+                source: name(&i.source),
+                issued_at_ms: i.issued_at_ms,
+                due_at_ms: i.due_at_ms,
+                past_due: i.past_due,
+            })
+            .collect(),
+        next_after: it.next_after,
+    }
+}
+
+pub fn accounts(page: &crate::node::reads::AccountPage) -> pb::AccountsReply {
+    pb::AccountsReply {
+        accounts: page
+            .accounts
+            .iter()
+            .map(|l| pb::AccountLine {
+                account: l.account.as_str().to_string(),
+                status: status(l.status),
+                balance: l.balance.to_string(),
+                lifetime_purchased: l.lifetime_purchased.to_string(),
+            })
+            .collect(),
+        next_after: page.next_after.as_ref().map(|a| a.as_str().to_string()),
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prepaid::ledger::*;
+use prepaid::reads;
 use prepaid::store::{RocksStore, Store};
 use prepaid::{ManualClock, Node, NodeConfig, SimulatedGateway};
 
@@ -1235,4 +1236,92 @@ mod log_store {
         traffic(&mut accounts, &store, 6, 6);
         accounts.check(&store);
     }
+}
+
+/// The read side a billing page needs: a statement (usage by service over a
+/// range, the balance at instants), pages of open holds and grants, and
+/// accounts by prefix and status; every bound answered at and past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_side_answers_statements_items_and_account_pages_within_bounds() {
+    let f = Fixture::new("reads");
+    let mut cfg = config();
+    cfg.node.statement_records_max = 50;
+    let node = f.start_with(cfg).await;
+    const HOUR: u64 = 3_600_000;
+    for a in ["acme-1", "acme-2", "beta-1"] {
+        node.execute(open(a)).await.unwrap();
+    }
+    node.execute(purchase("acme-1", "p1", "50")).await.unwrap(); // T0
+    node.execute(purchase("acme-2", "p1", "5")).await.unwrap();
+    f.clock.advance(HOUR);
+    node.execute(strict("acme-1", "d1", "3")).await.unwrap(); // T0 + 1h
+    let hold = |key: &str, a: &str, service: Service| {
+        req(
+            "acme-1",
+            Some(key),
+            Command::Hold { amount: amt(a), service, reference: None, timeout_ms: Some(10 * HOUR) },
+        )
+    };
+    node.execute(hold("h1", "2", Service::DedicatedEndpoint)).await.unwrap();
+    node.execute(hold("h2", "1", Service::FineTuning)).await.unwrap();
+    f.clock.advance(HOUR);
+    let fine =
+        Command::Debit { amount: amt("4"), mode: DebitMode::Metered, service: Service::FineTuning, reference: None };
+    node.execute(req("acme-1", Some("d2"), fine)).await.unwrap(); // T0 + 2h
+    let free =
+        Command::Grant { amount: amt("7"), expires_at_ms: Some(T0 + 100 * HOUR), priority: None, reference: None };
+    node.execute(req("acme-1", Some("g1"), free)).await.unwrap();
+
+    // Usage over the second hour only, and the balance on the hour.
+    let acme = id("acme-1");
+    let st = node.statement(&acme, T0 + HOUR, T0 + 3 * HOUR, 2).unwrap();
+    assert_eq!(st.usage.by_service, vec![(Service::ApiRequest, amt("3")), (Service::FineTuning, amt("4"))]);
+    assert_eq!(st.usage.total, amt("7"));
+    assert_eq!(st.series, vec![(T0 + HOUR, amt("47")), (T0 + 2 * HOUR, amt("50"))], "47 - 4 + 7 at the second hour");
+    let whole = node.statement(&acme, T0 - HOUR, T0 + 3 * HOUR, 4).unwrap();
+    assert_eq!(whole.series[0], (T0 - HOUR, Amount::ZERO), "before it opened");
+    assert_eq!(whole.series[1], (T0, amt("50")));
+    // Bounds: points 1..=1000, from before to, the records read.
+    for (from, to, points) in [(T0, T0, 1), (T0 + 1, T0, 1), (T0, T0 + 1, 0), (T0, T0 + 1, 1_001)] {
+        let e = node.statement(&acme, from, to, points).unwrap_err();
+        assert_eq!(e.code(), "invalid_request", "{from} {to} {points}: {e}");
+    }
+    assert!(node.statement(&acme, T0, T0 + 1, 1_000).is_ok());
+    // More records before to_ms than node.statement_records_max (50): refused.
+    for n in 0..50 {
+        node.execute(strict("acme-2", &format!("small-{n}"), "0.01")).await.unwrap();
+    }
+    let e = node.statement(&id("acme-2"), T0, T0 + 10 * HOUR, 1).unwrap_err();
+    assert!(e.to_string().contains("node.statement_records_max"), "{e}");
+
+    // Holds, by id, a page at a time.
+    let first = node.items(&acme, reads::ItemKind::Holds, 0, 1).unwrap();
+    assert_eq!(first.holds.len(), 1);
+    assert_eq!((first.holds[0].amount, first.holds[0].service), (amt("2"), Service::DedicatedEndpoint));
+    let next = first.next_after.expect("another page");
+    let second = node.items(&acme, reads::ItemKind::Holds, next, 1).unwrap();
+    assert_eq!((second.holds.len(), second.holds[0].amount, second.next_after), (1, amt("1"), None));
+    let grants = node.items(&acme, reads::ItemKind::Grants, 0, 1_000).unwrap();
+    assert_eq!(grants.grants.iter().map(|g| (g.source, g.remaining)).collect::<Vec<_>>().len(), 2);
+    assert!(grants.grants.iter().any(|g| g.source == GrantSource::Free && g.expires_at_ms == Some(T0 + 100 * HOUR)));
+    assert!(node.items(&acme, reads::ItemKind::Invoices, 0, 10).unwrap().invoices.is_empty());
+    for limit in [0, 1_001] {
+        assert_eq!(node.items(&acme, reads::ItemKind::Holds, 0, limit).unwrap_err().code(), "invalid_page");
+    }
+    assert_eq!(node.items(&id("nobody"), reads::ItemKind::Holds, 0, 10).unwrap_err().code(), "unknown_account");
+
+    // Accounts: by prefix, by status, a page at a time.
+    let all = node.accounts("", None, None, 10).unwrap();
+    let names: Vec<&str> = all.accounts.iter().map(|l| l.account.as_str()).collect();
+    assert_eq!((names, all.next_after), (vec!["acme-1", "acme-2", "beta-1"], None));
+    let acme_page = node.accounts("acme", None, None, 1).unwrap();
+    assert_eq!(acme_page.accounts[0].account.as_str(), "acme-1");
+    let rest = node.accounts("acme", None, acme_page.next_after.as_ref(), 1).unwrap();
+    assert_eq!(rest.accounts.iter().map(|l| l.account.as_str()).collect::<Vec<_>>(), vec!["acme-2"]);
+    let inactive = node.accounts("", Some(Status::Inactive), None, 10).unwrap();
+    assert_eq!(inactive.accounts.iter().map(|l| l.account.as_str()).collect::<Vec<_>>(), vec!["beta-1"]);
+    assert_eq!(node.accounts("", None, None, 0).unwrap_err().code(), "invalid_page");
+    assert!(node.accounts(&"a".repeat(128), None, None, 1).is_ok());
+    assert_eq!(node.accounts(&"a".repeat(129), None, None, 1).unwrap_err().code(), "invalid_request");
+    node.shutdown().await;
 }

@@ -65,6 +65,38 @@ fn cli_against_a_served_node_then_sigterm_stops_it_cleanly() {
     let (code, out, err) = cli(&server, &["history", "--account", "acme"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("debited"), "{out}");
+    // The read side: a statement of the last 30 days (the debit of 0.25 is
+    // its usage, the balance now its last point), the open holds, and the
+    // accounts by prefix over HTTP.
+    let (code, out, err) = cli(&server, &["hold", "--account", "acme", "--amount", "2", "--service", "fine_tuning"]);
+    assert_eq!(code, 0, "{err}{out}");
+    let (code, out, err) = cli(&server, &["statement", "--account", "acme", "--points", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(st["usage"], serde_json::json!([{ "service": "api_request", "amount": "0.25" }]), "{st}");
+    assert_eq!(st["usage_total"], "0.25");
+    assert_eq!(st["series"].as_array().unwrap().len(), 3);
+    let (code, out, err) = cli(&server, &["statement", "--account", "acme", "--points", "1001"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("invalid_request") && err.contains("points is 1 to 1000"), "{err}");
+    let (code, out, err) = cli(&server, &["items", "--account", "acme", "--kind", "holds", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let items: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(items["holds"][0]["amount"], "2.00", "{items}");
+    assert_eq!(items["holds"][0]["service"], "fine_tuning", "{items}");
+    let (head, body) =
+        get(&server.http, "/admin/v1/accounts?prefix=ac&limit=10", &format!("Authorization: Bearer {ADMIN}\r\n"));
+    assert!(head.starts_with("http/1.1 200"), "{head}{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["accounts"][0]["account"], "acme", "{page}");
+    assert_eq!(page["accounts"][0]["status"], "active", "{page}");
+    assert_eq!(page["next_after"], serde_json::Value::Null);
+    let (head, _) = get(
+        &server.http,
+        "/admin/v1/accounts/acme/items?kind=holds&limit=0",
+        &format!("Authorization: Bearer {ADMIN}\r\n"),
+    );
+    assert!(head.starts_with("http/1.1 400"), "{head}");
     let (code, _, err) = cli(&server, &["mint", "--account", "acme"]);
     assert_eq!(code, 2);
     assert!(err.contains("unrecognized subcommand 'mint'"), "{err}");

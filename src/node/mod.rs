@@ -11,6 +11,7 @@
 pub(crate) mod clustered;
 mod control;
 mod ops;
+pub mod reads;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -478,6 +478,47 @@ impl pb::ledger_server::Ledger for LedgerService {
         Ok(Response::new(pb::HistoryReply { records: records.iter().map(wire::history_record).collect() }))
     }
 
+    async fn statement(&self, req: Request<pb::StatementRequest>) -> Result<Response<pb::StatementReply>, Status> {
+        let role = self.0.role(&req)?;
+        if !wire::allowed(role, "statement") {
+            return Err(status(&Error::Forbidden("statement")));
+        }
+        let m = req.into_inner();
+        let account = AccountId::new(&m.account).map_err(|r| status(&Error::Refused(r)))?;
+        let node = self.0.node().map_err(|e| status(&e))?;
+        let st = node.statement(&account, m.from_ms, m.to_ms, m.points).map_err(|e| status(&e))?;
+        Ok(Response::new(wire::statement(&st)))
+    }
+
+    async fn items(&self, req: Request<pb::ItemsRequest>) -> Result<Response<pb::ItemsReply>, Status> {
+        let role = self.0.role(&req)?;
+        if !wire::allowed(role, "items") {
+            return Err(status(&Error::Forbidden("items")));
+        }
+        let m = req.into_inner();
+        let account = AccountId::new(&m.account).map_err(|r| status(&Error::Refused(r)))?;
+        let kind = crate::node::reads::ItemKind::parse(&m.kind).map_err(|e| status(&e))?;
+        let node = self.0.node().map_err(|e| status(&e))?;
+        let items = node.items(&account, kind, m.after_id, m.limit).map_err(|e| status(&e))?;
+        Ok(Response::new(wire::items(&items)))
+    }
+
+    async fn accounts(&self, req: Request<pb::AccountsRequest>) -> Result<Response<pb::AccountsReply>, Status> {
+        let role = self.0.role(&req)?;
+        if !wire::allowed(role, "accounts") {
+            return Err(status(&Error::Forbidden("accounts")));
+        }
+        let m = req.into_inner();
+        let status_filter = m.status.map(wire::status_of).transpose().map_err(|e| status(&e))?;
+        let after = match m.after.as_str() {
+            "" => None,
+            a => Some(AccountId::new(a).map_err(|r| status(&Error::Refused(r)))?),
+        };
+        let node = self.0.node().map_err(|e| status(&e))?;
+        let page = node.accounts(&m.prefix, status_filter, after.as_ref(), m.limit).map_err(|e| status(&e))?;
+        Ok(Response::new(wire::accounts(&page)))
+    }
+
     async fn cluster_map(&self, req: Request<pb::ClusterMapRequest>) -> Result<Response<pb::ClusterMapReply>, Status> {
         let role = self.0.role(&req)?;
         if !wire::allowed(role, "cluster_map") {

@@ -8,6 +8,9 @@
 //! | POST | `/admin/v1/requests` | a ledger request as JSON, or an array of them (≤ `max_batch`); one result each (a single refused request gets its HTTP status; a batch answers 200) |
 //! | GET | `/admin/v1/accounts/{id}` | the balance view |
 //! | GET | `/admin/v1/accounts/{id}/history?after_seq=&limit=` | a page of the ledger |
+//! | GET | `/admin/v1/accounts/{id}/statement?from_ms=&to_ms=&points=` | usage by service over a range, and the balance at `points` instants |
+//! | GET | `/admin/v1/accounts/{id}/items?kind=holds\|grants\|invoices&after_id=&limit=` | a page of open holds, grants or unpaid invoices |
+//! | GET | `/admin/v1/accounts?prefix=&status=&after=&limit=` | a page of the accounts the node holds, in id order |
 //! | GET | `/admin/v1/webhooks` | delivery figures and dead letters |
 //! | GET | `/admin/v1/cluster` | clustered: this node's id and each shard group's leader, term and progress as it sees them |
 //! | POST | `/admin/v1/cluster/init` | makes a new cluster of `cluster.members` (once, on one node) |
@@ -51,6 +54,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/admin/v1/requests", post(requests))
         .route("/admin/v1/accounts/{id}", get(account))
         .route("/admin/v1/accounts/{id}/history", get(history))
+        .route("/admin/v1/accounts/{id}/statement", get(statement))
+        .route("/admin/v1/accounts/{id}/items", get(items))
+        .route("/admin/v1/accounts", get(accounts))
         .route("/admin/v1/webhooks", get(webhooks))
         .route("/admin/v1/cluster", get(cluster_status))
         .route("/admin/v1/cluster/init", post(cluster_init))
@@ -537,6 +543,140 @@ async fn history(
                 })
                 .collect();
             axum::Json(Value::Array(out)).into_response()
+        }
+        Err(e) => refuse(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Range {
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    points: Option<u32>,
+}
+
+async fn statement(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    range: Result<Query<Range>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let id = match path_id(id) {
+        Ok(id) => id,
+        Err(e) => return refuse(e),
+    };
+    let Ok(Query(r)) = range else {
+        return refuse(Error::InvalidRequest("from_ms, to_ms and points are whole numbers".into()));
+    };
+    let (Some(from_ms), Some(to_ms)) = (r.from_ms, r.to_ms) else {
+        return refuse(Error::InvalidRequest("a statement needs from_ms and to_ms".into()));
+    };
+    match api.node() {
+        Ok(node) => match node.statement(&id, from_ms, to_ms, r.points.unwrap_or(30)) {
+            Ok(st) => {
+                let usage: Vec<Value> =
+                    st.usage.by_service.iter().map(|(s, a)| json!({ "service": s, "amount": a })).collect();
+                let series: Vec<Value> = st.series.iter().map(|(t, b)| json!({ "at_ms": t, "balance": b })).collect();
+                axum::Json(json!({
+                    "from_ms": st.from_ms, "to_ms": st.to_ms, "usage": usage, "usage_total": st.usage.total,
+                    "series": series, "records_read": st.records_read,
+                }))
+                .into_response()
+            }
+            Err(e) => refuse(e),
+        },
+        Err(e) => refuse(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ItemsQuery {
+    kind: Option<String>,
+    after_id: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn items(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ItemsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let id = match path_id(id) {
+        Ok(id) => id,
+        Err(e) => return refuse(e),
+    };
+    let Ok(Query(q)) = query else {
+        return refuse(Error::InvalidRequest("after_id and limit are whole numbers".into()));
+    };
+    let kind = match crate::node::reads::ItemKind::parse(q.kind.as_deref().unwrap_or("")) {
+        Ok(kind) => kind,
+        Err(e) => return refuse(e),
+    };
+    match api.node() {
+        Ok(node) => match node.items(&id, kind, q.after_id.unwrap_or(0), q.limit.unwrap_or(100)) {
+            Ok(items) => {
+                let list = match kind {
+                    crate::node::reads::ItemKind::Holds => json!({ "holds": items.holds }),
+                    crate::node::reads::ItemKind::Grants => json!({ "grants": items.grants }),
+                    crate::node::reads::ItemKind::Invoices => json!({ "invoices": items.invoices }),
+                };
+                let mut out = list;
+                out["next_after"] = json!(items.next_after);
+                axum::Json(out).into_response()
+            }
+            Err(e) => refuse(e),
+        },
+        Err(e) => refuse(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct AccountsQuery {
+    prefix: Option<String>,
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn accounts(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<AccountsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = admin(&api, &headers) {
+        return refuse(e);
+    }
+    let Ok(Query(q)) = query else {
+        return refuse(Error::InvalidRequest("limit is a whole number".into()));
+    };
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match serde_json::from_value::<crate::ledger::Status>(Value::String(s.to_string())) {
+            Ok(status) => Some(status),
+            Err(_) => {
+                return refuse(Error::InvalidRequest(format!(
+                    "status {s:?} is inactive, active, suspended, frozen or closed"
+                )));
+            }
+        },
+    };
+    let after = match q.after.as_deref().filter(|a| !a.is_empty()).map(AccountId::new).transpose() {
+        Ok(after) => after,
+        Err(r) => return refuse(Error::Refused(r)),
+    };
+    match api.node() {
+        Ok(node) => {
+            match node.accounts(q.prefix.as_deref().unwrap_or(""), status, after.as_ref(), q.limit.unwrap_or(100)) {
+                Ok(page) => axum::Json(json!(page)).into_response(),
+                Err(e) => refuse(e),
+            }
         }
         Err(e) => refuse(e),
     }

@@ -158,6 +158,12 @@ pub trait Store: Send + Sync + 'static {
     /// particular order: what a group's snapshot holds (a clustered node).
     fn accounts_in(&self, shards: Range<u32>, total: u32) -> Result<Vec<AccountId>, StoreError>;
 
+    /// Every account the store holds, in no particular order (an account
+    /// list reads it; a store of a fixed shard count answers with its own).
+    fn all_accounts(&self) -> Result<Vec<AccountId>, StoreError> {
+        self.accounts_in(0..u32::MAX, u32::MAX)
+    }
+
     /// Every idempotency record the store holds for the account, of any
     /// age, in key order (a group's snapshot carries them).
     fn dedup_all(&self, id: &AccountId) -> Result<Vec<(IdemKey, DedupRecord)>, StoreError>;

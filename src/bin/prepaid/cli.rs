@@ -223,6 +223,35 @@ enum AccountOp {
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u32,
     },
+    /// Usage by service over a time range, and the balance at evenly
+    /// spaced instants (JSON)
+    Statement {
+        #[command(flatten)]
+        who: Who,
+        /// The range's start, Unix milliseconds [default: 30 days before --to-ms]
+        #[arg(long, value_name = "MS")]
+        from_ms: Option<u64>,
+        /// The range's end (excluded), Unix milliseconds [default: now]
+        #[arg(long, value_name = "MS")]
+        to_ms: Option<u64>,
+        /// Instants of the balance series (1 to 1000)
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        points: u32,
+    },
+    /// A page of the open holds, grants with credit left, or unpaid
+    /// invoices (JSON)
+    Items {
+        #[command(flatten)]
+        who: Who,
+        #[arg(long, value_parser = ["holds", "grants", "invoices"])]
+        kind: String,
+        /// Items with an id above this one
+        #[arg(long, value_name = "ID", default_value_t = 0)]
+        after: u64,
+        /// Items in the page (at most ledger.history_page_max)
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
     /// A credit pack paid for (at least the minimum purchase; activates)
     Purchase {
         #[command(flatten)]
@@ -359,7 +388,15 @@ pub fn account(args: AccountArgs) -> Result<(), Failure> {
     };
     use AccountOp as A;
     let operation = match args.op {
-        A::History { who, after, limit } => Err((who.account, after, limit)),
+        A::History { who, after, limit } => Err(Read::History(who.account, after, limit)),
+        A::Statement { who, from_ms, to_ms, points } => {
+            let to_ms = to_ms.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+            });
+            let from_ms = from_ms.unwrap_or(to_ms.saturating_sub(30 * 86_400_000));
+            Err(Read::Statement(who.account, from_ms, to_ms, points))
+        }
+        A::Items { who, kind, after, limit } => Err(Read::Items(who.account, kind, after, limit)),
         A::Open { who, mode, currency, credit_limit } => Ok(Op::OpenAccount(pb::OpenAccount {
             account: who.account,
             idempotency_key: String::new(),
@@ -456,9 +493,60 @@ pub fn account(args: AccountArgs) -> Result<(), Failure> {
             Client::connect_with(&addr, &token, ca.as_deref()).await.map_err(|e| no_node(e, &addr, as_json))?;
         let operation = match operation {
             Ok(operation) => operation,
-            Err((account, after, limit)) => {
+            Err(Read::History(account, after, limit)) => {
                 let records = client.history(&account, after, limit).await.map_err(|e| refused(e, as_json))?;
                 print_history(&records, as_json);
+                return Ok(());
+            }
+            Err(Read::Statement(account, from_ms, to_ms, points)) => {
+                let st = client.statement(&account, from_ms, to_ms, points).await.map_err(|e| refused(e, as_json))?;
+                let usage: Vec<Value> = st
+                    .usage
+                    .iter()
+                    .map(|u| json!({ "service": service_name(u.service), "amount": u.amount }))
+                    .collect();
+                let series: Vec<Value> =
+                    st.series.iter().map(|p| json!({ "at_ms": p.at_ms, "balance": p.balance })).collect();
+                say!(
+                    "{}",
+                    json!({ "from_ms": st.from_ms, "to_ms": st.to_ms, "usage": usage, "usage_total": st.usage_total,
+                            "series": series, "records_read": st.records_read })
+                );
+                return Ok(());
+            }
+            Err(Read::Items(account, kind, after, limit)) => {
+                let it = client.items(&account, &kind, after, limit).await.map_err(|e| refused(e, as_json))?;
+                let list: Vec<Value> = match kind.as_str() {
+                    "holds" => it
+                        .holds
+                        .iter()
+                        .map(|h| {
+                            json!({ "id": h.id, "amount": h.amount, "service": service_name(h.service),
+                                          "reference": h.reference, "created_at_ms": h.created_at_ms,
+                                          "expires_at_ms": h.expires_at_ms })
+                        })
+                        .collect(),
+                    "grants" => it
+                        .grants
+                        .iter()
+                        .map(|g| {
+                            json!({ "id": g.id, "source": g.source, "original": g.original,
+                                          "remaining": g.remaining, "created_at_ms": g.created_at_ms,
+                                          "expires_at_ms": g.expires_at_ms, "priority": g.priority,
+                                          "reference": g.reference })
+                        })
+                        .collect(),
+                    _ => it
+                        .invoices
+                        .iter()
+                        .map(|i| {
+                            json!({ "id": i.id, "amount": i.amount, "paid": i.paid, "source": i.source,
+                                          "issued_at_ms": i.issued_at_ms, "due_at_ms": i.due_at_ms,
+                                          "past_due": i.past_due })
+                        })
+                        .collect(),
+                };
+                say!("{}", json!({ kind.as_str(): list, "next_after": it.next_after }));
                 return Ok(());
             }
         };
@@ -663,6 +751,24 @@ fn human_duration(ms: u64) -> String {
         60..3_600 => format!("{}m {}s", s / 60, s % 60),
         3_600..86_400 => format!("{}h {}m", s / 3_600, s % 3_600 / 60),
         _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3_600),
+    }
+}
+
+/// A read the command makes instead of an operation.
+enum Read {
+    History(String, u64, u32),
+    Statement(String, u64, u64, u32),
+    Items(String, String, u64, u32),
+}
+
+/// A wire service's name as the ledger spells it.
+fn service_name(v: i32) -> &'static str {
+    match pb::Service::try_from(v) {
+        Ok(pb::Service::ApiRequest) => "api_request",
+        Ok(pb::Service::DedicatedEndpoint) => "dedicated_endpoint",
+        Ok(pb::Service::FineTuning) => "fine_tuning",
+        Ok(pb::Service::Evaluation) => "evaluation",
+        Ok(pb::Service::Other) | Err(_) => "other",
     }
 }
 

@@ -776,6 +776,10 @@ impl Store for RocksStore {
         self.inner.db.get_cf(self.inner.cf(CF_META)?, raft_mark_key(group)).map_err(io)
     }
 
+    fn all_accounts(&self) -> Result<Vec<AccountId>, StoreError> {
+        self.accounts_in(0..self.inner.shards, self.inner.shards)
+    }
+
     fn accounts_in(&self, shards: Range<u32>, total: u32) -> Result<Vec<AccountId>, StoreError> {
         self.inner.same_shards(total)?;
         // The tail first, then tables: an account a checkpoint moves in
