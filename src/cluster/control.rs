@@ -58,8 +58,8 @@ pub const CONTROL: u32 = u32::MAX;
 pub const CONTROL_VOTERS: usize = 3;
 /// How many finished moves the map remembers (`prepaid cluster status`).
 pub const MOVES_REMEMBERED: usize = 32;
-/// How long the mover waits for one move (both of its steps, each at most
-/// `groups::REPLACE_WAIT`, and the hop).
+/// How long the mover works on one move (asking the group's leader again
+/// while it elects or a change is in flight) before it records it failed.
 pub const MOVE_WAIT: Duration = Duration::from_secs(300);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,9 +168,16 @@ impl ShardMap {
                 if groups.iter().flatten().any(|n| !nodes.contains_key(n)) || groups.iter().any(|g| g.is_empty()) {
                     return Err("every group needs voters among the nodes".into());
                 }
+                let addrs: BTreeSet<&String> = nodes.values().collect();
+                if addrs.len() != nodes.len() {
+                    return Err("two nodes have one address".into());
+                }
                 Ok(())
             }
             _ if !made => Err("the cluster is not made yet: run `prepaid cluster init` first".into()),
+            Change::Join { node, addr } if self.addr_taken(addr, *node) => {
+                Err(format!("{addr} is the address of another node of the cluster"))
+            }
             Change::Join { node, addr } => match self.nodes.get(node) {
                 Some(n) if n.addr == *addr && !n.leaving => Ok(()),
                 Some(n) if n.leaving => Err(format!("node {node} is leaving the cluster; it cannot join again")),
@@ -198,10 +205,18 @@ impl ShardMap {
                 if from == to || *to == 0 {
                     return Err(format!("replace node {from} with another node, not {to}"));
                 }
+                if self.addr_taken(addr, *to) {
+                    return Err(format!("{addr} is the address of another node of the cluster"));
+                }
                 match (self.nodes.get(from), self.nodes.get(to)) {
                     (_, Some(n)) if n.addr != *addr || n.leaving => {
                         Err(format!("node {to} is in the cluster already, at {}", n.addr))
                     }
+                    // Replacing onto a node already in it would leave the
+                    // groups that hold both with one voter less.
+                    (Some(f), Some(_)) if !f.leaving => Err(format!(
+                        "node {to} is in the cluster already: replace onto a new node, or use leave and move-shard"
+                    )),
                     (Some(_), _) | (None, Some(_)) => Ok(()),
                     (None, None) => Err(format!("node {from} is not in the cluster")),
                 }
@@ -381,6 +396,11 @@ impl ShardMap {
         let mut ids: Vec<(bool, u64)> = self.nodes.iter().map(|(id, n)| (n.leaving, *id)).collect();
         ids.sort();
         ids.into_iter().take(CONTROL_VOTERS).map(|(_, id)| id).collect()
+    }
+
+    /// Whether `addr` is the address of a node other than `node`.
+    fn addr_taken(&self, addr: &str, node: u64) -> bool {
+        self.nodes.iter().any(|(id, n)| *id != node && n.addr == addr)
     }
 
     /// Whether `node` is a voter of `group` as the map has it.
@@ -662,6 +682,11 @@ impl Controller {
         if !voters.contains_key(&self.node_id) {
             return Err(format!("run init on one of nodes {:?} (the controller's first voters)", voters.keys()));
         }
+        // Made already by an init that stopped before the map was written:
+        // go on from there.
+        if self.raft.is_initialized().await.unwrap_or(false) {
+            return Ok(());
+        }
         self.raft.initialize(voters).await.map_err(|e| format!("the controller: {e}"))
     }
 
@@ -711,17 +736,25 @@ impl Controller {
         if map.version == 0 || !self.leads() {
             return Ok(());
         }
-        let (voters, known): (BTreeSet<u64>, BTreeSet<u64>) = {
+        let (voters, known, unfinished): (BTreeSet<u64>, BTreeSet<u64>, Option<BTreeSet<u64>>) = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
             let membership = m.membership_config.membership();
-            if membership.get_joint_config().len() != 1 {
-                return Ok(()); // a change in flight
-            }
-            (membership.voter_ids().collect(), membership.nodes().map(|(id, _)| *id).collect())
+            let configs = membership.get_joint_config();
+            let unfinished = (configs.len() != 1).then(|| configs[configs.len() - 1].clone());
+            (membership.voter_ids().collect(), membership.nodes().map(|(id, _)| *id).collect(), unfinished)
         };
+        if let Some(last) = unfinished {
+            // Left joint by a leader lost between the two steps (this
+            // leader awaits its own changes): finished first.
+            tracing::info!(?last, "finishing the controller's joint change");
+            let change = openraft::ChangeMembers::ReplaceAllVoters(last);
+            self.raft.change_membership(change, true).await.map_err(|e| format!("a joint change: {e}"))?;
+            return Ok(());
+        }
         for (id, node) in &map.nodes {
             if !known.contains(id) {
+                tracing::info!(node = id, "adding a node to the controller");
                 let added = self.raft.add_learner(*id, BasicNode { addr: node.addr.clone() }, false).await;
                 added.map_err(|e| format!("adding node {id} to the controller: {e}"))?;
                 return Ok(());
@@ -730,6 +763,7 @@ impl Controller {
         let want = map.control_voters();
         let drop: BTreeSet<u64> = known.iter().filter(|id| !map.nodes.contains_key(id)).copied().collect();
         if want != voters || !drop.is_empty() {
+            tracing::info!(?want, ?voters, ?drop, "changing the controller's voters");
             let change = openraft::ChangeMembers::ReplaceAllVoters(want.clone());
             self.raft.change_membership(change, true).await.map_err(|e| format!("the controller's voters: {e}"))?;
             if !drop.is_empty() {
@@ -881,6 +915,15 @@ mod tests {
         assert!(map.apply(&replace));
         assert!(map.moves.is_empty());
         assert!(map.check(&Change::Replace { from: 3, to: 4, addr: "elsewhere:1".into() }).is_err());
+        // One address, one node; no replacement onto a node in the cluster.
+        assert!(
+            map.check(&Change::Join { node: 5, addr: "127.0.0.1:7004".into() }).unwrap_err().contains("another node")
+        );
+        assert!(
+            map.check(&Change::Replace { from: 1, to: 2, addr: "127.0.0.1:7002".into() })
+                .unwrap_err()
+                .contains("already")
+        );
         assert!(map.check(&Change::Replace { from: 9, to: 8, addr: "x:1".into() }).is_err());
     }
 

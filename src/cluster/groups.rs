@@ -261,10 +261,17 @@ impl Groups {
         (map.version > 0).then_some(map)
     }
 
-    /// Whether this node holds a member of `group` (no map: every node
-    /// does).
+    /// Whether this node holds a member of `group`: as the map has it, or
+    /// (no controller: tests) every node does. A node that follows a
+    /// controller and has no map yet (a node just joined) holds none.
     pub fn holds(&self, group: u32) -> bool {
-        self.map().is_none_or(|map| map.holds(group, self.cfg.node_id))
+        match self.directory.get() {
+            None => true,
+            Some(map) => {
+                let map = map.borrow();
+                map.version > 0 && map.holds(group, self.cfg.node_id)
+            }
+        }
     }
 
     /// The term this node serves `group` in, if it does.
@@ -701,6 +708,15 @@ impl Groups {
         Ok(Replaced::Done)
     }
 
+    /// Whether this node's member of `group` leads it now (as its own Raft
+    /// state says, whatever the map says).
+    pub fn leads(&self, group: u32) -> bool {
+        let Some(raft) = self.rafts.get(group as usize) else { return false };
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        m.state == ServerState::Leader && m.current_leader == Some(self.cfg.node_id)
+    }
+
     /// The leader of `group` as this node knows it: itself, or another
     /// node and its address.
     pub fn leader_of(&self, group: u32) -> Route {
@@ -709,7 +725,7 @@ impl Groups {
         {
             // Not a member here: the map's hint (a node that no longer
             // leads answers `wrong_node` with the one that does).
-            let g = &map.groups[group as usize];
+            let Some(g) = map.groups.get(group as usize) else { return Route::Nobody };
             let leader = g.leader.or_else(|| g.voters.iter().next().copied());
             return match leader.and_then(|id| Some((id, map.addr(id)?.to_string()))) {
                 Some((id, addr)) if id != self.cfg.node_id => Route::Leader(id, addr),
@@ -747,9 +763,9 @@ impl Groups {
                 };
                 if let Some(map) = self.map()
                     && !map.holds(group, self.cfg.node_id)
+                    && let Some(g) = map.groups.get(group as usize)
                 {
                     // Not a member here: what the map says.
-                    let g = &map.groups[group as usize];
                     status = GroupStatus {
                         member: false,
                         leader: g.leader,

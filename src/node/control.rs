@@ -11,7 +11,7 @@ use std::time::Duration;
 use openraft::BasicNode;
 
 use super::{Inner, Node};
-use crate::cluster::control::{Ask, Asked, Change, Controller, Move, Peers, Proposed, ShardMap, placement};
+use crate::cluster::control::{Ask, Asked, Change, Controller, MOVE_WAIT, Move, Peers, Proposed, ShardMap, placement};
 use crate::cluster::groups::{REPLACE_WAIT, Replaced, Route};
 use crate::error::Error;
 
@@ -80,18 +80,40 @@ impl Node {
                 .await
                 .map_err(|e| Error::InvalidRequest(format!("cannot initialize: {e}")));
         };
+        // A cluster whose map is written is refused. An init that stopped
+        // before it wrote the map (the controller made) is gone on with.
+        // Groups are made only now, from the map just written: a group is
+        // never made again on a node that could have lost it (that would
+        // start a second history of it).
         if controller.map().version > 0 {
             return Err(Error::InvalidRequest("the cluster is made already".into()));
         }
         controller.initialize(&nodes).await.map_err(|e| Error::InvalidRequest(format!("cannot initialize: {e}")))?;
         let ids: Vec<u64> = nodes.keys().copied().collect();
         let voters = placement(&ids, groups.count(), c.replicas as usize);
-        self.inner.propose(Change::Init { nodes: nodes.clone(), groups: voters.clone() }).await?;
+        self.inner.propose(Change::Init { nodes: nodes.clone(), groups: voters }).await?;
+        // The map's placement, once this node applied it (bounded).
+        let mut changes = controller.subscribe();
+        let mut map = controller.map();
+        for _ in 0..PROPOSE_TRIES {
+            if map.version > 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(PROPOSE_PAUSE, changes.changed()).await;
+            map = controller.map();
+        }
+        if map.version == 0 {
+            return Err(Error::ShardUnavailable(
+                "the controller took the map, this node has not seen it yet; retry".into(),
+            ));
+        }
+        let nodes: BTreeMap<u64, String> = map.nodes.iter().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let voters: Vec<Vec<u64>> = map.groups.iter().map(|g| g.voters.iter().copied().collect()).collect();
         for (group, voters) in voters.into_iter().enumerate() {
             let members: BTreeMap<u64, String> = voters.iter().map(|id| (*id, nodes[id].clone())).collect();
-            let made = if members.contains_key(&c.node_id) {
+            let made_group = if members.contains_key(&c.node_id) {
                 let basic = members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
-                groups.initialize_group(group as u32, basic).await
+                initialize_once(groups, group as u32, basic).await
             } else {
                 let first = voters[0];
                 let peers = self.inner.peers().ok_or_else(no_controller)?;
@@ -102,7 +124,7 @@ impl Node {
                     Err(e) => Err(format!("node {first}: {e}")),
                 }
             };
-            made.map_err(|e| Error::InvalidRequest(format!("cannot make group {group}: {e}")))?;
+            made_group.map_err(|e| Error::InvalidRequest(format!("cannot make group {group}: {e}")))?;
         }
         Ok(())
     }
@@ -189,6 +211,22 @@ impl Node {
     }
 }
 
+/// Makes `group` with `voters` on this node, unless it is made already
+/// (an init asked again after it stopped part way).
+async fn initialize_once(
+    groups: &crate::cluster::groups::Groups,
+    group: u32,
+    voters: BTreeMap<u64, BasicNode>,
+) -> Result<(), String> {
+    if group >= groups.count() {
+        return Err(format!("there is no group {group}"));
+    }
+    if groups.raft(group).is_initialized().await.unwrap_or(false) {
+        return Ok(());
+    }
+    groups.initialize_group(group, voters).await
+}
+
 fn check_addr(addr: &str) -> Result<(), Error> {
     if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
         return Err(Error::InvalidRequest(format!("address {addr:?} is not host:port")));
@@ -253,12 +291,17 @@ impl Inner {
             if self.stopping.load(Ordering::Acquire) {
                 return Err("the node is stopping".into());
             }
+            // This node's own member first when it leads the group (a
+            // node the map does not count in the group may lead it: a move
+            // onto it half made).
             let route = match next.take() {
-                Some(id) if id != me => match map().and_then(|m| m.addr(id).map(str::to_string)) {
+                Some(id) if id == me => Route::Here(0),
+                _ if groups.leads(group) => Route::Here(0),
+                Some(id) => match map().and_then(|m| m.addr(id).map(str::to_string)) {
                     Some(addr) => Route::Leader(id, addr),
                     None => groups.leader_of(group),
                 },
-                _ => groups.leader_of(group),
+                None => groups.leader_of(group),
             };
             let asked = match (route, &peers) {
                 (Route::Here(_), _) => groups.replace_here(group, from, to, to_addr, REPLACE_WAIT).await,
@@ -282,7 +325,10 @@ impl Inner {
                     }
                     last = format!("{other:?}");
                 }
-                Err(e) => return Err(e),
+                // A change in flight (openraft's InProgress), a step that
+                // timed out, a call that failed: the group may yet get
+                // there; asked again (a replacement made is found done).
+                Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -301,7 +347,7 @@ impl Asked for Inner {
                 Ask::InitGroup { group, voters } => {
                     let Some(groups) = &self.groups else { return Proposed::Refused("not clustered".into()) };
                     let voters = voters.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
-                    match groups.initialize_group(group, voters).await {
+                    match initialize_once(groups, group, voters).await {
                         Ok(()) => Proposed::Done(0),
                         Err(e) => Proposed::Refused(e),
                     }
@@ -328,6 +374,11 @@ async fn mover(me: Weak<Inner>, controller: Arc<Controller>) {
         if !controller.leads() {
             continue;
         }
+        // Everything committed before this lead applied here: a move the
+        // last leader recorded is not run again from an older map.
+        if controller.raft().ensure_linearizable(openraft::ReadPolicy::ReadIndex).await.is_err() {
+            continue;
+        }
         if let Err(e) = controller.reconcile().await {
             tracing::warn!(error = %e, "the controller's membership did not change");
         }
@@ -336,15 +387,29 @@ async fn mover(me: Weak<Inner>, controller: Arc<Controller>) {
         let Some(to_addr) = map.addr(planned.to).map(str::to_string) else { continue };
         tracing::info!(?planned, "moving a group member");
         let started = std::time::Instant::now();
-        let outcome = inner.replace_group(planned.group, planned.from, planned.to, &to_addr).await;
+        let run = inner.replace_group(planned.group, planned.from, planned.to, &to_addr);
+        let outcome = match tokio::time::timeout(MOVE_WAIT, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("the move did not finish within {MOVE_WAIT:?}")),
+        };
         drop(inner);
         tracing::info!(?planned, ?outcome, took_ms = started.elapsed().as_millis() as u64, "moved");
+        if !controller.leads() {
+            // Deposed meanwhile: the next leader runs it again (a
+            // replacement already made is found done), and records it.
+            continue;
+        }
         match controller.propose_local(Change::Moved { planned, outcome }).await {
             Proposed::Done(_) => {}
             other => tracing::warn!(?other, "the move's outcome was not recorded; the next mover runs it again"),
         }
+        // At most one move every MOVE_PAUSE, whatever wakes the mover.
+        tokio::time::sleep(MOVE_PAUSE).await;
     }
 }
+
+/// The least time between two moves the mover runs.
+const MOVE_PAUSE: Duration = Duration::from_millis(50);
 
 /// Records in the map, for every group this node serves, that it leads it
 /// (the hint a node that holds no member of the group routes by).

@@ -45,6 +45,9 @@ use super::*;
 pub const NODES: u64 = 4;
 /// Voters per group.
 const REPLICAS: usize = 3;
+/// How many times the end of a run asks for node 1 to be moved into a
+/// group before it calls that a finding.
+const MOVE_TRIES: u32 = 12;
 const SHARDS: u32 = 8;
 const PER_GROUP: u32 = 4;
 const GROUPS: u32 = SHARDS / PER_GROUP;
@@ -449,8 +452,12 @@ impl Cluster {
         let settled = self.settled_map().await;
         assert!(settled.is_some(), "seed {seed}: planned moves never ran: {:?}", self.map());
         for group in 0..GROUPS {
+            // Asked again while the map it was read from is behind the
+            // controller's (a move already planned or run), or a move
+            // failed: a few times at most (each is up to the mover's wait),
+            // then a finding, with every node's view of the group.
             let mut planned = Err(Error::ShuttingDown);
-            for _ in 0..WAIT_STEPS {
+            for _ in 0..MOVE_TRIES {
                 let map = self.settled_map().await.expect("the maps settle");
                 let voters = &map.groups[group as usize].voters;
                 if voters.contains(&1) {
@@ -461,7 +468,24 @@ impl Cluster {
                 planned = self.node(1).unwrap().cluster_move(group, from, 1).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(planned.is_ok(), "seed {seed}: node 1 not moved into group {group}: {planned:?}");
+            let map = self.map();
+            if planned.is_err() || !map.groups[group as usize].voters.contains(&1) {
+                let mut views = String::new();
+                for (id, m) in &self.members {
+                    let (_, groups, _) = m.up.as_ref().unwrap();
+                    let x = groups.raft(group).metrics().borrow_watched().clone();
+                    views.push_str(&format!(
+                        "\n  node {id}: {:?} term {} leader {:?} last {:?} applied {:?} {:?}",
+                        x.state,
+                        x.current_term,
+                        x.current_leader,
+                        x.last_log_index,
+                        x.last_applied.map(|l| l.index),
+                        x.membership_config.membership()
+                    ));
+                }
+                panic!("seed {seed}: node 1 not moved into group {group}: {planned:?}; moves {:?}{views}", map.done);
+            }
         }
         let map = self.settled_map().await.expect("the maps settle");
         for g in &map.groups {
@@ -520,6 +544,17 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             assert!(level, "seed {seed}: group {group}'s voters {voters:?} never applied the same log: {seen}");
+            // The map says what the group's own log says: its voters, no
+            // change left half made.
+            let (_, groups, _) = self.members[&voters[0]].up.as_ref().unwrap();
+            let m = groups.raft(group).metrics().borrow_watched().membership_config.clone();
+            let committed: BTreeSet<u64> = m.membership().voter_ids().collect();
+            assert_eq!(m.membership().get_joint_config().len(), 1, "seed {seed}: group {group} left joint: {m:?}");
+            assert_eq!(
+                committed.into_iter().collect::<Vec<_>>(),
+                voters,
+                "seed {seed}: group {group}'s voters in its log differ from the map's"
+            );
         }
         for id in self.members.keys().copied().collect::<Vec<_>>() {
             self.crash(id).await;
