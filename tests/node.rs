@@ -261,16 +261,24 @@ async fn a_hold_expires_while_the_node_is_down_and_fires_on_start() {
         assert_eq!(balance(&node, "org_t").await.available, Amount::ZERO);
         node.shutdown().await;
     }
-    f.clock.advance(60_000);
+    // The hold's deadline all but passes while the node is down; it passes
+    // once the node is up and subscribed to (a deadline already past at
+    // start may fire before anyone can subscribe: its event would be
+    // missed and `recv` would wait for ever).
+    f.clock.advance(59_999);
     let node = f.start().await;
     let mut events = node.subscribe();
+    f.clock.advance(1);
     let fired = eventually(500, || async {
         // Read-only probe through the store, so the probe does not settle it.
         node.history(&id("org_t"), 0, 100).unwrap().iter().any(|r| r.event.name() == "hold_expired")
     })
     .await;
     assert!(fired, "the timer index woke the account");
-    let e = events.recv().await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .expect("the event reached the subscriber")
+        .unwrap();
     assert_eq!((e.account.as_str(), e.record.event.name()), ("org_t", "hold_expired"));
     assert_eq!(balance(&node, "org_t").await.available, amt("30"));
     node.shutdown().await;
