@@ -679,8 +679,16 @@ impl Groups {
             (true, false) => {}
         }
         if from == self.cfg.node_id {
-            let Some(&other) = voters.iter().find(|v| **v != from) else {
+            if !voters.iter().any(|v| *v != from) {
                 return Err(format!("node {from} is group {group}'s only voter: nobody to hand the lead to"));
+            }
+            // To a voter that has every entry and answered lately: one that
+            // is down or behind would not take it, and the group would be
+            // handed to it again and again.
+            let Some(other) = self.caught_up_voter(group, from) else {
+                return Ok(Replaced::Unreachable(format!(
+                    "no other voter of group {group} is caught up to take its lead from node {from}"
+                )));
             };
             raft.trigger().transfer_leader(other).await.map_err(|e| e.to_string())?;
             return Ok(Replaced::HandedOff(other));
@@ -706,6 +714,25 @@ impl Groups {
         }
         tracing::info!(group, from, to, "replaced a member");
         Ok(Replaced::Done)
+    }
+
+    /// The voter of `group` other than `not` to hand its lead to (this
+    /// node leads it): of those that answered within an election timeout,
+    /// the one furthest in this node's log (the lowest id of equals).
+    fn caught_up_voter(&self, group: u32, not: u64) -> Option<u64> {
+        let metrics = self.raft(group).metrics();
+        let m = metrics.borrow_watched();
+        let recent = Duration::from_millis(self.cfg.raft.election_timeout_min);
+        let replication = m.replication.as_ref()?;
+        let heartbeat = m.heartbeat.as_ref()?;
+        let voters: std::collections::BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        voters
+            .into_iter()
+            .filter(|v| *v != not && *v != self.cfg.node_id)
+            .filter(|v| heartbeat.get(v).and_then(|h| h.as_ref()).is_some_and(|h| h.elapsed() < recent))
+            .filter_map(|v| Some((replication.get(&v)?.as_ref()?.index, v)))
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, v)| v)
     }
 
     /// Whether this node's member of `group` leads it now (as its own Raft

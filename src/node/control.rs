@@ -310,6 +310,7 @@ impl Inner {
                 }
                 _ => Ok(Replaced::NotLeader(None)),
             };
+            tracing::debug!(group, from, to, ?asked, "a replacement asked");
             match asked {
                 Ok(Replaced::Done) => return Ok(()),
                 Ok(Replaced::NotLeader(Some(id)) | Replaced::HandedOff(id)) => next = Some(id),
