@@ -244,7 +244,6 @@ impl Cluster {
         for (g, net) in self.nets.iter().enumerate() {
             net.add(id, groups.raft(g as u32).clone());
         }
-        let control = prepaid::cluster::control::CONTROL;
         let controller = Controller::start(
             id,
             groups.raft_config(),
@@ -254,7 +253,6 @@ impl Cluster {
         )
         .await
         .unwrap();
-        let _ = control;
         self.control_net.add(id, controller.raft().clone());
         let clock = Arc::new(self.clock.clone());
         let mut node =
